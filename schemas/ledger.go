@@ -1,0 +1,99 @@
+package schemas
+
+import "time"
+
+// Ledger vocabulary.
+const (
+	ModeRewrap    = "rewrap"
+	ModeReencrypt = "reencrypt"
+
+	UnitDEK    = "dek"
+	UnitRecord = "record"
+	UnitFile   = "file"
+
+	StatusMigrated = "migrated"
+	StatusSkipped  = "skipped"
+	StatusFailed   = "failed"
+)
+
+// LedgerRow is one row of the migration ledger (format version 1). Optional
+// columns are written as NULL when empty.
+type LedgerRow struct {
+	RunID     string    `parquet:"run_id"`
+	Mode      string    `parquet:"mode"`
+	Unit      string    `parquet:"unit"`
+	Source    string    `parquet:"source"`
+	Target    string    `parquet:"target,optional"`
+	RecordID  string    `parquet:"record_id,optional"`
+	DEKID     string    `parquet:"dek_id,optional"`
+	NewDEKID  string    `parquet:"new_dek_id,optional"`
+	SourceKEK string    `parquet:"source_kek,optional"`
+	TargetKEK string    `parquet:"target_kek,optional"`
+	Status    string    `parquet:"status"`
+	Error     string    `parquet:"error,optional"`
+	Bytes     int64     `parquet:"bytes"`
+	Checksum  string    `parquet:"checksum,optional"`
+	At        time.Time `parquet:"at,timestamp(microsecond)"`
+}
+
+// ManifestFormat identifies the JSON run manifest.
+const ManifestFormat = "rekey-manifest/1"
+
+// Totals are the counts of a run; the manifest and the summary table print
+// them.
+type Totals struct {
+	Files      int64 `json:"files"`
+	FilesFail  int64 `json:"files_failed"`
+	Records    int64 `json:"records"`
+	DEKs       int64 `json:"deks"`
+	Migrated   int64 `json:"migrated"`
+	Skipped    int64 `json:"skipped"`
+	Failed     int64 `json:"failed"`
+	Bytes      int64 `json:"bytes"`
+	LedgerRows int64 `json:"ledger_rows"`
+}
+
+// Add accumulates o into t.
+func (t *Totals) Add(o Totals) {
+	t.Files += o.Files
+	t.FilesFail += o.FilesFail
+	t.Records += o.Records
+	t.DEKs += o.DEKs
+	t.Migrated += o.Migrated
+	t.Skipped += o.Skipped
+	t.Failed += o.Failed
+	t.Bytes += o.Bytes
+	t.LedgerRows += o.LedgerRows
+}
+
+// Manifest is the per-run completion report written beside the ledger as
+// run_id=<id>/_manifest.json, modelled on the S3 Batch Operations completion
+// report: what ran, on what, and how many units succeeded or failed.
+type Manifest struct {
+	Format    string        `json:"format"`
+	RunID     string        `json:"run_id"`
+	Mode      string        `json:"mode"`
+	Status    string        `json:"status"` // "succeeded" or "completed_with_failures"
+	Source    ManifestSide  `json:"source"`
+	Target    ManifestSide  `json:"target"`
+	Finished  time.Time     `json:"finished"`
+	Totals    Totals        `json:"totals"`
+	Failures  []FailureNote `json:"first_failures,omitempty"`
+	LedgerDir string        `json:"ledger"`
+}
+
+// ManifestSide names the locations and KEK of one side of a run.
+type ManifestSide struct {
+	Data string `json:"data,omitempty"`
+	DEKs string `json:"deks"`
+	KEK  string `json:"kek"`
+	Wrap string `json:"wrap,omitempty"`
+}
+
+// FailureNote is one sample failure kept in the manifest (the ledger has all).
+type FailureNote struct {
+	Source   string `json:"source"`
+	RecordID string `json:"record_id,omitempty"`
+	DEKID    string `json:"dek_id,omitempty"`
+	Error    string `json:"error"`
+}
