@@ -1,0 +1,159 @@
+// Package local is the storage backend for plain filesystem paths. Writes
+// go to a hidden temporary file beside the target, are fsynced, and are
+// renamed into place on Commit (atomic on POSIX filesystems).
+//
+// Limits: rename is atomic only within one filesystem; the temporary file
+// is always made in the target's directory for that reason.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"rekey/providers/storage"
+)
+
+func init() { storage.Register("", Backend{}) }
+
+// Backend implements storage.Backend on the local filesystem.
+type Backend struct{}
+
+// List implements storage.Backend.
+func (Backend) List(_ context.Context, root string) ([]string, error) {
+	st, err := os.Stat(root)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("list %s: %w (check the path)", root, storage.ErrNotFound)
+		}
+		return nil, fmt.Errorf("list %s: %w", root, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("list %s: not a directory (give the folder that holds the Parquet files)", root)
+	}
+	var out []string
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if p != root && (strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_")) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		out = append(out, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", root, err)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+type file struct {
+	*os.File
+	size int64
+}
+
+func (f file) Size() int64 { return f.size }
+
+// Open implements storage.Backend.
+func (Backend) Open(_ context.Context, path string) (storage.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open %s: %w", path, storage.ErrNotFound)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return file{f, st.Size()}, nil
+}
+
+type writer struct {
+	f     *os.File
+	final string
+	done  bool
+}
+
+// Create implements storage.Backend.
+func (Backend) Create(_ context.Context, path string) (storage.Writer, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".rekey-"+hex.EncodeToString(r[:])+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	return &writer{f: f, final: path}, nil
+}
+
+func (w *writer) Write(p []byte) (int, error) { return w.f.Write(p) }
+
+func (w *writer) Commit() error {
+	if w.done {
+		return errors.New("commit: writer already finished")
+	}
+	w.done = true
+	tmp := w.f.Name()
+	if err := w.f.Sync(); err != nil {
+		w.f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("commit %s: %w", w.final, err)
+	}
+	if err := w.f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("commit %s: %w", w.final, err)
+	}
+	if err := os.Rename(tmp, w.final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("commit %s: %w", w.final, err)
+	}
+	return nil
+}
+
+func (w *writer) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.f.Close()
+	return os.Remove(w.f.Name())
+}
+
+// Exists implements storage.Backend.
+func (Backend) Exists(_ context.Context, path string) (bool, error) {
+	_, err := os.Stat(path)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, err
+}

@@ -1,0 +1,139 @@
+package transforms
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+)
+
+var (
+	cntRecords = beam.NewCounter("rekey", "records")
+	cntDEKs    = beam.NewCounter("rekey", "deks")
+	cntFailed  = beam.NewCounter("rekey", "failed")
+	cntBytes   = beam.NewCounter("rekey", "bytes")
+	cntFiles   = beam.NewCounter("rekey", "files")
+)
+
+// kekMatches reports whether a DEK table's kek reference names k.
+func kekMatches(k keys.KEK, ref string) bool {
+	if m, ok := k.(interface{ Matches(string) bool }); ok {
+		return m.Matches(ref)
+	}
+	return k.URI() == ref
+}
+
+func checksum(parts ...[]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// unwrapSource unwraps a DEK table row's key with kek through the cache,
+// with retries for transient HSM errors.
+func unwrapCached(ctx context.Context, c *keyCache, kek keys.KEK, dekID, mech string, wrapped []byte) (*cachedKey, error) {
+	return c.get(cacheKey(kek.URI(), dekID, mech, wrapped), func() (*keys.DEK, error) {
+		var dek *keys.DEK
+		err := withRetry(ctx, func() (err error) {
+			dek, err = kek.Unwrap(ctx, dekID, mech, wrapped)
+			return err
+		})
+		return dek, err
+	})
+}
+
+// alreadyDone reports whether a unit's ledger part is committed, and if so
+// its result recomputed from the part (resume).
+func alreadyDone(ctx context.Context, spec *Spec, part, unit string) (UnitResult, bool, error) {
+	if !spec.Resume {
+		return UnitResult{}, false, nil
+	}
+	ok, err := storage.Exists(ctx, part)
+	if err != nil || !ok {
+		return UnitResult{}, false, err
+	}
+	rows, err := readLedgerPart(ctx, part)
+	if err != nil {
+		// A committed part that does not read back is redone.
+		return UnitResult{}, false, nil
+	}
+	res := UnitResult{Unit: unit}
+	files := map[string]bool{}
+	for _, r := range rows {
+		res.Totals.LedgerRows++
+		switch r.Unit {
+		case schemas.UnitDEK:
+			res.Totals.DEKs++
+		case schemas.UnitRecord:
+			res.Totals.Records++
+		}
+		switch r.Status {
+		case schemas.StatusMigrated:
+			res.Totals.Migrated++
+			res.Totals.Bytes += r.Bytes
+		case schemas.StatusSkipped:
+			res.Totals.Skipped++
+		case schemas.StatusFailed:
+			if r.Unit == schemas.UnitFile {
+				res.Totals.FilesFail++
+			}
+			res.fail(r.Source, r.RecordID, r.DEKID, r.Error)
+		}
+		files[r.Source] = true
+	}
+	res.Totals.Files = 1
+	return res, true, nil
+}
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+func fileFailure(spec *Spec, src string, size int64, err error) (schemas.LedgerRow, UnitResult) {
+	row := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitFile, Source: src,
+		Status: schemas.StatusFailed, Error: err.Error(), Bytes: size, At: now()}
+	res := UnitResult{Unit: src}
+	res.Totals.Files = 1
+	res.Totals.FilesFail = 1
+	res.Totals.LedgerRows = 1
+	res.fail(src, "", "", err.Error())
+	return row, res
+}
+
+// writeLedgerPart commits rows as one ledger part.
+func writeLedgerPart(ctx context.Context, path string, rows []schemas.LedgerRow) error {
+	w, err := createRows[schemas.LedgerRow](ctx, path)
+	if err != nil {
+		return err
+	}
+	if err := w.write(rows); err != nil {
+		w.abort()
+		return err
+	}
+	return w.commit()
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return fmt.Sprint(err)
+}
+
+func errorsIs(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}
+

@@ -1,0 +1,247 @@
+package transforms
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+)
+
+func init() {
+	register.DoFn4x1[context.Context, string, func(DEKMap), func(UnitResult), error](&MintDEKsFn{})
+	register.Emitter1[DEKMap]()
+}
+
+// DEKMap pairs a source DEK with the fresh DEK that replaces it in a
+// re-encrypt run. It carries wrapped keys only.
+type DEKMap struct {
+	SourceID      string
+	SourceKEK     string
+	SourceWrap    string
+	SourceWrapped []byte
+	NewID         string
+	NewWrapped    []byte
+	Err           string // why records under this DEK cannot be migrated
+}
+
+// MintDEKsFn reads one source DEK table file and, for each DEK, checks it
+// unwraps under the source KEK, creates a fresh DEK (HSM random or
+// crypto/rand), wraps it with the target KEK and verifies the wrap, then
+// commits the new DEK table file and its ledger part.
+type MintDEKsFn struct {
+	Spec Spec
+
+	src, dst keys.KEK
+	cache    *keyCache
+}
+
+// Setup opens both KEKs (once per process).
+func (f *MintDEKsFn) Setup(ctx context.Context) error {
+	var err error
+	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("source KEK: %w", err)
+	}
+	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("target KEK: %w", err)
+	}
+	f.cache = processCache(f.Spec.CacheSize)
+	return nil
+}
+
+// ProcessElement mints the replacements for the DEKs of DEK table file rel.
+func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(DEKMap), emitRes func(UnitResult)) error {
+	markStarted()
+	spec := &f.Spec
+	srcPath := storage.Join(spec.SourceDEKs, rel)
+	dstPath := storage.Join(spec.TargetDEKs, rel)
+	part := spec.LedgerPart("deks", rel)
+	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+		return err
+	} else if done {
+		// Resume: the new DEKs of this file are committed; replay them.
+		if err := f.replay(ctx, srcPath, dstPath, emit); err != nil {
+			return err
+		}
+		emitRes(res)
+		return nil
+	}
+	res := UnitResult{Unit: srcPath}
+	res.Totals.Files = 1
+	out, err := createRows[schemas.DEKRow](ctx, dstPath)
+	if err != nil {
+		return err
+	}
+	var ledger []schemas.LedgerRow
+	var maps []DEKMap
+	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		outRows := make([]schemas.DEKRow, len(rows))
+		led := make([]schemas.LedgerRow, len(rows))
+		mm := make([]DEKMap, len(rows))
+		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
+			r := &rows[i]
+			newID := NewDEKID(r.DEKID, spec.RunID)
+			mm[i] = DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: newID}
+			led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
+				DEKID: r.DEKID, NewDEKID: newID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
+			w, err := f.mintOne(ctx, r, newID)
+			led[i].At = now()
+			if err != nil {
+				led[i].Status, led[i].Error = schemas.StatusFailed, err.Error()
+				mm[i].Err = err.Error()
+				if isFatalKeyErr(err) {
+					return err
+				}
+				return nil
+			}
+			mm[i].NewWrapped = w
+			led[i].Status, led[i].Bytes, led[i].Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
+			outRows[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now()}
+			return nil
+		})
+		if fatal != nil {
+			return fatal
+		}
+		keep := outRows[:0]
+		for i := range led {
+			res.Totals.DEKs++
+			res.Totals.LedgerRows++
+			if led[i].Status == schemas.StatusMigrated {
+				res.Totals.Migrated++
+				res.Totals.Bytes += led[i].Bytes
+				keep = append(keep, outRows[i])
+			} else {
+				res.fail(srcPath, "", led[i].DEKID, led[i].Error)
+			}
+		}
+		Progress.DEKs.Add(int64(len(rows)))
+		cntDEKs.Inc(ctx, int64(len(rows)))
+		ledger = append(ledger, led...)
+		maps = append(maps, mm...)
+		return out.write(keep)
+	})
+	if readErr != nil {
+		out.abort()
+		if isFatalKeyErr(readErr) {
+			return readErr
+		}
+		row, fres := fileFailure(spec, srcPath, 0, readErr)
+		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+			return err
+		}
+		emitRes(fres)
+		return nil
+	}
+	if err := out.commit(); err != nil {
+		return err
+	}
+	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+		return err
+	}
+	for _, m := range maps {
+		emit(m)
+	}
+	emitRes(res)
+	return nil
+}
+
+func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID string) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	if !kekMatches(f.src, r.KEK) {
+		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+	}
+	// The source DEK must unwrap; keep it cached for the record stage.
+	if _, err := unwrapCached(ctx, f.cache, f.src, r.DEKID, r.Wrap, r.Wrapped); err != nil {
+		return nil, err
+	}
+	var dek *keys.DEK
+	err := withRetry(ctx, func() (err error) {
+		dek, err = f.newDEK(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var w []byte
+	if err := withRetry(ctx, func() (err error) {
+		w, err = f.dst.Wrap(ctx, newID, dek)
+		return err
+	}); err != nil {
+		dek.Zero()
+		return nil, err
+	}
+	if !f.Spec.SkipVerify {
+		var back *keys.DEK
+		if err := withRetry(ctx, func() (err error) {
+			back, err = f.dst.Unwrap(ctx, newID, f.dst.Mechanism(), w)
+			return err
+		}); err != nil {
+			dek.Zero()
+			return nil, fmt.Errorf("verify before commit: %w", err)
+		}
+		same := bytes.Equal(back.Bytes(), dek.Bytes())
+		back.Zero()
+		if !same {
+			dek.Zero()
+			return nil, fmt.Errorf("verify before commit: new DEK %q unwrapped by the target differs", newID)
+		}
+	}
+	// The cache owns dek from here.
+	f.cache.put(cacheKey(f.dst.URI(), newID, f.dst.Mechanism(), w), dek)
+	return w, nil
+}
+
+func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {
+	if f.Spec.DEKSource != "crypto-rand" {
+		if g, ok := f.dst.(keys.Generator); ok {
+			return g.GenerateDEK(ctx)
+		}
+	}
+	b := make([]byte, keys.DEKSize)
+	defer clear(b)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return keys.NewDEK(b)
+}
+
+// replay re-emits the DEK pairs of a committed unit from its source and
+// target DEK table files.
+func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit func(DEKMap)) error {
+	target := map[string][]byte{}
+	if err := readDEKRows(ctx, dstPath, 4096, func(rows []schemas.DEKRow) error {
+		for _, r := range rows {
+			target[r.DEKID] = bytes.Clone(r.Wrapped)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	return readDEKRows(ctx, srcPath, 4096, func(rows []schemas.DEKRow) error {
+		for _, r := range rows {
+			m := DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: NewDEKID(r.DEKID, f.Spec.RunID)}
+			if w, ok := target[m.NewID]; ok {
+				m.NewWrapped = w
+			} else {
+				m.Err = "no new DEK was minted for this dek_id (see its dek ledger row)"
+			}
+			emit(m)
+		}
+		return nil
+	})
+}
+
+// MintDEKs is the first stage of a re-encrypt run: it returns the DEK pairs
+// and the units' results.
+func MintDEKs(s beam.Scope, spec Spec, files beam.PCollection) (maps, results beam.PCollection) {
+	s = s.Scope("MintDEKs")
+	return beam.ParDo2(s, &MintDEKsFn{Spec: spec}, files)
+}

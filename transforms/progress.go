@@ -1,0 +1,23 @@
+package transforms
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Progress counts work done by DoFns in this process. The CLI prints it
+// while a run goes on (direct and prism runners run DoFns in-process); the
+// Beam metrics counters carry the same figures on distributed runners.
+var Progress struct {
+	Files    atomic.Int64
+	Records  atomic.Int64
+	DEKs     atomic.Int64
+	Failed   atomic.Int64
+	Bytes    atomic.Int64
+	Started  atomic.Int64 // unix nanos of the first unit
+	Finished atomic.Int64
+}
+
+func markStarted() {
+	Progress.Started.CompareAndSwap(0, time.Now().UnixNano())
+}

@@ -1,0 +1,83 @@
+package transforms
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/parquet-go/parquet-go"
+)
+
+// recordLayout locates rekey's columns in a record file's schema.
+type recordLayout struct {
+	enc     []int    // leaf column indexes of the encrypted columns
+	encName []string // their names, for the AAD
+	dek     int
+	id      int
+}
+
+func layoutOf(schema *parquet.Schema, encrypted []string, dekCol, idCol string) (recordLayout, error) {
+	var l recordLayout
+	leaf := func(name string, wantBytes bool) (int, error) {
+		c, ok := schema.Lookup(name)
+		if !ok {
+			return 0, fmt.Errorf("no column %q (columns are configured with columns.encrypted / dek_id / record_id)", name)
+		}
+		if c.MaxRepetitionLevel > 0 {
+			return 0, fmt.Errorf("column %q is repeated; rekey handles flat columns only", name)
+		}
+		if wantBytes && c.Node.Type().Kind() != parquet.ByteArray {
+			return 0, fmt.Errorf("column %q is %s, want BYTE_ARRAY (binary or string)", name, c.Node.Type())
+		}
+		return c.ColumnIndex, nil
+	}
+	var err error
+	if l.dek, err = leaf(dekCol, true); err != nil {
+		return l, err
+	}
+	if l.id, err = leaf(idCol, false); err != nil {
+		return l, err
+	}
+	for _, name := range encrypted {
+		i, err := leaf(name, true)
+		if err != nil {
+			return l, err
+		}
+		if i == l.dek || i == l.id {
+			return l, fmt.Errorf("column %q cannot be both encrypted and the dek_id or record id column", name)
+		}
+		l.enc = append(l.enc, i)
+		l.encName = append(l.encName, name)
+	}
+	return l, nil
+}
+
+// recordID renders a record id value canonically for the AAD and ledger:
+// decimal for integers, the bytes for strings and binary.
+func recordID(v parquet.Value) (string, error) {
+	if v.IsNull() {
+		return "", fmt.Errorf("record id is null")
+	}
+	switch v.Kind() {
+	case parquet.ByteArray, parquet.FixedLenByteArray:
+		return string(v.ByteArray()), nil
+	case parquet.Int32:
+		return strconv.FormatInt(int64(v.Int32()), 10), nil
+	case parquet.Int64:
+		return strconv.FormatInt(v.Int64(), 10), nil
+	default:
+		return v.String(), nil
+	}
+}
+
+// findValue returns the index in row of the value of leaf column col.
+func findValue(row parquet.Row, col int) int {
+	if col < len(row) && row[col].Column() == col {
+		return col
+	}
+	for i := range row {
+		if row[i].Column() == col {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,351 @@
+package transforms
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/snappy"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+)
+
+func init() {
+	register.DoFn4x1[context.Context, string, func(*DEKMap) bool, func(UnitResult), error](&ReencryptFn{})
+	register.Iter1[DEKMap]()
+}
+
+// ReencryptFn re-encrypts one record file: every encrypted cell is opened
+// with its source DEK, sealed under the fresh DEK that replaces it, opened
+// again and compared with the plaintext (verify before commit), and the
+// output file is committed only when written whole. A record that fails is
+// left out of the output and gets a failed ledger row.
+type ReencryptFn struct {
+	Spec Spec
+
+	src, dst keys.KEK
+	cache    *keyCache
+	maps     map[string]*DEKMap
+}
+
+// Setup opens both KEKs (once per process).
+func (f *ReencryptFn) Setup(ctx context.Context) error {
+	var err error
+	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("source KEK: %w", err)
+	}
+	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("target KEK: %w", err)
+	}
+	f.cache = processCache(f.Spec.CacheSize)
+	return nil
+}
+
+func (f *ReencryptFn) loadMaps(iter func(*DEKMap) bool) {
+	if f.maps != nil {
+		return
+	}
+	f.maps = map[string]*DEKMap{}
+	var m DEKMap
+	for iter(&m) {
+		c := m
+		if prev, ok := f.maps[c.SourceID]; ok {
+			if !bytes.Equal(prev.SourceWrapped, c.SourceWrapped) || prev.SourceKEK != c.SourceKEK {
+				prev.Err = fmt.Sprintf("dek_id %q appears more than once in the source DEK table with different wrapped keys", c.SourceID)
+			}
+			continue
+		}
+		f.maps[c.SourceID] = &c
+	}
+}
+
+// cellScratch is one worker goroutine's reusable buffers.
+type cellScratch struct {
+	aad, aad2, pt, back []byte
+	sum                 [sha256.Size]byte
+}
+
+type rowOutcome struct {
+	ok    bool
+	id    string
+	dekID string
+	err   string
+	bytes int64
+	sum   string
+	fatal error // the custodian refuses us: stop the run
+}
+
+// ProcessElement re-encrypts record file rel.
+func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(*DEKMap) bool, emit func(UnitResult)) error {
+	markStarted()
+	f.loadMaps(deks)
+	spec := &f.Spec
+	srcPath := storage.Join(spec.SourceData, rel)
+	dstPath := storage.Join(spec.TargetData, rel)
+	part := spec.LedgerPart("data", rel)
+	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+		return err
+	} else if done {
+		emit(res)
+		return nil
+	}
+	res, ledger, err := f.reencryptFile(ctx, srcPath, dstPath)
+	if err != nil {
+		if isFatalKeyErr(err) {
+			return err
+		}
+		row, fres := fileFailure(spec, srcPath, 0, err)
+		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+			return err
+		}
+		Progress.Failed.Add(1)
+		cntFailed.Inc(ctx, 1)
+		emit(fres)
+		return nil
+	}
+	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+		return err
+	}
+	Progress.Files.Add(1)
+	cntFiles.Inc(ctx, 1)
+	emit(res)
+	return nil
+}
+
+func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string) (UnitResult, []schemas.LedgerRow, error) {
+	spec := &f.Spec
+	res := UnitResult{Unit: srcPath}
+	res.Totals.Files = 1
+	pf, in, err := openParquet(ctx, srcPath)
+	if err != nil {
+		return res, nil, err
+	}
+	defer in.Close()
+	layout, err := layoutOf(pf.Schema(), spec.Encrypted, spec.DEKColumn, spec.IDColumn)
+	if err != nil {
+		return res, nil, fmt.Errorf("%s: %w", srcPath, err)
+	}
+	out, err := storage.Create(ctx, dstPath)
+	if err != nil {
+		return res, nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = out.Abort()
+		}
+	}()
+	opts := []parquet.WriterOption{pf.Schema(), parquet.Compression(&snappy.Codec{})}
+	for _, kv := range pf.Metadata().KeyValueMetadata {
+		opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+	}
+	pw := parquet.NewWriter(out, opts...)
+	var ledger []schemas.LedgerRow
+	workers := spec.workers()
+	scratch := make([]cellScratch, workers)
+	batch := spec.rowBatch()
+	rows := make([]parquet.Row, batch)
+	outcomes := make([]rowOutcome, batch)
+	keep := make([]parquet.Row, 0, batch)
+	for _, rg := range pf.RowGroups() {
+		rr := rg.Rows()
+		for {
+			n, rerr := rr.ReadRows(rows)
+			if n > 0 {
+				fatal := parallel(n, workers, func(w, i int) error {
+					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w])
+					return outcomes[i].fatal
+				})
+				if fatal != nil {
+					rr.Close()
+					return res, nil, fatal
+				}
+				keep = keep[:0]
+				at := now()
+				for i := 0; i < n; i++ {
+					o := &outcomes[i]
+					l := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitRecord, Source: srcPath, Target: dstPath,
+						RecordID: o.id, DEKID: o.dekID, SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(), At: at}
+					if m := f.maps[o.dekID]; m != nil {
+						l.NewDEKID = m.NewID
+						l.SourceKEK = m.SourceKEK
+					}
+					res.Totals.Records++
+					res.Totals.LedgerRows++
+					if o.ok {
+						l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, o.bytes, o.sum
+						res.Totals.Migrated++
+						res.Totals.Bytes += o.bytes
+						keep = append(keep, rows[i])
+					} else {
+						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
+						res.fail(srcPath, o.id, o.dekID, o.err)
+					}
+					ledger = append(ledger, l)
+				}
+				if _, err := pw.WriteRows(keep); err != nil {
+					rr.Close()
+					return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+				}
+				Progress.Records.Add(int64(n))
+				Progress.Bytes.Add(sumBytes(outcomes[:n]))
+				cntRecords.Inc(ctx, int64(n))
+				cntBytes.Inc(ctx, sumBytes(outcomes[:n]))
+			}
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			if rerr != nil {
+				rr.Close()
+				return res, nil, fmt.Errorf("read %s: %w (truncated or corrupt file?)", srcPath, rerr)
+			}
+		}
+		rr.Close()
+		// Keep the source's row group boundaries (and bound the writer's
+		// buffered row group to the source's).
+		if err := pw.Flush(); err != nil {
+			return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+		}
+	}
+	for i := range scratch {
+		clear(scratch[i].pt[:cap(scratch[i].pt)])
+		clear(scratch[i].back[:cap(scratch[i].back)])
+	}
+	if err := pw.Close(); err != nil {
+		return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+	}
+	if err := out.Commit(); err != nil {
+		return res, nil, err
+	}
+	committed = true
+	Progress.Failed.Add(res.Totals.Failed)
+	cntFailed.Inc(ctx, res.Totals.Failed)
+	return res, ledger, nil
+}
+
+func sumBytes(o []rowOutcome) int64 {
+	var n int64
+	for i := range o {
+		if o[i].ok {
+			n += o[i].bytes
+		}
+	}
+	return n
+}
+
+// reencryptRow rewrites row in place. A fatal key error (the HSM refuses
+// us) is reported in o.fatal so the pool stops the run.
+func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch) (o rowOutcome) {
+	fail := func(format string, a ...any) rowOutcome {
+		o.ok, o.err = false, fmt.Sprintf(format, a...)
+		return o
+	}
+	iv := findValue(row, l.id)
+	dv := findValue(row, l.dek)
+	if iv < 0 || dv < 0 {
+		return fail("row has no value for the record id or dek_id column")
+	}
+	id, err := recordID(row[iv])
+	if err != nil {
+		return fail("%v", err)
+	}
+	o.id = id
+	if row[dv].IsNull() {
+		return fail("record %q has a null dek_id", id)
+	}
+	o.dekID = string(row[dv].ByteArray())
+	m := f.maps[o.dekID]
+	if m == nil {
+		return fail("record %q names dek_id %q, which is not in the source DEK table", id, o.dekID)
+	}
+	if m.Err != "" {
+		return fail("record %q: its DEK %q could not be migrated: %s", id, o.dekID, m.Err)
+	}
+	srcKey, err := unwrapCached(ctx, f.cache, f.src, m.SourceID, m.SourceWrap, m.SourceWrapped)
+	if err != nil {
+		if isFatalKeyErr(err) {
+			o.fatal = err
+		}
+		return fail("record %q: unwrap source DEK %q: %v", id, o.dekID, err)
+	}
+	dstKey, err := unwrapCached(ctx, f.cache, f.dst, m.NewID, f.dst.Mechanism(), m.NewWrapped)
+	if err != nil {
+		if isFatalKeyErr(err) {
+			o.fatal = err
+		}
+		return fail("record %q: unwrap new DEK %q: %v", id, m.NewID, err)
+	}
+	h := sha256.New()
+	newCells := make([][]byte, len(l.enc))
+	maxCell := f.Spec.maxCell()
+	for k, col := range l.enc {
+		vi := findValue(row, col)
+		if vi < 0 || row[vi].IsNull() {
+			continue // nulls stay null
+		}
+		cell := row[vi].ByteArray()
+		if len(cell) > maxCell+schemas.CellOverhead {
+			return fail("record %q column %q: cell is %d bytes, over the %d-byte limit (raise max_cell_bytes if this is expected)", id, l.encName[k], len(cell), maxCell)
+		}
+		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], id, o.dekID); err != nil {
+			return fail("record %q: %v", id, err)
+		}
+		pt, err := schemas.OpenCell(sc.pt[:0], srcKey.aead, cell, sc.aad)
+		sc.pt = pt
+		if err != nil {
+			return fail("record %q column %q: %v", id, l.encName[k], err)
+		}
+		if sc.aad2, err = schemas.CellAAD(sc.aad2[:0], l.encName[k], id, m.NewID); err != nil {
+			clear(pt)
+			return fail("record %q: %v", id, err)
+		}
+		ct, err := schemas.SealCell(make([]byte, 0, len(pt)+schemas.CellOverhead), dstKey.aead, rand.Reader, pt, sc.aad2)
+		if err != nil {
+			clear(pt)
+			return fail("record %q column %q: encrypt: %v", id, l.encName[k], err)
+		}
+		if !f.Spec.SkipVerify {
+			back, err := schemas.OpenCell(sc.back[:0], dstKey.aead, ct, sc.aad2)
+			sc.back = back
+			same := err == nil && bytes.Equal(back, pt)
+			clear(back)
+			if !same {
+				clear(pt)
+				return fail("record %q column %q: verify before commit failed: the new ciphertext does not decrypt to the source plaintext", id, l.encName[k])
+			}
+		}
+		clear(pt)
+		newCells[k] = ct
+		h.Write(ct)
+		o.bytes += int64(len(ct))
+	}
+	for k, col := range l.enc {
+		if newCells[k] == nil {
+			continue
+		}
+		vi := findValue(row, col)
+		v := row[vi]
+		row[vi] = parquet.ByteArrayValue(newCells[k]).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
+	}
+	v := row[dv]
+	row[dv] = parquet.ByteArrayValue([]byte(m.NewID)).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
+	o.ok = true
+	o.sum = hex.EncodeToString(h.Sum(sc.sum[:0]))
+	return o
+}
+
+// Reencrypt is the record stage of a re-encrypt run.
+func Reencrypt(s beam.Scope, spec Spec, files, maps beam.PCollection) beam.PCollection {
+	s = s.Scope("Reencrypt")
+	return beam.ParDo(s, &ReencryptFn{Spec: spec}, files, beam.SideInput{Input: maps})
+}

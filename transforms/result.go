@@ -1,0 +1,35 @@
+package transforms
+
+import (
+	"rekey/schemas"
+)
+
+// maxFailureNotes caps the failures a unit reports upstream; the ledger has
+// every one.
+const maxFailureNotes = 20
+
+// UnitResult is what a unit reports for the manifest: counts and the first
+// failures.
+type UnitResult struct {
+	Unit     string
+	Totals   schemas.Totals
+	Failures []schemas.FailureNote
+}
+
+func (r *UnitResult) fail(source, recordID, dekID, msg string) {
+	r.Totals.Failed++
+	if len(r.Failures) < maxFailureNotes {
+		r.Failures = append(r.Failures, schemas.FailureNote{Source: source, RecordID: recordID, DEKID: dekID, Error: msg})
+	}
+}
+
+// Merge adds o into r.
+func (r *UnitResult) Merge(o UnitResult) {
+	r.Totals.Add(o.Totals)
+	for _, f := range o.Failures {
+		if len(r.Failures) >= maxFailureNotes {
+			break
+		}
+		r.Failures = append(r.Failures, f)
+	}
+}

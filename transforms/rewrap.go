@@ -1,0 +1,211 @@
+package transforms
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+)
+
+func init() {
+	register.DoFn3x1[context.Context, string, func(UnitResult), error](&RewrapFn{})
+	register.Emitter1[UnitResult]()
+}
+
+// RewrapFn rewraps one DEK table file: every DEK is unwrapped by the source
+// KEK, wrapped by the target KEK, unwrapped again by the target and
+// compared before the new table file is committed. Records are untouched.
+type RewrapFn struct {
+	Spec Spec
+
+	src, dst keys.KEK
+}
+
+// Setup opens both KEKs (once per process).
+func (f *RewrapFn) Setup(ctx context.Context) error {
+	var err error
+	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("source KEK: %w", err)
+	}
+	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("target KEK: %w", err)
+	}
+	return nil
+}
+
+// ProcessElement rewraps the DEK table file rel.
+func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
+	markStarted()
+	spec := &f.Spec
+	srcPath := storage.Join(spec.SourceDEKs, rel)
+	dstPath := storage.Join(spec.TargetDEKs, rel)
+	part := spec.LedgerPart("deks", rel)
+	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+		return err
+	} else if done {
+		emit(res)
+		return nil
+	}
+	res := UnitResult{Unit: srcPath}
+	res.Totals.Files = 1
+	out, err := createRows[schemas.DEKRow](ctx, dstPath)
+	if err != nil {
+		return err
+	}
+	var ledger []schemas.LedgerRow
+	seen := map[string][32]byte{}
+	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		outRows := make([]schemas.DEKRow, len(rows))
+		led := make([]schemas.LedgerRow, len(rows))
+		dup := make([]string, len(rows))
+		for i := range rows {
+			h := sha256.Sum256(rows[i].Wrapped)
+			if prev, ok := seen[rows[i].DEKID]; ok {
+				if prev == h {
+					dup[i] = "skip"
+				} else {
+					dup[i] = "conflict"
+				}
+			} else {
+				seen[rows[i].DEKID] = h
+			}
+		}
+		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
+			r := &rows[i]
+			l := &led[i]
+			*l = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
+				DEKID: r.DEKID, NewDEKID: r.DEKID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
+			w, err := f.rewrapOne(ctx, r, dup[i])
+			l.At = now()
+			switch {
+			case err == errDuplicate:
+				l.Status, l.Error = schemas.StatusSkipped, "duplicate row of an already migrated dek_id in this file"
+			case err != nil:
+				l.Status, l.Error = schemas.StatusFailed, err.Error()
+				if !keys.IsRetryable(err) && isFatalKeyErr(err) {
+					return err
+				}
+			default:
+				l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
+				outRows[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: r.Created}
+			}
+			return nil
+		})
+		if fatal != nil {
+			return fatal
+		}
+		keep := outRows[:0]
+		for i := range led {
+			res.Totals.DEKs++
+			res.Totals.LedgerRows++
+			switch led[i].Status {
+			case schemas.StatusMigrated:
+				res.Totals.Migrated++
+				res.Totals.Bytes += led[i].Bytes
+				keep = append(keep, outRows[i])
+			case schemas.StatusSkipped:
+				res.Totals.Skipped++
+			default:
+				res.fail(srcPath, "", led[i].DEKID, led[i].Error)
+			}
+		}
+		Progress.DEKs.Add(int64(len(rows)))
+		cntDEKs.Inc(ctx, int64(len(rows)))
+		ledger = append(ledger, led...)
+		return out.write(keep)
+	})
+	if readErr != nil {
+		out.abort()
+		if isFatalKeyErr(readErr) {
+			return readErr
+		}
+		// The file itself is bad: one failed ledger row for it.
+		row, fres := fileFailure(spec, srcPath, 0, readErr)
+		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+			return err
+		}
+		Progress.Failed.Add(1)
+		emit(fres)
+		return nil
+	}
+	if err := out.commit(); err != nil {
+		return err
+	}
+	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+		return err
+	}
+	Progress.Files.Add(1)
+	Progress.Failed.Add(res.Totals.Failed)
+	cntFiles.Inc(ctx, 1)
+	cntFailed.Inc(ctx, res.Totals.Failed)
+	emit(res)
+	return nil
+}
+
+var errDuplicate = fmt.Errorf("duplicate")
+
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	switch dup {
+	case "skip":
+		return nil, errDuplicate
+	case "conflict":
+		return nil, fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
+	}
+	if !kekMatches(f.src, r.KEK) {
+		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+	}
+	var dek *keys.DEK
+	err := withRetry(ctx, func() (err error) {
+		dek, err = f.src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer dek.Zero()
+	var w []byte
+	if err := withRetry(ctx, func() (err error) {
+		w, err = f.dst.Wrap(ctx, r.DEKID, dek)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if f.Spec.SkipVerify {
+		return w, nil
+	}
+	var back *keys.DEK
+	if err := withRetry(ctx, func() (err error) {
+		back, err = f.dst.Unwrap(ctx, r.DEKID, f.dst.Mechanism(), w)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("verify before commit: %w", err)
+	}
+	defer back.Zero()
+	if !bytes.Equal(back.Bytes(), dek.Bytes()) {
+		return nil, fmt.Errorf("verify before commit: dek_id %q unwrapped by the target differs from the source DEK", r.DEKID)
+	}
+	return w, nil
+}
+
+// isFatalKeyErr reports errors that no other DEK or record would escape:
+// the custodian is unreachable or refuses us. The run stops at once.
+func isFatalKeyErr(err error) bool {
+	return errorsIs(err, keys.ErrAuthFailed, keys.ErrModule, keys.ErrTokenNotFound, keys.ErrNotPermitted, keys.ErrMechanism, keys.ErrKeyNotFound) ||
+		(keys.IsRetryable(err))
+}
+
+// RewrapDEKTables is the rewrap composite.
+func RewrapDEKTables(s beam.Scope, spec Spec, files beam.PCollection) beam.PCollection {
+	s = s.Scope("Rewrap")
+	return beam.ParDo(s, &RewrapFn{Spec: spec}, files)
+}

@@ -1,0 +1,84 @@
+package transforms
+
+import (
+	"runtime"
+
+	"rekey/schemas"
+)
+
+// Spec is the serialisable configuration every DoFn carries: locations, key
+// references (which name PIN sources, never PINs) and column names.
+type Spec struct {
+	RunID string
+	Mode  string
+
+	SourceData string
+	SourceDEKs string
+	SourceKEK  string // full URI with module-path and pin-source
+	SourceWrap string
+
+	TargetData string
+	TargetDEKs string
+	TargetKEK  string
+	TargetWrap string
+
+	Ledger string
+
+	Encrypted []string
+	DEKColumn string
+	IDColumn  string
+
+	Workers      int
+	DEKSource    string // "hsm" or "crypto-rand"
+	Resume       bool
+	CacheSize    int
+	HSMRate      float64 // HSM operations per second per HSM; 0 = unlimited
+	MaxCellBytes int
+	RowBatch     int
+	SkipVerify   bool   // verify-before-commit off (benchmarks only)
+	VerifyReport string // verify mode: where the JSON report goes
+}
+
+func (s *Spec) workers() int {
+	if s.Workers > 0 {
+		return s.Workers
+	}
+	return runtime.NumCPU()
+}
+
+func (s *Spec) rowBatch() int {
+	if s.RowBatch > 0 {
+		return s.RowBatch
+	}
+	return 1024
+}
+
+func (s *Spec) maxCell() int {
+	if s.MaxCellBytes > 0 && s.MaxCellBytes < schemas.MaxCellBytes {
+		return s.MaxCellBytes
+	}
+	return schemas.MaxCellBytes
+}
+
+// LedgerPart is where a unit's ledger rows go: one part per unit, named
+// from the unit so a retried bundle overwrites instead of duplicating.
+func (s *Spec) LedgerPart(kind, rel string) string {
+	return RunLedgerDir(s.Ledger, s.RunID) + "/part-" + kind + "-" + unitName(rel) + ".parquet"
+}
+
+// RunLedgerDir is the Hive-style folder of one run's ledger.
+func RunLedgerDir(ledger, runID string) string {
+	return trimSlash(ledger) + "/run_id=" + runID
+}
+
+// ManifestPath is where a run's manifest goes.
+func ManifestPath(ledger, runID string) string {
+	return RunLedgerDir(ledger, runID) + "/_manifest.json"
+}
+
+func trimSlash(s string) string {
+	for len(s) > 1 && s[len(s)-1] == '/' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
