@@ -298,7 +298,11 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 			}
 			return nil
 		}
-		a, err := k.tok.boolAttrs(sh, h, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_SENSITIVE)
+		attrs := []uint{pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_SENSITIVE}
+		if !k.isRSA {
+			attrs = append(attrs, pkcs11.CKA_ENCRYPT, pkcs11.CKA_WRAP)
+		}
+		a, err := k.tok.boolAttrs(sh, h, attrs...)
 		if err != nil {
 			out = append(out, keys.Check{Name: "attributes of " + ref, Warn: true, OK: true, Info: "cannot read: " + err.Error()})
 			return nil
@@ -349,3 +353,6 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 	}
 	return append(out, keys.Check{Name: "test wrap/unwrap round trip with " + ref, OK: true, Info: k.mech})
 }
+
+// Matches reports whether a DEK table's kek reference names this key.
+func (k *KEK) Matches(ref string) bool { return SameKey(ref, k.uri.KeyURI()) }

@@ -40,30 +40,71 @@ type LedgerRow struct {
 const ManifestFormat = "rekey-manifest/1"
 
 // Totals are the counts of a run; the manifest and the summary table print
-// them.
+// them. Failed counts every failed ledger row, whatever its unit.
 type Totals struct {
-	Files      int64 `json:"files"`
-	FilesFail  int64 `json:"files_failed"`
-	Records    int64 `json:"records"`
-	DEKs       int64 `json:"deks"`
-	Migrated   int64 `json:"migrated"`
-	Skipped    int64 `json:"skipped"`
-	Failed     int64 `json:"failed"`
-	Bytes      int64 `json:"bytes"`
-	LedgerRows int64 `json:"ledger_rows"`
+	Files           int64 `json:"files"`
+	FilesFailed     int64 `json:"files_failed"`
+	DEKs            int64 `json:"deks"`
+	DEKsMigrated    int64 `json:"deks_migrated"`
+	DEKsSkipped     int64 `json:"deks_skipped"`
+	DEKsFailed      int64 `json:"deks_failed"`
+	Records         int64 `json:"records"`
+	RecordsMigrated int64 `json:"records_migrated"`
+	RecordsFailed   int64 `json:"records_failed"`
+	Failed          int64 `json:"failed"`
+	Bytes           int64 `json:"bytes"`
+	LedgerRows      int64 `json:"ledger_rows"`
 }
 
 // Add accumulates o into t.
 func (t *Totals) Add(o Totals) {
 	t.Files += o.Files
-	t.FilesFail += o.FilesFail
-	t.Records += o.Records
+	t.FilesFailed += o.FilesFailed
 	t.DEKs += o.DEKs
-	t.Migrated += o.Migrated
-	t.Skipped += o.Skipped
+	t.DEKsMigrated += o.DEKsMigrated
+	t.DEKsSkipped += o.DEKsSkipped
+	t.DEKsFailed += o.DEKsFailed
+	t.Records += o.Records
+	t.RecordsMigrated += o.RecordsMigrated
+	t.RecordsFailed += o.RecordsFailed
 	t.Failed += o.Failed
 	t.Bytes += o.Bytes
 	t.LedgerRows += o.LedgerRows
+}
+
+// Count adds one ledger row to t.
+func (t *Totals) Count(r *LedgerRow) {
+	t.LedgerRows++
+	switch r.Unit {
+	case UnitDEK:
+		t.DEKs++
+		switch r.Status {
+		case StatusMigrated:
+			t.DEKsMigrated++
+		case StatusSkipped:
+			t.DEKsSkipped++
+		case StatusFailed:
+			t.DEKsFailed++
+		}
+	case UnitRecord:
+		t.Records++
+		switch r.Status {
+		case StatusMigrated:
+			t.RecordsMigrated++
+		case StatusFailed:
+			t.RecordsFailed++
+		}
+	case UnitFile:
+		if r.Status == StatusFailed {
+			t.FilesFailed++
+		}
+	}
+	if r.Status == StatusMigrated {
+		t.Bytes += r.Bytes
+	}
+	if r.Status == StatusFailed {
+		t.Failed++
+	}
 }
 
 // Manifest is the per-run completion report written beside the ledger as

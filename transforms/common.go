@@ -23,8 +23,8 @@ var (
 	cntFiles   = beam.NewCounter("rekey", "files")
 )
 
-// kekMatches reports whether a DEK table's kek reference names k.
-func kekMatches(k keys.KEK, ref string) bool {
+// KEKMatches reports whether a DEK table's kek reference names k.
+func KEKMatches(k keys.KEK, ref string) bool {
 	if m, ok := k.(interface{ Matches(string) bool }); ok {
 		return m.Matches(ref)
 	}
@@ -68,28 +68,8 @@ func alreadyDone(ctx context.Context, spec *Spec, part, unit string) (UnitResult
 		return UnitResult{}, false, nil
 	}
 	res := UnitResult{Unit: unit}
-	files := map[string]bool{}
-	for _, r := range rows {
-		res.Totals.LedgerRows++
-		switch r.Unit {
-		case schemas.UnitDEK:
-			res.Totals.DEKs++
-		case schemas.UnitRecord:
-			res.Totals.Records++
-		}
-		switch r.Status {
-		case schemas.StatusMigrated:
-			res.Totals.Migrated++
-			res.Totals.Bytes += r.Bytes
-		case schemas.StatusSkipped:
-			res.Totals.Skipped++
-		case schemas.StatusFailed:
-			if r.Unit == schemas.UnitFile {
-				res.Totals.FilesFail++
-			}
-			res.fail(r.Source, r.RecordID, r.DEKID, r.Error)
-		}
-		files[r.Source] = true
+	for i := range rows {
+		res.add(&rows[i])
 	}
 	res.Totals.Files = 1
 	return res, true, nil
@@ -102,9 +82,7 @@ func fileFailure(spec *Spec, src string, size int64, err error) (schemas.LedgerR
 		Status: schemas.StatusFailed, Error: err.Error(), Bytes: size, At: now()}
 	res := UnitResult{Unit: src}
 	res.Totals.Files = 1
-	res.Totals.FilesFail = 1
-	res.Totals.LedgerRows = 1
-	res.fail(src, "", "", err.Error())
+	res.add(&row)
 	return row, res
 }
 

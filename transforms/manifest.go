@@ -52,7 +52,7 @@ func (f *WriteManifestFn) ProcessElement(ctx context.Context, _ []byte, results 
 	var r UnitResult
 	for results(&r) {
 		all.Merge(r)
-		files = append(files, VerifyFile{Path: r.Unit, Records: r.Totals.Records, Verified: r.Totals.Migrated, Failed: r.Totals.Failed})
+		files = append(files, VerifyFile{Path: r.Unit, Records: r.Totals.Records, Verified: r.Totals.RecordsMigrated, Failed: r.Totals.Failed})
 		r = UnitResult{}
 	}
 	spec := f.Spec

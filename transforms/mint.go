@@ -110,14 +110,9 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		}
 		keep := outRows[:0]
 		for i := range led {
-			res.Totals.DEKs++
-			res.Totals.LedgerRows++
+			res.add(&led[i])
 			if led[i].Status == schemas.StatusMigrated {
-				res.Totals.Migrated++
-				res.Totals.Bytes += led[i].Bytes
 				keep = append(keep, outRows[i])
-			} else {
-				res.fail(srcPath, "", led[i].DEKID, led[i].Error)
 			}
 		}
 		Progress.DEKs.Add(int64(len(rows)))
@@ -155,7 +150,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
-	if !kekMatches(f.src, r.KEK) {
+	if !KEKMatches(f.src, r.KEK) {
 		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	// The source DEK must unwrap; keep it cached for the record stage.

@@ -80,7 +80,7 @@ func readDEKRows(ctx context.Context, path string, batch int, fn func([]schemas.
 			return fmt.Errorf("%s is not a rekey DEK table: no column %q (see docs/FORMAT.md)", path, col)
 		}
 	}
-	r := parquet.NewGenericReader[schemas.DEKRow](f, pf.Schema())
+	r := parquet.NewGenericReader[schemas.DEKRow](f)
 	defer r.Close()
 	buf := make([]schemas.DEKRow, batch)
 	for {

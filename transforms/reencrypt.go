@@ -180,17 +180,13 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 						l.NewDEKID = m.NewID
 						l.SourceKEK = m.SourceKEK
 					}
-					res.Totals.Records++
-					res.Totals.LedgerRows++
 					if o.ok {
 						l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, o.bytes, o.sum
-						res.Totals.Migrated++
-						res.Totals.Bytes += o.bytes
 						keep = append(keep, rows[i])
 					} else {
 						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
-						res.fail(srcPath, o.id, o.dekID, o.err)
 					}
+					res.add(&l)
 					ledger = append(ledger, l)
 				}
 				if _, err := pw.WriteRows(keep); err != nil {

@@ -16,10 +16,18 @@ type UnitResult struct {
 	Failures []schemas.FailureNote
 }
 
-func (r *UnitResult) fail(source, recordID, dekID, msg string) {
-	r.Totals.Failed++
+// note keeps a failure sample (counting is done by Totals.Count).
+func (r *UnitResult) note(source, recordID, dekID, msg string) {
 	if len(r.Failures) < maxFailureNotes {
 		r.Failures = append(r.Failures, schemas.FailureNote{Source: source, RecordID: recordID, DEKID: dekID, Error: msg})
+	}
+}
+
+// add counts one ledger row and keeps it as a sample if it failed.
+func (r *UnitResult) add(l *schemas.LedgerRow) {
+	r.Totals.Count(l)
+	if l.Status == schemas.StatusFailed {
+		r.note(l.Source, l.RecordID, l.DEKID, l.Error)
 	}
 }
 

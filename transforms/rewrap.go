@@ -103,17 +103,9 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		}
 		keep := outRows[:0]
 		for i := range led {
-			res.Totals.DEKs++
-			res.Totals.LedgerRows++
-			switch led[i].Status {
-			case schemas.StatusMigrated:
-				res.Totals.Migrated++
-				res.Totals.Bytes += led[i].Bytes
+			res.add(&led[i])
+			if led[i].Status == schemas.StatusMigrated {
 				keep = append(keep, outRows[i])
-			case schemas.StatusSkipped:
-				res.Totals.Skipped++
-			default:
-				res.fail(srcPath, "", led[i].DEKID, led[i].Error)
 			}
 		}
 		Progress.DEKs.Add(int64(len(rows)))
@@ -161,7 +153,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 	case "conflict":
 		return nil, fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
 	}
-	if !kekMatches(f.src, r.KEK) {
+	if !KEKMatches(f.src, r.KEK) {
 		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	var dek *keys.DEK

@@ -21,6 +21,79 @@ func init() {
 	register.Emitter1[schemas.DEKRow]()
 	register.DoFn4x1[context.Context, string, func(*schemas.DEKRow) bool, func(UnitResult), error](&VerifyFn{})
 	register.Iter1[schemas.DEKRow]()
+	register.DoFn3x1[context.Context, string, func(UnitResult), error](&VerifyDEKsFn{})
+}
+
+// VerifyDEKsFn unwraps every DEK of one DEK table file with the KEK it is
+// given and counts the ones that unwrap.
+type VerifyDEKsFn struct {
+	Spec Spec
+	kek  keys.KEK
+}
+
+// Setup opens the KEK (once per process).
+func (f *VerifyDEKsFn) Setup(ctx context.Context) (err error) {
+	if f.kek, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+		return fmt.Errorf("KEK: %w", err)
+	}
+	return nil
+}
+
+// ProcessElement verifies DEK table file rel.
+func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
+	path := storage.Join(f.Spec.TargetDEKs, rel)
+	res := UnitResult{Unit: path}
+	seen := map[string]bool{}
+	err := readDEKRows(ctx, path, f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		errs := make([]error, len(rows))
+		_ = parallel(len(rows), f.Spec.workers(), func(_, i int) error {
+			r := &rows[i]
+			if err := r.Validate(); err != nil {
+				errs[i] = err
+				return nil
+			}
+			if !KEKMatches(f.kek, r.KEK) {
+				errs[i] = fmt.Errorf("dek_id %q is wrapped by %s, not by %s", r.DEKID, r.KEK, f.kek.URI())
+				return nil
+			}
+			var dek *keys.DEK
+			errs[i] = withRetry(ctx, func() (err error) {
+				dek, err = f.kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+				return err
+			})
+			dek.Zero()
+			return nil
+		})
+		for i := range rows {
+			res.Totals.DEKs++
+			if errs[i] == nil && seen[rows[i].DEKID] {
+				errs[i] = fmt.Errorf("dek_id %q appears more than once in the DEK table", rows[i].DEKID)
+			}
+			seen[rows[i].DEKID] = true
+			if errs[i] != nil {
+				if isFatalKeyErr(errs[i]) {
+					return errs[i]
+				}
+				res.Totals.DEKsFailed++
+				res.Totals.Failed++
+				res.note(path, "", rows[i].DEKID, errs[i].Error())
+			} else {
+				res.Totals.DEKsMigrated++
+			}
+		}
+		Progress.DEKs.Add(int64(len(rows)))
+		return nil
+	})
+	if err != nil {
+		if isFatalKeyErr(err) {
+			return err
+		}
+		res.Totals.FilesFailed++
+		res.Totals.Failed++
+		res.note(path, "", "", err.Error())
+	}
+	emit(res)
+	return nil
 }
 
 // ReadDEKsFn emits the rows of one DEK table file (wrapped keys only).
@@ -92,8 +165,9 @@ func (f *VerifyFn) ProcessElement(ctx context.Context, rel string, deks func(*sc
 		if isFatalKeyErr(err) {
 			return err
 		}
-		res.Totals.FilesFail++
-		res.fail(path, "", "", err.Error())
+		res.Totals.FilesFailed++
+		res.Totals.Failed++
+		res.note(path, "", "", err.Error())
 	}
 	Progress.Files.Add(1)
 	Progress.Failed.Add(res.Totals.Failed)
@@ -141,9 +215,11 @@ func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult)
 				for i := 0; i < n; i++ {
 					res.Totals.Records++
 					if errs[i] == "" {
-						res.Totals.Migrated++
+						res.Totals.RecordsMigrated++
 					} else {
-						res.fail(path, ids[i], dekIDs[i], errs[i])
+						res.Totals.RecordsFailed++
+						res.Totals.Failed++
+						res.note(path, ids[i], dekIDs[i], errs[i])
 					}
 				}
 				Progress.Records.Add(int64(n))
@@ -181,7 +257,7 @@ func (f *VerifyFn) verifyRow(ctx context.Context, l *recordLayout, row parquet.R
 	if d == nil {
 		return fmt.Errorf("record %q names dek_id %q, which is not in the DEK table", *id, *dekID)
 	}
-	if !kekMatches(f.kek, d.KEK) {
+	if !KEKMatches(f.kek, d.KEK) {
 		return fmt.Errorf("record %q: DEK %q is wrapped by %s, not by %s", *id, *dekID, d.KEK, f.kek.URI())
 	}
 	key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
@@ -206,12 +282,18 @@ func (f *VerifyFn) verifyRow(ctx context.Context, l *recordLayout, row parquet.R
 	return nil
 }
 
-// Verify is the verify composite: every record file under spec.TargetData
-// checked against the DEK table at spec.TargetDEKs.
+// Verify is the verify composite: every DEK of the table at spec.TargetDEKs
+// unwrapped, and every record file under spec.TargetData (if set) checked
+// against that table.
 func Verify(s beam.Scope, spec Spec) beam.PCollection {
 	s = s.Scope("Verify")
 	dekFiles := ListFiles(s, spec.TargetDEKs)
+	dekResults := beam.ParDo(s, &VerifyDEKsFn{Spec: spec}, dekFiles)
+	if spec.TargetData == "" {
+		return dekResults
+	}
 	deks := beam.ParDo(s, &ReadDEKsFn{Root: spec.TargetDEKs}, dekFiles)
 	files := ListFiles(s, spec.TargetData)
-	return beam.ParDo(s, &VerifyFn{Spec: spec}, files, beam.SideInput{Input: deks})
+	recResults := beam.ParDo(s, &VerifyFn{Spec: spec}, files, beam.SideInput{Input: deks})
+	return beam.Flatten(s, dekResults, recResults)
 }

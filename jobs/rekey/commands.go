@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
+	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/direct"
+	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
+
+	"rekey/pipeline"
+	"rekey/providers/storage"
+	"rekey/schemas"
+	"rekey/transforms"
+)
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func cmdPlan(args []string, stdout, stderr io.Writer) error {
+	var f jobFlags
+	f.register(true)
+	set, err := parseFlags("plan", "Dry run: counts files, records and DEKs, lists the KEKs referenced, checks both\nKEKs (module, token, PIN, key, permissions, a test unwrap and a wrap/unwrap round trip),\nchecks that the output is not inside the source, and estimates HSM operations.\nTouches no data. Exit 0 if every check passed, 4 otherwise.", args, stdout)
+	if err != nil {
+		return err
+	}
+	f.set = set
+	quietBeam(f.verbose)
+	j, err := f.load()
+	if err != nil {
+		return err
+	}
+	if err := j.Validate(); err != nil {
+		return withCode(exitUsage, err)
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	r := pipeline.Plan(ctx, j, true)
+	printReport(stdout, j, r)
+	if r.Failed() {
+		return withCode(exitPreflight, errors.New("preflight checks failed (marked FAIL above); nothing was touched"))
+	}
+	return nil
+}
+
+func printReport(w io.Writer, j *pipeline.Job, r *pipeline.Report) {
+	fmt.Fprintf(w, "rekey plan: run %s, mode %s\n\n", j.RunID, j.Mode)
+	for _, c := range r.Checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		} else if c.Warn {
+			mark = "warn"
+		}
+		fmt.Fprintf(w, "  [%s] %s: %s\n", mark, c.Name, c.Info)
+	}
+	fmt.Fprintf(w, "\n  DEKs:          %d in %d files\n", r.DEKs, r.DEKFiles)
+	for k, n := range r.KEKs {
+		fmt.Fprintf(w, "  KEK referenced: %s (%d DEKs)\n", k, n)
+	}
+	if j.Mode == schemas.ModeReencrypt {
+		fmt.Fprintf(w, "  record files:  %d (%d records, %s)\n", r.DataFiles, r.Records, humanBytes(r.DataBytes))
+	}
+	fmt.Fprintf(w, "  HSM operations: about %d (%s)\n", r.HSMOps, r.HSMOpsNote)
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	var f jobFlags
+	f.register(true)
+	set, err := parseFlags("run", "Migrates a dataset: mode rewrap rewraps every DEK (data untouched); mode reencrypt\ndecrypts every encrypted cell and encrypts it under a fresh DEK, verifying each new\nciphertext before its file is committed. Writes the ledger and a manifest.\nExit 0 all migrated, 3 finished with failures (see the ledger), 1 fatal, 4 preflight failed.", args, stdout)
+	if err != nil {
+		return err
+	}
+	f.set = set
+	quietBeam(f.verbose)
+	j, err := f.load()
+	if err != nil {
+		return err
+	}
+	if err := j.Validate(); err != nil {
+		return withCode(exitUsage, err)
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	// Preflight: the same checks as plan, without the per-file footer scan.
+	r := pipeline.Plan(ctx, j, false)
+	if r.Failed() {
+		for _, c := range r.Checks {
+			if !c.OK {
+				fmt.Fprintf(stderr, "  [FAIL] %s: %s\n", c.Name, c.Info)
+			}
+		}
+		return withCode(exitPreflight, errors.New("preflight checks failed; nothing was touched (run rekey plan for the full report)"))
+	}
+	for _, c := range r.Checks {
+		if c.Warn {
+			fmt.Fprintf(stderr, "  [warn] %s: %s\n", c.Name, c.Info)
+		}
+	}
+	spec := j.Spec()
+	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, transforms.RunLedgerDir(j.Ledger, j.RunID))
+	p, s := beam.NewPipelineWithRoot()
+	pipeline.Build(s, spec)
+	start := time.Now()
+	stop := startProgress(stderr, f.progress, j.Mode)
+	_, runErr := beam.Run(ctx, *runners.Runner, p)
+	stop()
+	if runErr != nil {
+		return withCode(exitFatal, fmt.Errorf("run %s stopped: %v\nCommitted units are kept: fix the cause and re-run with --run-id %s --resume", j.RunID, cleanBeamErr(runErr), j.RunID))
+	}
+	m, err := readManifest(ctx, j.Ledger, j.RunID)
+	if err != nil {
+		if !isLocalRunner() {
+			fmt.Fprintf(stdout, "rekey run %s: submitted to %s; the manifest will be at %s\n", j.RunID, *runners.Runner, transforms.ManifestPath(j.Ledger, j.RunID))
+			return nil
+		}
+		return withCode(exitFatal, err)
+	}
+	printSummary(stdout, m, time.Since(start))
+	if m.Totals.Failed > 0 {
+		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s", m.Totals.Failed, firstFailure(m.Failures)))
+	}
+	return nil
+}
+
+func isLocalRunner() bool {
+	switch *runners.Runner {
+	case "direct", "prism", "":
+		return true
+	}
+	return false
+}
+
+func firstFailure(f []schemas.FailureNote) string {
+	if len(f) == 0 {
+		return "(none recorded)"
+	}
+	s := f[0].Source
+	if f[0].RecordID != "" {
+		s += " record " + f[0].RecordID
+	} else if f[0].DEKID != "" {
+		s += " dek " + f[0].DEKID
+	}
+	return s + ": " + f[0].Error
+}
+
+// cleanBeamErr keeps the root cause of a pipeline failure readable: Beam
+// wraps DoFn errors in several layers of context.
+func cleanBeamErr(err error) string {
+	msg := err.Error()
+	for _, marker := range []string{"source KEK: ", "target KEK: ", "KEK: "} {
+		if i := strings.LastIndex(msg, marker); i >= 0 {
+			tail := msg[i:]
+			if j := strings.IndexByte(tail, '\n'); j > 0 {
+				tail = tail[:j]
+			}
+			return tail
+		}
+	}
+	lines := strings.Split(msg, "\n")
+	for _, l := range lines {
+		if strings.Contains(l, "rekey") || strings.Contains(l, "unwrap") || strings.Contains(l, "wrap") {
+			return strings.TrimSpace(l)
+		}
+	}
+	if len(lines) > 6 {
+		lines = lines[:6]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func readManifest(ctx context.Context, ledger, runID string) (*schemas.Manifest, error) {
+	path := transforms.ManifestPath(ledger, runID)
+	f, err := storage.Open(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("run %s: no manifest (%v)", runID, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, f.Size()))
+	if err != nil {
+		return nil, err
+	}
+	var m schemas.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %v", path, err)
+	}
+	return &m, nil
+}
+
+func printSummary(w io.Writer, m *schemas.Manifest, took time.Duration) {
+	t := m.Totals
+	fmt.Fprintf(w, "\nrekey run %s (%s): %s in %s\n", m.RunID, m.Mode, m.Status, took.Round(time.Millisecond))
+	fmt.Fprintf(w, "  %-8s %12s %12s %10s %10s\n", "", "total", "migrated", "skipped", "failed")
+	fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "DEKs", t.DEKs, t.DEKsMigrated, t.DEKsSkipped, t.DEKsFailed)
+	if m.Mode == schemas.ModeReencrypt {
+		fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "records", t.Records, t.RecordsMigrated, "-", t.RecordsFailed)
+	}
+	fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "files", t.Files, t.Files-t.FilesFailed, "-", t.FilesFailed)
+	secs := took.Seconds()
+	if secs > 0 {
+		if m.Mode == schemas.ModeReencrypt {
+			fmt.Fprintf(w, "  written: %s of ciphertext, %.0f records/s, %s/s\n", humanBytes(t.Bytes), float64(t.Records)/secs, humanBytes(int64(float64(t.Bytes)/secs)))
+		} else {
+			fmt.Fprintf(w, "  %.0f DEKs/s\n", float64(t.DEKs)/secs)
+		}
+	}
+	fmt.Fprintf(w, "  ledger:   %s (%d rows)\n  manifest: %s\n", m.LedgerDir, t.LedgerRows, m.LedgerDir+"/_manifest.json")
+	if len(m.Failures) > 0 {
+		fmt.Fprintf(w, "  first failures:\n")
+		for i, f := range m.Failures {
+			if i == 5 {
+				break
+			}
+			fmt.Fprintf(w, "    %s\n", firstFailure([]schemas.FailureNote{f}))
+		}
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// startProgress prints a progress line at an interval until stop is called.
+func startProgress(w io.Writer, every time.Duration, mode string) (stop func()) {
+	if every < 0 {
+		return func() {}
+	}
+	if every == 0 {
+		every = 10 * time.Second
+		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			every = 2 * time.Second
+		}
+	}
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				p := &transforms.Progress
+				el := time.Since(start).Seconds()
+				rec := p.Records.Load()
+				fmt.Fprintf(w, "  [%4.0fs] files %d  DEKs %d  records %d (%.0f/s)  %s  failed %d\n",
+					el, p.Files.Load(), p.DEKs.Load(), rec, float64(rec)/el, humanBytes(p.Bytes.Load()), p.Failed.Load())
+			}
+		}
+	}()
+	return func() { close(done) }
+}

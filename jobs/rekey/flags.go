@@ -1,0 +1,177 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
+
+	"rekey/pipeline"
+)
+
+// jobFlags are the flags that build or override a job file.
+type jobFlags struct {
+	job, mode, runID                         string
+	srcData, srcDEKs, srcKEK, srcWrap        string
+	dstData, dstDEKs, dstKEK, dstWrap        string
+	ledger, encrypted, dekCol, idCol, dekSrc string
+	workers, cacheSize, maxCell              int
+	resume, verbose, runIDGiven              bool
+	progress                                 time.Duration
+	set                                      map[string]bool
+}
+
+// ours lists the flags rekey defines, so --help shows them and not Beam's.
+var ours = map[string]bool{}
+
+func defString(p *string, name, value, usage string) {
+	ours[name] = true
+	flag.CommandLine.StringVar(p, name, value, usage)
+}
+
+func defInt(p *int, name string, value int, usage string) {
+	ours[name] = true
+	flag.CommandLine.IntVar(p, name, value, usage)
+}
+
+func defBool(p *bool, name string, value bool, usage string) {
+	ours[name] = true
+	flag.CommandLine.BoolVar(p, name, value, usage)
+}
+
+func (f *jobFlags) register(withMode bool) {
+	defString(&f.job, "job", "", "job file (YAML, see README \"Job file\"); flags below override it")
+	if withMode {
+		defString(&f.mode, "mode", "", "rewrap (DEKs only, data untouched) or reencrypt (every record)")
+	}
+	defString(&f.runID, "run-id", "", "run id: names the ledger folder run_id=<id> (default: UTC timestamp)")
+	defString(&f.srcData, "source-data", "", "source record dataset folder")
+	defString(&f.srcDEKs, "source-deks", "", "source DEK table folder")
+	defString(&f.srcKEK, "source-kek", "", "source KEK: pkcs11:token=<label>;object=<key>?pin-source=env:VAR")
+	defString(&f.srcWrap, "source-wrap", "", "wrap mechanism to expect on the source (rows name their own)")
+	defString(&f.dstData, "target-data", "", "target record dataset folder (reencrypt)")
+	defString(&f.dstDEKs, "target-deks", "", "target DEK table folder")
+	defString(&f.dstKEK, "target-kek", "", "target KEK URI")
+	defString(&f.dstWrap, "target-wrap", "", "target wrap: aes-gcm, aes-kwp, rsa-oaep-sha256, rsa-oaep-sha1 (default aes-gcm for AES keys, rsa-oaep-sha256 for RSA)")
+	defString(&f.ledger, "ledger", "", "ledger folder (Parquet, Hive-style run_id=<id>/)")
+	defString(&f.encrypted, "encrypted", "", "comma-separated encrypted columns (default payload)")
+	defString(&f.dekCol, "dek-column", "", "column naming each record's DEK (default dek_id)")
+	defString(&f.idCol, "id-column", "", "record id column (default id)")
+	defString(&f.dekSrc, "dek-source", "", "where fresh DEKs come from: hsm (target HSM RNG, default) or crypto-rand")
+	defInt(&f.workers, "workers", 0, "goroutines per worker process for crypto and HSM calls (default: number of CPUs)")
+	defInt(&f.cacheSize, "cache-size", 0, "unwrapped DEKs kept in memory per process (default 4096; evicted keys are zeroed)")
+	defInt(&f.maxCell, "max-cell-bytes", 0, "largest cell accepted (default and limit 64 MiB)")
+	defBool(&f.resume, "resume", false, "continue a run with the same --run-id: committed units are kept, the rest is done")
+	defBool(&f.verbose, "verbose", false, "show Beam's own log lines")
+	ours["progress"] = true
+	flag.CommandLine.DurationVar(&f.progress, "progress", 0, "progress line interval (default 2s on a terminal, 10s otherwise; -1s: off)")
+}
+
+// parseFlags parses args into flag.CommandLine (rekey's and Beam's flags).
+func parseFlags(cmd, synopsis string, args []string, stdout io.Writer) (map[string]bool, error) {
+	ours["runner"] = true
+	flag.CommandLine.Init("rekey "+cmd, flag.ContinueOnError)
+	flag.CommandLine.SetOutput(stdout)
+	flag.CommandLine.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: rekey %s [flags]\n\n%s\n\nFlags:\n", cmd, synopsis)
+		var names []string
+		flag.CommandLine.VisitAll(func(f *flag.Flag) {
+			if ours[f.Name] {
+				names = append(names, f.Name)
+			}
+		})
+		sort.Strings(names)
+		for _, n := range names {
+			f := flag.CommandLine.Lookup(n)
+			usage := f.Usage
+			if n == "runner" {
+				usage = "Beam runner: direct (default; in-process), prism (in-process portable runner), universal (--endpoint=HOST:PORT job service), dataflow, flink, spark"
+			}
+			fmt.Fprintf(stdout, "  --%s\n    \t%s\n", n, usage)
+		}
+		fmt.Fprintln(stdout, "\nBeam's runner flags (--endpoint, --environment_type, --job_name, --project, --region, ...) are accepted too.")
+	}
+	if err := flag.CommandLine.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil, err
+		}
+		return nil, withCode(exitUsage, fmt.Errorf("%v (see rekey %s --help)", err, cmd))
+	}
+	if flag.CommandLine.NArg() > 0 {
+		return nil, withCode(exitUsage, fmt.Errorf("unexpected argument %q (flags only; see rekey %s --help)", flag.CommandLine.Arg(0), cmd))
+	}
+	if *runners.Runner == "" {
+		*runners.Runner = "direct"
+	}
+	beam.Init()
+	set := map[string]bool{}
+	flag.CommandLine.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set, nil
+}
+
+// load builds the job: the job file if given, then the flags that were set.
+func (f *jobFlags) load() (*pipeline.Job, error) {
+	j := &pipeline.Job{}
+	if f.job != "" {
+		b, err := os.ReadFile(f.job)
+		if err != nil {
+			return nil, withCode(exitUsage, fmt.Errorf("job file: %v", err))
+		}
+		if j, err = pipeline.ParseJob(b); err != nil {
+			return nil, withCode(exitUsage, fmt.Errorf("%s: %v", f.job, err))
+		}
+	}
+	str := map[string]*string{
+		"mode": &j.Mode, "run-id": &j.RunID, "source-data": &j.Source.Data, "source-deks": &j.Source.DEKs,
+		"source-kek": &j.Source.KEK, "source-wrap": &j.Source.Wrap, "target-data": &j.Target.Data, "target-deks": &j.Target.DEKs,
+		"target-kek": &j.Target.KEK, "target-wrap": &j.Target.Wrap, "ledger": &j.Ledger, "dek-column": &j.Columns.DEKID,
+		"id-column": &j.Columns.RecordID, "dek-source": &j.DEKSource,
+	}
+	val := map[string]string{
+		"mode": f.mode, "run-id": f.runID, "source-data": f.srcData, "source-deks": f.srcDEKs, "source-kek": f.srcKEK,
+		"source-wrap": f.srcWrap, "target-data": f.dstData, "target-deks": f.dstDEKs, "target-kek": f.dstKEK,
+		"target-wrap": f.dstWrap, "ledger": f.ledger, "dek-column": f.dekCol, "id-column": f.idCol, "dek-source": f.dekSrc,
+	}
+	for name, p := range str {
+		if f.set[name] {
+			*p = val[name]
+		}
+	}
+	if f.set["encrypted"] {
+		j.Columns.Encrypted = splitList(f.encrypted)
+	}
+	if f.set["workers"] {
+		j.Workers = f.workers
+	}
+	if f.set["cache-size"] {
+		j.CacheSize = f.cacheSize
+	}
+	if f.set["max-cell-bytes"] {
+		j.MaxCell = f.maxCell
+	}
+	if f.set["resume"] {
+		j.Resume = f.resume
+	}
+	f.runIDGiven = j.RunID != ""
+	j.Defaults()
+	return j, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func defaultWorkers() int { return runtime.NumCPU() }

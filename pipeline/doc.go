@@ -1,0 +1,8 @@
+// Package pipeline turns a rekey job (a YAML job file plus flag overrides)
+// into the Beam graph that runs it. Build is the one graph both the CLI and
+// the tests run; Job.Validate runs before any data is touched; Plan is the
+// dry run that checks everything a run needs without writing anything.
+//
+// Limits: locations are local paths until the object-store backends land
+// (see README, "Not done yet").
+package pipeline

@@ -1,0 +1,231 @@
+package pipeline
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"rekey/providers/storage"
+	"rekey/schemas"
+	"rekey/transforms"
+)
+
+// Side is one end of a migration.
+type Side struct {
+	Data string `yaml:"data,omitempty"` // record dataset folder (reencrypt, verify)
+	DEKs string `yaml:"deks"`           // DEK table folder
+	KEK  string `yaml:"kek"`            // pkcs11: URI with module-path and pin-source
+	Wrap string `yaml:"wrap,omitempty"` // wrap mechanism (target: used to wrap; source: checked)
+}
+
+// Columns names the record columns rekey reads.
+type Columns struct {
+	Encrypted []string `yaml:"encrypted,omitempty"`
+	DEKID     string   `yaml:"dek_id,omitempty"`
+	RecordID  string   `yaml:"record_id,omitempty"`
+}
+
+// Job is a rekey job file (format version 1).
+type Job struct {
+	Version   int     `yaml:"version"`
+	Mode      string  `yaml:"mode"`
+	RunID     string  `yaml:"run_id,omitempty"`
+	Source    Side    `yaml:"source"`
+	Target    Side    `yaml:"target"`
+	Ledger    string  `yaml:"ledger"`
+	Columns   Columns `yaml:"columns,omitempty"`
+	Workers   int     `yaml:"workers,omitempty"`
+	DEKSource string  `yaml:"dek_source,omitempty"`
+	Resume    bool    `yaml:"resume,omitempty"`
+	CacheSize int     `yaml:"cache_size,omitempty"`
+	MaxCell   int     `yaml:"max_cell_bytes,omitempty"`
+}
+
+// MaxJobFileBytes caps a job file.
+const MaxJobFileBytes = 1 << 20
+
+// ParseJob reads a job file. Unknown keys are errors, so a typo does not
+// silently fall back to a default.
+func ParseJob(b []byte) (*Job, error) {
+	if len(b) > MaxJobFileBytes {
+		return nil, fmt.Errorf("job file is %d bytes, limit %d", len(b), MaxJobFileBytes)
+	}
+	var j Job
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&j); err != nil {
+		if errors.Is(err, errEOF) || strings.Contains(err.Error(), "EOF") {
+			return nil, fmt.Errorf("job file is empty")
+		}
+		return nil, fmt.Errorf("job file: %v", err)
+	}
+	return &j, nil
+}
+
+var errEOF = errors.New("EOF")
+
+// Defaults fills what the user left out.
+func (j *Job) Defaults() {
+	if j.Version == 0 {
+		j.Version = 1
+	}
+	if len(j.Columns.Encrypted) == 0 {
+		j.Columns.Encrypted = []string{"payload"}
+	}
+	if j.Columns.DEKID == "" {
+		j.Columns.DEKID = "dek_id"
+	}
+	if j.Columns.RecordID == "" {
+		j.Columns.RecordID = "id"
+	}
+	if j.DEKSource == "" {
+		j.DEKSource = "hsm"
+	}
+	if j.RunID == "" {
+		j.RunID = time.Now().UTC().Format("20060102T150405Z")
+	}
+}
+
+var runIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ConfigError is a job that cannot run as written. It names the field.
+type ConfigError struct {
+	Field string
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("job: %s: %s", e.Field, e.Msg) }
+
+func cfgErr(field, format string, a ...any) error {
+	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, a...)}
+}
+
+// Validate checks the job before anything is touched. Call Defaults first.
+func (j *Job) Validate() error {
+	if j.Version != 1 {
+		return cfgErr("version", "%d is not a job file version this rekey reads (1)", j.Version)
+	}
+	switch j.Mode {
+	case schemas.ModeRewrap, schemas.ModeReencrypt:
+	case "":
+		return cfgErr("mode", "missing: set mode: rewrap (DEKs only, data untouched) or mode: reencrypt (every record re-encrypted)")
+	default:
+		return cfgErr("mode", "%q is not a mode (rewrap or reencrypt)", j.Mode)
+	}
+	if !runIDRe.MatchString(j.RunID) {
+		return cfgErr("run_id", "%q: use letters, digits, '.', '_' and '-' (it becomes a folder name)", j.RunID)
+	}
+	req := map[string]string{"source.deks": j.Source.DEKs, "source.kek": j.Source.KEK, "target.deks": j.Target.DEKs, "target.kek": j.Target.KEK, "ledger": j.Ledger}
+	for _, f := range []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"} {
+		if req[f] == "" {
+			return cfgErr(f, "missing")
+		}
+	}
+	if j.Mode == schemas.ModeReencrypt {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: reencrypt reads a record dataset")
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: reencrypt writes a record dataset")
+		}
+	} else if j.Target.Data != "" {
+		return cfgErr("target.data", "rewrap does not write records (the data stays as it is); remove target.data or use mode: reencrypt")
+	}
+	for f, k := range map[string]string{"source.kek": j.Source.KEK, "target.kek": j.Target.KEK} {
+		if !strings.HasPrefix(k, "pkcs11:") {
+			return cfgErr(f, "%q is not a key URI; expected pkcs11:token=<label>;object=<key label>?pin-source=env:VAR", k)
+		}
+		if strings.Contains(k, "pin-value=") {
+			return cfgErr(f, "pin-value is not accepted: PINs never go in job files or on command lines; use pin-source=env:VAR or pin-source=file:/path")
+		}
+	}
+	for f, w := range map[string]string{"source.wrap": j.Source.Wrap, "target.wrap": j.Target.Wrap} {
+		if w != "" && !schemas.KnownWrap(w) {
+			return cfgErr(f, "%q is not a wrap mechanism (%s)", w, strings.Join(schemas.WrapMechanisms, ", "))
+		}
+	}
+	if j.Workers < 0 {
+		return cfgErr("workers", "%d: must be 0 (one per CPU) or more", j.Workers)
+	}
+	if j.DEKSource != "hsm" && j.DEKSource != "crypto-rand" {
+		return cfgErr("dek_source", "%q: use hsm (the target HSM's RNG) or crypto-rand", j.DEKSource)
+	}
+	if j.MaxCell < 0 || j.MaxCell > schemas.MaxCellBytes {
+		return cfgErr("max_cell_bytes", "%d: must be between 0 (default %d) and %d", j.MaxCell, schemas.MaxCellBytes, schemas.MaxCellBytes)
+	}
+	seen := map[string]bool{}
+	for _, c := range j.Columns.Encrypted {
+		if c == "" || seen[c] {
+			return cfgErr("columns.encrypted", "empty or repeated column name %q", c)
+		}
+		seen[c] = true
+	}
+	if seen[j.Columns.DEKID] || seen[j.Columns.RecordID] || j.Columns.DEKID == j.Columns.RecordID {
+		return cfgErr("columns", "dek_id column %q, record_id column %q and the encrypted columns must all differ", j.Columns.DEKID, j.Columns.RecordID)
+	}
+	// Nothing rekey writes may be inside what it reads (or contain it).
+	reads := map[string]string{"source.deks": j.Source.DEKs}
+	if j.Source.Data != "" {
+		reads["source.data"] = j.Source.Data
+	}
+	writes := map[string]string{"target.deks": j.Target.DEKs, "ledger": j.Ledger}
+	if j.Target.Data != "" {
+		writes["target.data"] = j.Target.Data
+	}
+	for wf, w := range writes {
+		for rf, r := range reads {
+			if overlaps(w, r) {
+				return cfgErr(wf, "%q overlaps %s %q: rekey never writes into (or around) its source; pick a separate folder", w, rf, r)
+			}
+		}
+	}
+	if j.Target.Data != "" && overlaps(j.Target.Data, j.Target.DEKs) {
+		return cfgErr("target.deks", "%q overlaps target.data %q: keep the DEK table beside the data, not inside it", j.Target.DEKs, j.Target.Data)
+	}
+	for _, loc := range []string{j.Source.DEKs, j.Source.Data, j.Target.DEKs, j.Target.Data, j.Ledger} {
+		if loc == "" {
+			continue
+		}
+		if _, err := storage.For(loc); err != nil {
+			return cfgErr("location", "%v", err)
+		}
+	}
+	return nil
+}
+
+// overlaps reports whether one location is equal to or inside the other.
+func overlaps(a, b string) bool {
+	na, nb := normLoc(a), normLoc(b)
+	return na == nb || strings.HasPrefix(na, nb+"/") || strings.HasPrefix(nb, na+"/")
+}
+
+func normLoc(loc string) string {
+	if storage.Scheme(loc) != "" {
+		return strings.TrimRight(loc, "/")
+	}
+	abs, err := filepath.Abs(loc)
+	if err != nil {
+		return filepath.Clean(loc)
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
+	}
+	return filepath.ToSlash(abs)
+}
+
+// Spec turns a validated job into the DoFns' configuration.
+func (j *Job) Spec() transforms.Spec {
+	return transforms.Spec{
+		RunID: j.RunID, Mode: j.Mode,
+		SourceData: j.Source.Data, SourceDEKs: j.Source.DEKs, SourceKEK: j.Source.KEK, SourceWrap: j.Source.Wrap,
+		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
+		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
+		Workers: j.Workers, DEKSource: j.DEKSource, Resume: j.Resume, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell,
+	}
+}
