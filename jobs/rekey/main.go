@@ -3,7 +3,7 @@
 // new one; data untouched) or reencrypt (every record decrypted and
 // encrypted again under fresh DEKs), on Apache Beam, with a Parquet ledger.
 //
-//	rekey plan|run|verify|gen [flags]
+//	rekey plan|run|verify|gen|ledger [flags]
 //
 // Exit codes: 0 done, everything migrated or verified; 1 fatal error (the
 // run stopped); 2 usage or job file error; 3 finished, but some records,
@@ -44,6 +44,7 @@ Usage:
   rekey run    --job JOB.yaml [flags]   migrate (mode rewrap or reencrypt), write the ledger
   rekey verify --job JOB.yaml [flags]   check every cell decrypts with the target keys; compare with the ledger
   rekey gen    [flags]                  make a synthetic encrypted dataset (demos, tests, benchmarks)
+  rekey ledger --ledger DIR --run-id ID print a run's ledger rows (--status failed to see what failed)
 
 Run "rekey COMMAND --help" for the flags of a command.
 
@@ -102,6 +103,8 @@ func mainExit(args []string, stdout, stderr io.Writer) int {
 		err = cmdVerify(rest, stdout, stderr)
 	case "gen":
 		err = cmdGen(rest, stdout, stderr)
+	case "ledger":
+		err = cmdLedger(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "rekey (format version 1)")
 	default:

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"rekey/hsmio/softhsm"
 )
@@ -58,6 +59,9 @@ func run(dir string) error {
 	for _, tok := range []string{"source", "target"} {
 		for _, spec := range []softhsm.KeySpec{{Label: "kek-aes"}, {Label: "kek-rsa", RSA: true}} {
 			if err := softhsm.CreateKey(tok, pins[tok], spec); err != nil {
+				if strings.Contains(err.Error(), "PIN_INCORRECT") {
+					return fmt.Errorf("%v: token %q in %s was made with another PIN; set REKEY_%s_PIN to it, or delete %s to start over", err, tok, abs, strings.ToUpper(tok), abs)
+				}
 				return err
 			}
 		}
