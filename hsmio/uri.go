@@ -189,4 +189,3 @@ func redactURI(s string) string {
 	}
 	return s
 }
-

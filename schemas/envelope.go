@@ -11,16 +11,16 @@ import (
 // Envelope version 1: version byte, 96-bit nonce, AES-256-GCM ciphertext with
 // its 128-bit tag appended.
 const (
-	EnvelopeV1      byte = 0x01
-	NonceSize            = 12
-	TagSize              = 16
-	EnvelopeV1Min        = 1 + NonceSize + TagSize
-	DEKSize              = 32 // AES-256
-	MaxWrappedDEK        = 4096
-	MaxCellBytes         = 64 << 20 // a cell larger than this is refused, not decrypted
-	cellAADLabel         = "rekey.cell.v1"
-	dekAADLabel          = "rekey.dek.v1"
-	maxAADFieldBytes     = 1 << 16
+	EnvelopeV1       byte = 0x01
+	NonceSize             = 12
+	TagSize               = 16
+	EnvelopeV1Min         = 1 + NonceSize + TagSize
+	DEKSize               = 32 // AES-256
+	MaxWrappedDEK         = 4096
+	MaxCellBytes          = 64 << 20 // a cell larger than this is refused, not decrypted
+	cellAADLabel          = "rekey.cell.v1"
+	dekAADLabel           = "rekey.dek.v1"
+	maxAADFieldBytes      = 1 << 16
 )
 
 // Sentinel errors of the envelope parser. They are permanent: retrying does

@@ -114,4 +114,3 @@ func errorsIs(err error, targets ...error) bool {
 	}
 	return false
 }
-
