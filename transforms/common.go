@@ -86,8 +86,8 @@ func fileFailure(spec *Spec, src string, size int64, err error) (schemas.LedgerR
 	return row, res
 }
 
-// writeLedgerPart commits rows as one ledger part.
-func writeLedgerPart(ctx context.Context, path string, rows []schemas.LedgerRow) error {
+// WriteLedgerPart commits rows as one ledger part (a Parquet file).
+func WriteLedgerPart(ctx context.Context, path string, rows []schemas.LedgerRow) error {
 	w, err := createRows[schemas.LedgerRow](ctx, path)
 	if err != nil {
 		return err

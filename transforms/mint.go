@@ -127,7 +127,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			return readErr
 		}
 		row, fres := fileFailure(spec, srcPath, 0, readErr)
-		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return err
 		}
 		emitRes(fres)
@@ -136,7 +136,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	if err := out.commit(); err != nil {
 		return err
 	}
-	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
 		return err
 	}
 	for _, m := range maps {

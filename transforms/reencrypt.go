@@ -105,7 +105,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 			return err
 		}
 		row, fres := fileFailure(spec, srcPath, 0, err)
-		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return err
 		}
 		Progress.Failed.Add(1)
@@ -113,7 +113,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(fres)
 		return nil
 	}
-	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
 		return err
 	}
 	Progress.Files.Add(1)

@@ -120,7 +120,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		}
 		// The file itself is bad: one failed ledger row for it.
 		row, fres := fileFailure(spec, srcPath, 0, readErr)
-		if err := writeLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return err
 		}
 		Progress.Failed.Add(1)
@@ -130,7 +130,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 	if err := out.commit(); err != nil {
 		return err
 	}
-	if err := writeLedgerPart(ctx, part, ledger); err != nil {
+	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
 		return err
 	}
 	Progress.Files.Add(1)

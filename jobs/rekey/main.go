@@ -24,8 +24,6 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	beamlog "github.com/apache/beam/sdks/v2/go/pkg/beam/log"
 
-	_ "rekey/hsmio"           // pkcs11: key backend
-	_ "rekey/providers/local" // plain-path storage
 )
 
 // Exit codes, documented in README.md.
@@ -57,6 +55,16 @@ PINs are never given on the command line: key URIs name a pin-source, e.g.
 
 func main() {
 	os.Exit(mainExit(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// commands maps a subcommand to its implementation. Each command's file
+// registers itself in an init function.
+var commands = map[string]func(args []string, stdout, stderr io.Writer) error{
+	"plan":   cmdPlan,
+	"run":    cmdRun,
+	"verify": cmdVerify,
+	"gen":    cmdGen,
+	"ledger": cmdLedger,
 }
 
 // exitError carries an exit code with a message.
@@ -93,24 +101,16 @@ func mainExit(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	cmd, rest := args[0], args[1:]
-	var err error
-	switch cmd {
-	case "plan":
-		err = cmdPlan(rest, stdout, stderr)
-	case "run":
-		err = cmdRun(rest, stdout, stderr)
-	case "verify":
-		err = cmdVerify(rest, stdout, stderr)
-	case "gen":
-		err = cmdGen(rest, stdout, stderr)
-	case "ledger":
-		err = cmdLedger(rest, stdout, stderr)
-	case "version":
+	if cmd == "version" {
 		fmt.Fprintln(stdout, "rekey (format version 1)")
-	default:
+		return exitOK
+	}
+	run, ok := commands[cmd]
+	if !ok {
 		fmt.Fprintf(stderr, "rekey: unknown command %q\n\n%s", cmd, usageText)
 		return exitUsage
 	}
+	err := run(rest, stdout, stderr)
 	if err == nil {
 		return exitOK
 	}

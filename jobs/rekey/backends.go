@@ -1,0 +1,8 @@
+package main
+
+// The key and storage backends built into rekey: each registers its URI
+// scheme with providers/keys or providers/storage when imported.
+import (
+	_ "rekey/hsmio"           // pkcs11: key-encryption keys
+	_ "rekey/providers/local" // plain paths
+)
