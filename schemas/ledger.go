@@ -10,6 +10,7 @@ const (
 	UnitDEK    = "dek"
 	UnitRecord = "record"
 	UnitFile   = "file"
+	UnitKey    = "key" // rekey keys: one key moved between tokens
 
 	StatusMigrated = "migrated"
 	StatusSkipped  = "skipped"
