@@ -25,7 +25,10 @@ type URI struct {
 	PinSource  string
 }
 
-const maxURIBytes = 4096
+const (
+	maxURIBytes  = 4096
+	maxAttrBytes = 255 // PKCS#11 token labels are 32 bytes; object labels rarely longer
+)
 
 // DefaultModulePath is SoftHSM2's module on Debian.
 const DefaultModulePath = "/usr/lib/softhsm/libsofthsm2.so"
@@ -56,6 +59,9 @@ func ParseURI(s string) (URI, error) {
 			dv, err := url.PathUnescape(v)
 			if err != nil {
 				return u, fmt.Errorf("%w: attribute %q: %v", keys.ErrBadURI, k, err)
+			}
+			if len(dv) > maxAttrBytes {
+				return u, fmt.Errorf("%w: attribute %q longer than %d bytes", keys.ErrBadURI, k, maxAttrBytes)
 			}
 			switch k {
 			case "token":

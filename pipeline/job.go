@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -60,15 +61,13 @@ func ParseJob(b []byte) (*Job, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&j); err != nil {
-		if errors.Is(err, errEOF) || strings.Contains(err.Error(), "EOF") {
+		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("job file is empty")
 		}
 		return nil, fmt.Errorf("job file: %v", err)
 	}
 	return &j, nil
 }
-
-var errEOF = errors.New("EOF")
 
 // Defaults fills what the user left out.
 func (j *Job) Defaults() {
