@@ -120,7 +120,9 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		if invalid > 0 {
 			r.warn("DEK rows", "%d malformed rows will become failed ledger rows (first: %s)", invalid, firstInvalid)
 		}
-		if foreign > 0 {
+		if foreign > 0 && foreign == r.DEKs-invalid {
+			r.add(false, "DEK KEKs", "none of the %d DEKs is wrapped by source.kek %s; the table references %v (is source.kek the right key?)", foreign, src.URI(), keysOf(r.KEKs))
+		} else if foreign > 0 {
 			r.warn("DEK KEKs", "%d DEKs are wrapped by a KEK other than source.kek; they will fail (KEKs referenced: %v)", foreign, keysOf(r.KEKs))
 		}
 		for id := range conflict {
