@@ -356,3 +356,9 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 
 // Matches reports whether a DEK table's kek reference names this key.
 func (k *KEK) Matches(ref string) bool { return SameKey(ref, k.uri.KeyURI()) }
+
+// CustodianID names the HSM (module and token) this key lives on, so
+// per-HSM budgets are shared by every key on it.
+func (k *KEK) CustodianID() string {
+	return k.uri.ModulePath + "|" + k.uri.Token + "|" + k.uri.Serial
+}

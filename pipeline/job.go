@@ -7,11 +7,13 @@ import (
 	"io"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
@@ -46,6 +48,11 @@ type Job struct {
 	Resume    bool    `yaml:"resume,omitempty"`
 	CacheSize int     `yaml:"cache_size,omitempty"`
 	MaxCell   int     `yaml:"max_cell_bytes,omitempty"`
+	// HSMRate caps operations per second per HSM in each worker process.
+	HSMRate float64 `yaml:"hsm_rate,omitempty"`
+	// MaxFailures stops the run past this many failed records/DEKs/files:
+	// a count ("100"), a percentage ("0.1%"), or "0" to stop at the first.
+	MaxFailures string `yaml:"max_failures,omitempty"`
 }
 
 // MaxJobFileBytes caps a job file.
@@ -137,8 +144,9 @@ func (j *Job) Validate() error {
 		return cfgErr("target.data", "rewrap does not write records (the data stays as it is); remove target.data or use mode: reencrypt")
 	}
 	for f, k := range map[string]string{"source.kek": j.Source.KEK, "target.kek": j.Target.KEK} {
-		if !strings.HasPrefix(k, "pkcs11:") {
-			return cfgErr(f, "%q is not a key URI; expected pkcs11:token=<label>;object=<key label>?pin-source=env:VAR", k)
+		scheme, _, _ := strings.Cut(k, ":")
+		if !slices.Contains(keys.Schemes(), scheme) {
+			return cfgErr(f, "%q is not a key URI this rekey knows (schemes: %s); expected pkcs11:token=<label>;object=<key label>?pin-source=env:VAR", redact(k), strings.Join(keys.Schemes(), ", "))
 		}
 		if strings.Contains(k, "pin-value=") {
 			return cfgErr(f, "pin-value is not accepted: PINs never go in job files or on command lines; use pin-source=env:VAR or pin-source=file:/path")
@@ -157,6 +165,12 @@ func (j *Job) Validate() error {
 	}
 	if j.MaxCell < 0 || j.MaxCell > schemas.MaxCellBytes {
 		return cfgErr("max_cell_bytes", "%d: must be between 0 (default %d) and %d", j.MaxCell, schemas.MaxCellBytes, schemas.MaxCellBytes)
+	}
+	if j.HSMRate < 0 {
+		return cfgErr("hsm_rate", "%g: must be 0 (unlimited) or a positive number of operations per second", j.HSMRate)
+	}
+	if _, err := transforms.ParseBudget(j.MaxFailures); err != nil {
+		return cfgErr("max_failures", "%v", err)
 	}
 	seen := map[string]bool{}
 	for _, c := range j.Columns.Encrypted {
@@ -220,11 +234,21 @@ func normLoc(loc string) string {
 
 // Spec turns a validated job into the DoFns' configuration.
 func (j *Job) Spec() transforms.Spec {
+	budget, _ := transforms.ParseBudget(j.MaxFailures) // checked by Validate
 	return transforms.Spec{
 		RunID: j.RunID, Mode: j.Mode,
 		SourceData: j.Source.Data, SourceDEKs: j.Source.DEKs, SourceKEK: j.Source.KEK, SourceWrap: j.Source.Wrap,
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
 		Workers: j.Workers, DEKSource: j.DEKSource, Resume: j.Resume, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell,
+		HSMRate: j.HSMRate, MaxFailures: budget,
 	}
+}
+
+// redact drops a key URI's query (module path, PIN source) for messages.
+func redact(uri string) string {
+	if i := strings.IndexByte(uri, '?'); i >= 0 {
+		return uri[:i] + "?..."
+	}
+	return uri
 }

@@ -21,6 +21,15 @@ var (
 	keks   = map[string]keys.KEK{}
 )
 
+// openKEK opens a DoFn's KEK with the spec's HSM rate limit.
+func (s *Spec) openKEK(ctx context.Context, uri, wrap string) (keys.KEK, error) {
+	k, err := OpenKEK(ctx, uri, wrap, s.workers())
+	if err != nil {
+		return nil, err
+	}
+	return withRate(k, s.HSMRate), nil
+}
+
 // OpenKEK opens (once per process) the KEK at uri using wrap.
 func OpenKEK(ctx context.Context, uri, wrap string, sessions int) (keys.KEK, error) {
 	keksMu.Lock()

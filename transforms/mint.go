@@ -45,10 +45,10 @@ type MintDEKsFn struct {
 // Setup opens both KEKs (once per process).
 func (f *MintDEKsFn) Setup(ctx context.Context) error {
 	var err error
-	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+	if f.src, err = f.Spec.openKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap); err != nil {
 		return fmt.Errorf("source KEK: %w", err)
 	}
-	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+	if f.dst, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("target KEK: %w", err)
 	}
 	f.cache = processCache(f.Spec.CacheSize)
@@ -142,11 +142,13 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	for _, m := range maps {
 		emit(m)
 	}
+	Progress.Failed.Add(res.Totals.Failed)
 	emitRes(res)
-	return nil
+	return f.Spec.MaxFailures.check()
 }
 
-func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID string) ([]byte, error) {
+func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID string) (_ []byte, err error) {
+	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
@@ -158,7 +160,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 		return nil, err
 	}
 	var dek *keys.DEK
-	err := withRetry(ctx, func() (err error) {
+	err = withRetry(ctx, func() (err error) {
 		dek, err = f.newDEK(ctx)
 		return err
 	})

@@ -2,6 +2,7 @@ package transforms
 
 import (
 	"fmt"
+	"log"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -50,8 +51,17 @@ func parallel(n, workers int, fn func(worker, i int) error) error {
 func safeCall(fn func(worker, i int) error, w, i int) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("internal error (panic) on item %d: %v\n%s", i, r, debug.Stack())
+			err = fmt.Errorf("internal error (panic): %v", r)
+			log.Printf("rekey: recovered panic on item %d: %v\n%s", i, r, debug.Stack())
 		}
 	}()
 	return fn(w, i)
+}
+
+// recoverTo turns a panic in the calling function into *err, so one bad
+// item (crypto11's Seal panics on HSM errors) fails alone.
+func recoverTo(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("internal error (panic): %v", r)
+	}
 }

@@ -41,10 +41,10 @@ type ReencryptFn struct {
 // Setup opens both KEKs (once per process).
 func (f *ReencryptFn) Setup(ctx context.Context) error {
 	var err error
-	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+	if f.src, err = f.Spec.openKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap); err != nil {
 		return fmt.Errorf("source KEK: %w", err)
 	}
-	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+	if f.dst, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("target KEK: %w", err)
 	}
 	f.cache = processCache(f.Spec.CacheSize)
@@ -111,7 +111,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		Progress.Failed.Add(1)
 		cntFailed.Inc(ctx, 1)
 		emit(fres)
-		return nil
+		return f.Spec.MaxFailures.check()
 	}
 	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
 		return err
@@ -119,7 +119,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 	Progress.Files.Add(1)
 	cntFiles.Inc(ctx, 1)
 	emit(res)
-	return nil
+	return f.Spec.MaxFailures.check()
 }
 
 func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string) (UnitResult, []schemas.LedgerRow, error) {
@@ -242,6 +242,11 @@ func sumBytes(o []rowOutcome) int64 {
 // reencryptRow rewrites row in place. A fatal key error (the HSM refuses
 // us) is reported in o.fatal so the pool stops the run.
 func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch) (o rowOutcome) {
+	defer func() {
+		if r := recover(); r != nil {
+			o.ok, o.err = false, fmt.Sprintf("record %q: internal error (panic): %v", o.id, r)
+		}
+	}()
 	fail := func(format string, a ...any) rowOutcome {
 		o.ok, o.err = false, fmt.Sprintf(format, a...)
 		return o

@@ -31,10 +31,10 @@ type RewrapFn struct {
 // Setup opens both KEKs (once per process).
 func (f *RewrapFn) Setup(ctx context.Context) error {
 	var err error
-	if f.src, err = OpenKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap, f.Spec.workers()); err != nil {
+	if f.src, err = f.Spec.openKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap); err != nil {
 		return fmt.Errorf("source KEK: %w", err)
 	}
-	if f.dst, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+	if f.dst, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("target KEK: %w", err)
 	}
 	return nil
@@ -125,7 +125,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		}
 		Progress.Failed.Add(1)
 		emit(fres)
-		return nil
+		return f.Spec.MaxFailures.check()
 	}
 	if err := out.commit(); err != nil {
 		return err
@@ -138,12 +138,13 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 	cntFiles.Inc(ctx, 1)
 	cntFailed.Inc(ctx, res.Totals.Failed)
 	emit(res)
-	return nil
+	return f.Spec.MaxFailures.check()
 }
 
 var errDuplicate = fmt.Errorf("duplicate")
 
-func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) ([]byte, error) {
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (_ []byte, err error) {
+	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
@@ -157,7 +158,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	var dek *keys.DEK
-	err := withRetry(ctx, func() (err error) {
+	err = withRetry(ctx, func() (err error) {
 		dek, err = f.src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
 		return err
 	})

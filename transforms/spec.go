@@ -33,6 +33,7 @@ type Spec struct {
 	Resume       bool
 	CacheSize    int
 	HSMRate      float64 // HSM operations per second per HSM; 0 = unlimited
+	MaxFailures  Budget  // stop the run past this many failures
 	MaxCellBytes int
 	RowBatch     int
 	SkipVerify   bool   // verify-before-commit off (benchmarks only)

@@ -33,7 +33,7 @@ type VerifyDEKsFn struct {
 
 // Setup opens the KEK (once per process).
 func (f *VerifyDEKsFn) Setup(ctx context.Context) (err error) {
-	if f.kek, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+	if f.kek, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
 	return nil
@@ -127,7 +127,7 @@ type VerifyFn struct {
 // Setup opens the KEK (once per process).
 func (f *VerifyFn) Setup(ctx context.Context) error {
 	var err error
-	if f.kek, err = OpenKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap, f.Spec.workers()); err != nil {
+	if f.kek, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
 	f.cache = processCache(f.Spec.CacheSize)

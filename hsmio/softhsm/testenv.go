@@ -12,7 +12,8 @@ import (
 // tokens "source" and "target" and the KEKs the tests use:
 //
 //	source: kek-aes, kek-rsa, kek-other (an unrelated AES key),
-//	        kek-nodecrypt (AES without CKA_DECRYPT/CKA_UNWRAP)
+//	        kek-nodecrypt (AES without CKA_DECRYPT/CKA_UNWRAP),
+//	        kek-noencrypt (AES without CKA_ENCRYPT/CKA_WRAP)
 //	target: kek-aes, kek-rsa, kek-extractable
 //
 // PINs are exported as $REKEY_SOURCE_PIN and $REKEY_TARGET_PIN.
@@ -50,7 +51,8 @@ func StartTestEnv() (*TestEnv, error) {
 	}
 	keys := map[string][]KeySpec{
 		"source": {{Label: "kek-aes"}, {Label: "kek-rsa", RSA: true}, {Label: "kek-other"},
-			{Label: "kek-nodecrypt", Deny: []uint{pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP}}},
+			{Label: "kek-nodecrypt", Deny: []uint{pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP}},
+			{Label: "kek-noencrypt", Deny: []uint{pkcs11.CKA_ENCRYPT, pkcs11.CKA_WRAP}}},
 		"target": {{Label: "kek-aes"}, {Label: "kek-rsa", RSA: true}, {Label: "kek-extractable", Extractable: true}},
 	}
 	for tok, specs := range keys {

@@ -116,6 +116,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	_, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if runErr != nil {
+		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {
+			return withCode(exitFailures, fmt.Errorf("run %s stopped: %s", j.RunID, budgetMessage(runErr)))
+		}
 		return withCode(exitFatal, fmt.Errorf("run %s stopped: %v\nCommitted units are kept: fix the cause and re-run with --run-id %s --resume", j.RunID, cleanBeamErr(runErr), j.RunID))
 	}
 	m, err := readManifest(ctx, j.Ledger, j.RunID)
@@ -131,6 +134,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s", m.Totals.Failed, firstFailure(m.Failures)))
 	}
 	return nil
+}
+
+func budgetMessage(err error) string {
+	msg := err.Error()
+	i := strings.Index(msg, transforms.ErrFailureBudget.Error())
+	msg = msg[i:]
+	if j := strings.IndexByte(msg, '\n'); j > 0 {
+		msg = msg[:j]
+	}
+	return msg
 }
 
 func isLocalRunner() bool {

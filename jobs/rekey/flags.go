@@ -25,6 +25,8 @@ type jobFlags struct {
 	workers, cacheSize, maxCell              int
 	resume, verbose, runIDGiven              bool
 	progress                                 time.Duration
+	hsmRate                                  float64
+	maxFail                                  string
 	set                                      map[string]bool
 }
 
@@ -68,6 +70,9 @@ func (f *jobFlags) register(withMode bool) {
 	defInt(&f.workers, "workers", 0, "goroutines per worker process for crypto and HSM calls (default: number of CPUs)")
 	defInt(&f.cacheSize, "cache-size", 0, "unwrapped DEKs kept in memory per process (default 4096; evicted keys are zeroed)")
 	defInt(&f.maxCell, "max-cell-bytes", 0, "largest cell accepted (default and limit 64 MiB)")
+	ours["hsm-rate"] = true
+	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "HSM operations per second per HSM, per worker process (0: unlimited); shared HSMs need this")
+	defString(&f.maxFail, "max-failures", "", "stop the run past this many failures: a count (100), a percentage (0.1%), or 0 for the first")
 	defBool(&f.resume, "resume", false, "continue a run with the same --run-id: committed units are kept, the rest is done")
 	defBool(&f.verbose, "verbose", false, "show Beam's own log lines")
 	ours["progress"] = true
@@ -155,6 +160,12 @@ func (f *jobFlags) load() (*pipeline.Job, error) {
 	}
 	if f.set["max-cell-bytes"] {
 		j.MaxCell = f.maxCell
+	}
+	if f.set["hsm-rate"] {
+		j.HSMRate = f.hsmRate
+	}
+	if f.set["max-failures"] {
+		j.MaxFailures = f.maxFail
 	}
 	if f.set["resume"] {
 		j.Resume = f.resume
