@@ -27,6 +27,9 @@ import (
 
 var env *softhsm.TestEnv
 
+// genMarker, when set, starts every generated plaintext (canary tests).
+var genMarker string
+
 func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	os.Exit(softhsm.Main(m, &env, func() int { return ptest.MainRetWithDefault(m, "direct") }))
@@ -45,7 +48,8 @@ func genDataset(t *testing.T, kek, wrap string, files, records, deks int, encryp
 	}
 	root := t.TempDir()
 	g := transforms.GenSpec{Data: filepath.Join(root, "src", "data"), DEKs: filepath.Join(root, "src", "deks"), KEK: kek, Wrap: wrap,
-		Files: files, Records: records, NumDEKs: deks, RecordSize: 300, Seed: 42, Encrypted: encrypted, RowGroup: 70, Workers: 2}
+		Files: files, Records: records, NumDEKs: deks, RecordSize: 300, Seed: 42, Encrypted: encrypted, RowGroup: 70, Workers: 2,
+		Marker: genMarker}
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.BuildGen(s, g) })
 	return &dataset{gen: g, root: root}
 }

@@ -33,6 +33,7 @@ type VerifyReport struct {
 // VerifyFile is one file's verified count.
 type VerifyFile struct {
 	Path     string `json:"path"`
+	DEKs     int64  `json:"deks,omitempty"` // set for DEK table files
 	Records  int64  `json:"records"`
 	Verified int64  `json:"verified"`
 	Failed   int64  `json:"failed"`
@@ -52,7 +53,7 @@ func (f *WriteManifestFn) ProcessElement(ctx context.Context, _ []byte, results 
 	var r UnitResult
 	for results(&r) {
 		all.Merge(r)
-		files = append(files, VerifyFile{Path: r.Unit, Records: r.Totals.Records, Verified: r.Totals.RecordsMigrated, Failed: r.Totals.Failed})
+		files = append(files, VerifyFile{Path: r.Unit, DEKs: r.Totals.DEKs, Records: r.Totals.Records, Verified: r.Totals.RecordsMigrated, Failed: r.Totals.Failed})
 		r = UnitResult{}
 	}
 	spec := f.Spec

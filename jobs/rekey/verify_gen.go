@@ -126,7 +126,7 @@ func orNone(s string) string {
 func countRecordFiles(r *transforms.VerifyReport) int {
 	n := 0
 	for _, f := range r.Files {
-		if f.Records > 0 || f.Failed > 0 {
+		if f.DEKs == 0 {
 			n++
 		}
 	}
@@ -163,7 +163,7 @@ func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Spe
 	}
 	got := map[string]int64{}
 	for _, f := range rep.Files {
-		if f.Records > 0 || f.Failed > 0 {
+		if f.DEKs == 0 {
 			got[f.Path] = f.Verified
 		}
 	}
