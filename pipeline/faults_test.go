@@ -25,10 +25,10 @@ import (
 // (every unwrap fails with a permanent authentication error).
 type faultyKEK struct {
 	keys.KEK
-	mode    string
-	mu      sync.Mutex
-	tries   map[string]int // per DEK, for "transient"
-	wraps   atomic.Int64
+	mode  string
+	mu    sync.Mutex
+	tries map[string]int // per DEK, for "transient"
+	wraps atomic.Int64
 }
 
 var registerFaulty sync.Once
