@@ -8,6 +8,9 @@
 // is shared by every DoFn instance: contexts are never closed, because
 // closing the last one finalizes the module under everyone's feet.
 //
+// It also inventories tokens and moves keys between them under wrap
+// (inventory.go, transfer.go: rekey keys).
+//
 // Limits: tokens are selected by label or serial, keys by label (object) or
 // id; SoftHSM2 supports RSA-OAEP with SHA-1 only, so rsa-oaep-sha256 unwrap
 // needs a real HSM.

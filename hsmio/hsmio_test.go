@@ -47,6 +47,13 @@ func run(m *testing.M) int {
 			panic(err)
 		}
 	}
+	// Tokens of the key inventory and transfer tests (transfer_test.go),
+	// which create their own keys on them.
+	for _, tok := range []string{"ksrc", "kdst", "kdst2"} {
+		if err := softhsm.InitToken(conf, tok, "5678", pin); err != nil {
+			panic(err)
+		}
+	}
 	for _, spec := range []softhsm.KeySpec{
 		{Label: "kek-aes"}, {Label: "kek-rsa", RSA: true}, {Label: "kek-extractable", Extractable: true},
 		{Label: "kek-nounwrap", Deny: []uint{pkcs11.CKA_UNWRAP, pkcs11.CKA_DECRYPT}},

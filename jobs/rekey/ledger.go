@@ -16,7 +16,7 @@ func cmdLedger(args []string, stdout, stderr io.Writer) error {
 	defString(&ledger, "ledger", "", "ledger folder (required)")
 	defString(&runID, "run-id", "", "run to show (required)")
 	defString(&status, "status", "", "only rows with this status: migrated, skipped, failed")
-	defString(&unit, "unit", "", "only rows of this unit: dek, record, file")
+	defString(&unit, "unit", "", "only rows of this unit: dek, record, file, key")
 	defInt(&limit, "limit", 20, "rows to print (0: all)")
 	if _, err := parseFlags("ledger", "Prints the ledger rows of a run (for SQL, point DuckDB or Spark at the Parquet files:\nSELECT status, count(*) FROM read_parquet('LEDGER/run_id=ID/*.parquet') GROUP BY 1).", args, stdout); err != nil {
 		return err
