@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	beamlog "github.com/apache/beam/sdks/v2/go/pkg/beam/log"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/testing/ptest"
 	"github.com/parquet-go/parquet-go"
@@ -32,7 +33,17 @@ var genMarker string
 
 func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	beamlog.SetLogger(quietLogger{})
 	os.Exit(softhsm.Main(m, &env, func() int { return ptest.MainRetWithDefault(m, "direct") }))
+}
+
+// quietLogger keeps Beam's informational lines out of test output.
+type quietLogger struct{}
+
+func (quietLogger) Log(_ context.Context, sev beamlog.Severity, _ int, msg string) {
+	if sev >= beamlog.SevWarn {
+		fmt.Fprintln(os.Stderr, msg)
+	}
 }
 
 // dataset is a generated source dataset.

@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/compress/zstd"
+	"github.com/parquet-go/parquet-go/compress/snappy"
 
 	"rekey/providers/storage"
 	"rekey/schemas"
@@ -26,7 +26,7 @@ func createRows[T any](ctx context.Context, path string, opts ...parquet.WriterO
 	if err != nil {
 		return nil, err
 	}
-	opts = append([]parquet.WriterOption{parquet.Compression(&zstd.Codec{Level: zstd.SpeedFastest})}, opts...)
+	opts = append([]parquet.WriterOption{parquet.Compression(&snappy.Codec{})}, opts...)
 	return &rowWriter[T]{out: out, pw: parquet.NewGenericWriter[T](out, opts...), path: path}, nil
 }
 

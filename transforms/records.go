@@ -5,6 +5,8 @@ import (
 	"strconv"
 
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress"
+	"github.com/parquet-go/parquet-go/encoding"
 )
 
 // recordLayout locates rekey's columns in a record file's schema.
@@ -81,3 +83,36 @@ func findValue(row parquet.Row, col int) int {
 	}
 	return -1
 }
+
+// outputSchema is the source schema with the encrypted columns stored
+// uncompressed and PLAIN-encoded: ciphertext neither compresses nor
+// repeats, so both would only cost CPU. Every other column keeps the
+// source's codec and encoding, and the field order is kept.
+func outputSchema(src *parquet.Schema, encrypted []string) *parquet.Schema {
+	enc := map[string]bool{}
+	for _, c := range encrypted {
+		enc[c] = true
+	}
+	fields := src.Fields()
+	out := make([]parquet.Field, len(fields))
+	for i, f := range fields {
+		if enc[f.Name()] && f.Leaf() {
+			out[i] = ciphertextField{f}
+		} else {
+			out[i] = f
+		}
+	}
+	return parquet.NewSchema(src.Name(), rootNode{Node: src, fields: out})
+}
+
+type ciphertextField struct{ parquet.Field }
+
+func (ciphertextField) Compression() compress.Codec { return &parquet.Uncompressed }
+func (ciphertextField) Encoding() encoding.Encoding { return &parquet.Plain }
+
+type rootNode struct {
+	parquet.Node
+	fields []parquet.Field
+}
+
+func (r rootNode) Fields() []parquet.Field { return r.fields }
