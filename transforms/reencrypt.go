@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -160,10 +162,14 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 		// instead of one system call per cell.
 		scratch[i].nonces = bufio.NewReaderSize(rand.Reader, 4096)
 	}
+	// The bundle goroutine reads and re-encrypts batch k (crypto on the
+	// worker pool) while a writer goroutine encodes batch k-1: on two
+	// cores, Parquet encoding and crypto overlap instead of alternating.
+	w := startBatchWriter(pw)
+	defer w.stop()
 	batch := spec.rowBatch()
 	rows := make([]parquet.Row, batch)
 	outcomes := make([]rowOutcome, batch)
-	keep := make([]parquet.Row, 0, batch)
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
@@ -177,7 +183,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 					rr.Close()
 					return res, nil, fatal
 				}
-				keep = keep[:0]
+				keep := make([]parquet.Row, 0, n)
 				at := now()
 				for i := 0; i < n; i++ {
 					o := &outcomes[i]
@@ -189,14 +195,17 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 					}
 					if o.ok {
 						l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, o.bytes, o.sum
-						keep = append(keep, rows[i])
+						// The reader reuses its buffers for the next batch:
+						// the writer gets its own copy of the values that
+						// still point into them (new cells are already ours).
+						keep = append(keep, detach(rows[i], &layout))
 					} else {
 						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
 					}
 					res.add(&l)
 					ledger = append(ledger, l)
 				}
-				if _, err := pw.WriteRows(keep); err != nil {
+				if err := w.write(keep, false); err != nil {
 					rr.Close()
 					return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
 				}
@@ -216,9 +225,12 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 		rr.Close()
 		// Keep the source's row group boundaries (and bound the writer's
 		// buffered row group to the source's).
-		if err := pw.Flush(); err != nil {
+		if err := w.write(nil, true); err != nil {
 			return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
 		}
+	}
+	if err := w.stop(); err != nil {
+		return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
 	}
 	for i := range scratch {
 		clear(scratch[i].pt[:cap(scratch[i].pt)])
@@ -356,4 +368,81 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 func Reencrypt(s beam.Scope, spec Spec, files, maps beam.PCollection) beam.PCollection {
 	s = s.Scope("Reencrypt")
 	return beam.ParDo(s, &ReencryptFn{Spec: spec}, files, beam.SideInput{Input: maps})
+}
+
+// detach copies the byte arrays of row that still alias the reader's
+// buffers (every column but the re-encrypted ones and the dek_id).
+func detach(row parquet.Row, l *recordLayout) parquet.Row {
+	out := make(parquet.Row, len(row))
+	for i, v := range row {
+		c := v.Column()
+		if c == l.dek || slices.Contains(l.enc, c) {
+			out[i] = v
+		} else {
+			out[i] = v.Clone()
+		}
+	}
+	return out
+}
+
+// batchWriter encodes rows on its own goroutine, one batch behind the
+// reader; at most one batch waits, so memory stays bounded.
+type batchWriter struct {
+	pw    *parquet.Writer
+	in    chan writeReq
+	done  chan struct{}
+	err   error
+	once  sync.Once
+	errMu sync.Mutex
+}
+
+type writeReq struct {
+	rows  []parquet.Row
+	flush bool
+}
+
+func startBatchWriter(pw *parquet.Writer) *batchWriter {
+	w := &batchWriter{pw: pw, in: make(chan writeReq, 1), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for req := range w.in {
+			if w.failed() != nil {
+				continue
+			}
+			var err error
+			if len(req.rows) > 0 {
+				_, err = w.pw.WriteRows(req.rows)
+			}
+			if err == nil && req.flush {
+				err = w.pw.Flush()
+			}
+			if err != nil {
+				w.errMu.Lock()
+				w.err = err
+				w.errMu.Unlock()
+			}
+		}
+	}()
+	return w
+}
+
+func (w *batchWriter) failed() error {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	return w.err
+}
+
+func (w *batchWriter) write(rows []parquet.Row, flush bool) error {
+	if err := w.failed(); err != nil {
+		return err
+	}
+	w.in <- writeReq{rows: rows, flush: flush}
+	return nil
+}
+
+// stop waits for every queued batch and returns the first write error.
+func (w *batchWriter) stop() error {
+	w.once.Do(func() { close(w.in) })
+	<-w.done
+	return w.failed()
 }
