@@ -39,6 +39,9 @@ func layoutOf(schema *parquet.Schema, encrypted []string, dekCol, idCol string) 
 	if l.id, err = leaf(idCol, false); err != nil {
 		return l, err
 	}
+	if c, _ := schema.Lookup(idCol); !idKinds[c.Node.Type().Kind()] {
+		return l, fmt.Errorf("record id column %q is %s; rekey takes INT32, INT64, BYTE_ARRAY or FIXED_LEN_BYTE_ARRAY ids (see docs/FORMAT.md)", idCol, c.Node.Type())
+	}
 	for _, name := range encrypted {
 		i, err := leaf(name, true)
 		if err != nil {
@@ -52,6 +55,8 @@ func layoutOf(schema *parquet.Schema, encrypted []string, dekCol, idCol string) 
 	}
 	return l, nil
 }
+
+var idKinds = map[parquet.Kind]bool{parquet.Int32: true, parquet.Int64: true, parquet.ByteArray: true, parquet.FixedLenByteArray: true}
 
 // recordID renders a record id value canonically for the AAD and ledger:
 // decimal for integers, the bytes for strings and binary.
@@ -67,7 +72,7 @@ func recordID(v parquet.Value) (string, error) {
 	case parquet.Int64:
 		return strconv.FormatInt(v.Int64(), 10), nil
 	default:
-		return v.String(), nil
+		return "", fmt.Errorf("record id of unsupported type %s", v.Kind())
 	}
 }
 
