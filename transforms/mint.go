@@ -152,6 +152,9 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
+	if len(newID) > schemas.MaxDEKIDBytes {
+		return nil, fmt.Errorf("new dek_id %q would be longer than %d bytes (shorten the run id)", newID, schemas.MaxDEKIDBytes)
+	}
 	if !KEKMatches(f.src, r.KEK) {
 		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
