@@ -53,6 +53,10 @@ type Job struct {
 	// MaxFailures stops the run past this many failed records/DEKs/files:
 	// a count ("100"), a percentage ("0.1%"), or "0" to stop at the first.
 	MaxFailures string `yaml:"max_failures,omitempty"`
+	// VerifyBeforeCommit (default true) unwraps every new wrapped DEK with
+	// the target and decrypts every new cell again before committing.
+	// Turning it off is for measuring what it costs, not for production.
+	VerifyBeforeCommit *bool `yaml:"verify_before_commit,omitempty"`
 }
 
 // MaxJobFileBytes caps a job file.
@@ -241,7 +245,7 @@ func (j *Job) Spec() transforms.Spec {
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
 		Workers: j.Workers, DEKSource: j.DEKSource, Resume: j.Resume, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell,
-		HSMRate: j.HSMRate, MaxFailures: budget,
+		HSMRate: j.HSMRate, MaxFailures: budget, SkipVerify: j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit,
 	}
 }
 

@@ -18,16 +18,16 @@ import (
 
 // jobFlags are the flags that build or override a job file.
 type jobFlags struct {
-	job, mode, runID                         string
-	srcData, srcDEKs, srcKEK, srcWrap        string
-	dstData, dstDEKs, dstKEK, dstWrap        string
-	ledger, encrypted, dekCol, idCol, dekSrc string
-	workers, cacheSize, maxCell              int
-	resume, verbose, runIDGiven              bool
-	progress                                 time.Duration
-	hsmRate                                  float64
-	maxFail                                  string
-	set                                      map[string]bool
+	job, mode, runID                          string
+	srcData, srcDEKs, srcKEK, srcWrap         string
+	dstData, dstDEKs, dstKEK, dstWrap         string
+	ledger, encrypted, dekCol, idCol, dekSrc  string
+	workers, cacheSize, maxCell               int
+	resume, verbose, runIDGiven, verifyCommit bool
+	progress                                  time.Duration
+	hsmRate                                   float64
+	maxFail                                   string
+	set                                       map[string]bool
 }
 
 // ours lists the flags rekey defines, so --help shows them and not Beam's.
@@ -73,6 +73,7 @@ func (f *jobFlags) register(withMode bool) {
 	ours["hsm-rate"] = true
 	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "HSM operations per second per HSM, per worker process (0: unlimited); shared HSMs need this")
 	defString(&f.maxFail, "max-failures", "", "stop the run past this many failures: a count (100), a percentage (0.1%), or 0 for the first")
+	defBool(&f.verifyCommit, "verify-before-commit", true, "check every new wrapped DEK (target unwrap) and every new cell (decrypt again) before committing; false only to measure its cost")
 	defBool(&f.resume, "resume", false, "continue a run with the same --run-id: committed units are kept, the rest is done")
 	defBool(&f.verbose, "verbose", false, "show Beam's own log lines")
 	ours["progress"] = true
@@ -166,6 +167,10 @@ func (f *jobFlags) load() (*pipeline.Job, error) {
 	}
 	if f.set["max-failures"] {
 		j.MaxFailures = f.maxFail
+	}
+	if f.set["verify-before-commit"] {
+		v := f.verifyCommit
+		j.VerifyBeforeCommit = &v
 	}
 	if f.set["resume"] {
 		j.Resume = f.resume
