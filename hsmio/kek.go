@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
@@ -37,6 +38,7 @@ type KEK struct {
 	gcm     cipher.AEAD
 	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
 	rsaPub  *rsa.PublicKey
+	handle  atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
 }
 
 var _ keys.KEK = (*KEK)(nil)
@@ -255,7 +257,13 @@ func (k *KEK) Unwrap(_ context.Context, dekID, mech string, wrapped []byte) (*ke
 	return dek, nil
 }
 
+// aesHandle finds the KEK's object handle once; a token object's handle is
+// valid in every session of this process, and the search costs three
+// PKCS#11 calls per operation otherwise.
 func (k *KEK) aesHandle(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+	if h := k.handle.Load(); h != 0 {
+		return pkcs11.ObjectHandle(h), nil
+	}
 	h, ok, err := k.tok.findObject(sh, pkcs11.CKO_SECRET_KEY, k.uri.Object, k.uri.ID)
 	if err != nil {
 		return 0, err
@@ -263,6 +271,7 @@ func (k *KEK) aesHandle(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
 	if !ok {
 		return 0, fmt.Errorf("%w: %s", keys.ErrKeyNotFound, k.URI())
 	}
+	k.handle.Store(uint64(h))
 	return h, nil
 }
 
