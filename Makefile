@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 1
 
-.PHONY: all deps build demo test vet fuzz bench clean
+.PHONY: all deps build demo test vet fuzz bench clean versitygw
 
 all: build
 
@@ -16,6 +16,14 @@ deps:
 	fi
 	@command -v $(GO) >/dev/null || { echo "Go is required (https://go.dev/dl/)"; exit 1; }
 
+# A real S3 server that checks SigV4 signatures, for the object-store tests;
+# built once and cached (about 2-3 minutes the first time).
+VERSITYGW_VERSION ?= v1.8.0
+VERSITYGW := $(HOME)/.cache/rekey/versitygw-$(VERSITYGW_VERSION)/versitygw
+versitygw:
+	@test -x $(VERSITYGW) || { echo "building versitygw $(VERSITYGW_VERSION) once (~2-3 min)"; \
+	  GOBIN=$(dir $(VERSITYGW)) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); }
+
 build:
 	$(GO) build -o bin/rekey ./jobs/rekey
 	$(GO) build -o bin/softhsm-setup ./jobs/softhsm-setup
@@ -27,7 +35,7 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-test: deps vet
+test: deps versitygw vet
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Short runs of every fuzz target (go test -fuzz takes one target at a time).
@@ -37,6 +45,14 @@ fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzDEKRow$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hsmio -run '^$$' -fuzz '^FuzzParseURI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz '^FuzzParseJob$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./providers/objstore -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+
+# Measures rekey against this machine's limits (see BENCHMARKS.md); table on stdout,
+# JSON in demo/bench/results.json. E.g. BENCHFLAGS='--mem-mib 1024,8192' for the 1 GiB vs 8 GiB check.
+BENCHFLAGS ?=
+bench: deps
+	$(GO) build -o demo/bench/bin/rekey-bench ./jobs/rekey-bench
+	GO=$(GO) ./demo/bench/bin/rekey-bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin demo

@@ -224,7 +224,8 @@ func overlaps(a, b string) bool {
 
 func normLoc(loc string) string {
 	if storage.Scheme(loc) != "" {
-		return strings.TrimRight(loc, "/")
+		base, _ := storage.SplitQuery(loc)
+		return strings.TrimRight(base, "/")
 	}
 	abs, err := filepath.Abs(loc)
 	if err != nil {

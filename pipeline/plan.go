@@ -58,6 +58,20 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	r := &Report{KEKs: map[string]int{}, Wraps: map[string]int{}}
 	spec := j.Spec()
 
+	// Every location: reachable, the sources readable, the targets writable.
+	for _, l := range []struct {
+		name, loc string
+		write     bool
+	}{{"source.data", j.Source.Data, false}, {"source.deks", j.Source.DEKs, false},
+		{"target.data", j.Target.Data, true}, {"target.deks", j.Target.DEKs, true}, {"ledger", j.Ledger, true}} {
+		if l.loc == "" || (l.name == "source.data" && j.Mode == schemas.ModeRewrap) {
+			continue
+		}
+		if err := storage.Check(ctx, l.loc, l.write); err != nil {
+			r.add(false, l.name, "%v", err)
+		}
+	}
+
 	// Keys first: a wrong PIN or label is the most common mistake.
 	src, srcErr := transforms.OpenKEK(ctx, spec.SourceKEK, spec.SourceWrap, 2)
 	if srcErr != nil {

@@ -3,6 +3,8 @@ package transforms
 import (
 	"runtime"
 
+	"rekey/providers/storage"
+
 	"rekey/schemas"
 )
 
@@ -64,22 +66,13 @@ func (s *Spec) maxCell() int {
 // LedgerPart is where a unit's ledger rows go: one part per unit, named
 // from the unit so a retried bundle overwrites instead of duplicating.
 func (s *Spec) LedgerPart(kind, rel string) string {
-	return RunLedgerDir(s.Ledger, s.RunID) + "/part-" + kind + "-" + unitName(rel) + ".parquet"
+	return storage.Join(RunLedgerDir(s.Ledger, s.RunID), "part-"+kind+"-"+unitName(rel)+".parquet")
 }
 
 // RunLedgerDir is the Hive-style folder of one run's ledger.
-func RunLedgerDir(ledger, runID string) string {
-	return trimSlash(ledger) + "/run_id=" + runID
-}
+func RunLedgerDir(ledger, runID string) string { return storage.Join(ledger, "run_id="+runID) }
 
 // ManifestPath is where a run's manifest goes.
 func ManifestPath(ledger, runID string) string {
-	return RunLedgerDir(ledger, runID) + "/_manifest.json"
-}
-
-func trimSlash(s string) string {
-	for len(s) > 1 && s[len(s)-1] == '/' {
-		s = s[:len(s)-1]
-	}
-	return s
+	return storage.Join(RunLedgerDir(ledger, runID), "_manifest.json")
 }

@@ -5,4 +5,6 @@ package main
 import (
 	_ "rekey/hsmio"           // pkcs11: key-encryption keys
 	_ "rekey/providers/local" // plain paths
+	_ "rekey/providers/oss"   // oss:// (Alibaba Cloud OSS)
+	_ "rekey/providers/s3"    // s3:// (Amazon S3 and S3-compatible stores)
 )

@@ -60,7 +60,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	spec.VerifyReport = report
 	if spec.VerifyReport == "" {
 		if j.Ledger != "" {
-			spec.VerifyReport = transforms.RunLedgerDir(j.Ledger, j.RunID) + "/_verify.json"
+			spec.VerifyReport = storage.Join(transforms.RunLedgerDir(j.Ledger, j.RunID), "_verify.json")
 		} else {
 			spec.VerifyReport = "rekey-verify.json"
 		}

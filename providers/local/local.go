@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"rekey/providers/storage"
 )
@@ -156,4 +157,31 @@ func (Backend) Exists(_ context.Context, path string) (bool, error) {
 		return false, nil
 	}
 	return false, err
+}
+
+// Check implements storage.Checker: a location to read must be a folder; a
+// location to write must be (or be creatable in) a writable folder. It
+// creates nothing.
+func (Backend) Check(_ context.Context, loc string, write bool) error {
+	p := filepath.Clean(loc)
+	for {
+		st, err := os.Stat(p)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("%s: %s is not a folder", loc, p)
+			}
+			if write && syscall.Access(p, 2 /* W_OK */) != nil {
+				return fmt.Errorf("%s: folder %s is not writable by this user", loc, p)
+			}
+			return nil
+		}
+		if !write {
+			return fmt.Errorf("%s: %w (check the path)", loc, storage.ErrNotFound)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return fmt.Errorf("%s: no existing parent folder", loc)
+		}
+		p = parent
+	}
 }

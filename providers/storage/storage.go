@@ -7,7 +7,9 @@
 // name only on Commit, so a crash never leaves a half file that looks
 // complete.
 //
-// Limits: only the local filesystem backend exists so far.
+// Limits: a URI location's "?" starts its parameters, so object keys
+// cannot contain '?'; code that builds paths must use Join, not string
+// concatenation, to keep the parameters at the end.
 package storage
 
 import (
@@ -92,17 +94,32 @@ func For(loc string) (Backend, error) {
 		}
 		mu.RUnlock()
 		sort.Strings(have)
-		return nil, fmt.Errorf("no storage backend for %q (scheme %q; registered: %s): the object-store backends are not built into this rekey yet", loc, s, strings.Join(have, ", "))
+		return nil, fmt.Errorf("no storage backend for %q (scheme %q; registered: %s): this rekey is built without it (a main package must import rekey/providers/%s)", loc, s, strings.Join(have, ", "), s)
 	}
 	return b, nil
 }
 
-// Join appends a relative slash path to a location.
+// Join appends a relative slash path to a location. A URI's ?parameters
+// (client settings such as an endpoint) stay at the end.
 func Join(loc, rel string) string {
 	if rel == "" {
 		return loc
 	}
-	return strings.TrimRight(loc, "/") + "/" + strings.TrimLeft(rel, "/")
+	base, query := SplitQuery(loc)
+	return strings.TrimRight(base, "/") + "/" + strings.TrimLeft(rel, "/") + query
+}
+
+// SplitQuery splits a URI location into its path and its "?parameters"
+// (with the '?'; "" if none). Plain paths have no parameters: a '?' in a
+// file name is part of the name.
+func SplitQuery(loc string) (base, query string) {
+	if Scheme(loc) == "" {
+		return loc, ""
+	}
+	if i := strings.IndexByte(loc, '?'); i >= 0 {
+		return loc[:i], loc[i:]
+	}
+	return loc, ""
 }
 
 // List lists a location with its backend.
@@ -139,4 +156,23 @@ func Exists(ctx context.Context, path string) (bool, error) {
 		return false, err
 	}
 	return b.Exists(ctx, path)
+}
+
+// Checker is implemented by backends that can check a location before a
+// run: reachable, readable, and (write) writable, without making anything
+// visible.
+type Checker interface {
+	Check(ctx context.Context, loc string, write bool) error
+}
+
+// Check checks loc with its backend, if the backend can.
+func Check(ctx context.Context, loc string, write bool) error {
+	b, err := For(loc)
+	if err != nil {
+		return err
+	}
+	if c, ok := b.(Checker); ok {
+		return c.Check(ctx, loc, write)
+	}
+	return nil
 }
