@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/direct"
+
+	"rekey/pipeline"
+	"rekey/providers/keys"
+	"rekey/schemas"
+	"rekey/transforms"
+)
+
+// countScheme wraps another key URI ("benchcount:pkcs11:...") so the
+// in-process profile run can count the HSM calls the pipeline really
+// makes. Only this command registers it; rekey itself never sees it.
+const countScheme = "benchcount"
+
+// hsmCalls are the calls made through counted KEKs in this process.
+var hsmCalls struct {
+	unwrap, wrap, generate atomic.Int64
+}
+
+type countedKEK struct {
+	keys.KEK
+}
+
+func (k countedKEK) Wrap(ctx context.Context, dekID string, dek *keys.DEK) ([]byte, error) {
+	hsmCalls.wrap.Add(1)
+	return k.KEK.Wrap(ctx, dekID, dek)
+}
+
+func (k countedKEK) Unwrap(ctx context.Context, dekID, mech string, wrapped []byte) (*keys.DEK, error) {
+	hsmCalls.unwrap.Add(1)
+	return k.KEK.Unwrap(ctx, dekID, mech, wrapped)
+}
+
+// GenerateDEK forwards to the HSM's RNG when the inner KEK has one, as the
+// pipeline would call it; otherwise it reports an error the pipeline never
+// sees, because MintDEKsFn asks by type assertion first.
+func (k countedKEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
+	g, ok := k.KEK.(keys.Generator)
+	if !ok {
+		return nil, errors.New("benchcount: inner KEK has no generator")
+	}
+	hsmCalls.generate.Add(1)
+	return g.GenerateDEK(ctx)
+}
+
+// Matches forwards the DEK table's kek-column check.
+func (k countedKEK) Matches(ref string) bool { return transforms.KEKMatches(k.KEK, ref) }
+
+func init() {
+	keys.Register(countScheme, func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
+		inner, err := keys.Open(ctx, strings.TrimPrefix(uri, countScheme+":"), opts)
+		if err != nil {
+			return nil, err
+		}
+		return countedKEK{inner}, nil
+	})
+}
+
+// profileResult is what `rekey-bench profile` prints and writes as JSON.
+type profileResult struct {
+	Mode        string  `json:"mode"`
+	Dataset     string  `json:"dataset"`
+	Workers     int     `json:"workers"`
+	SkipVerify  bool    `json:"skip_verify"`
+	Seconds     float64 `json:"seconds"`
+	DEKs        int64   `json:"deks"`
+	Records     int64   `json:"records"`
+	PayloadMB   float64 `json:"payload_mb"`
+	MBPerS      float64 `json:"mb_per_s,omitempty"`
+	DEKsPerS    float64 `json:"deks_per_s,omitempty"`
+	Unwraps     int64   `json:"hsm_unwraps"`
+	Wraps       int64   `json:"hsm_wraps"`
+	Generates   int64   `json:"hsm_random"`
+	HSMOps      int64   `json:"hsm_ops"`
+	CacheLoads  int64   `json:"cache_loads"`
+	CPUProfile  string  `json:"cpu_profile,omitempty"`
+	HeapProfile string  `json:"heap_profile,omitempty"`
+}
+
+// profileMain runs one migration in this process on the direct runner,
+// under the CPU profiler, with HSM calls counted.
+func profileMain(args []string) error {
+	fs := flag.NewFlagSet("rekey-bench profile", flag.ContinueOnError)
+	dir := fs.String("dir", "demo/bench", "the suite's folder (tokens and datasets made by a suite run)")
+	mode := fs.String("mode", "reencrypt", "reencrypt or rewrap")
+	name := fs.String("dataset", "re-4096", "dataset under DIR/data (re-<cell>, rewrap-<n>, mem-<n>MiB)")
+	workers := fs.Int("workers", 0, "rekey --workers (0: number of CPUs)")
+	wrap := fs.String("target-wrap", "aes-gcm", "target wrap mechanism")
+	skipVerify := fs.Bool("skip-verify", false, "turn verify-before-commit off (to measure what it costs; never in production)")
+	cpu := fs.String("cpuprofile", "", "CPU profile output (default DIR/prof/<mode>-<dataset>.cpu.pprof)")
+	heap := fs.Bool("heapprofile", false, "also write a heap profile at the end")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *mode != schemas.ModeReencrypt && *mode != schemas.ModeRewrap {
+		return fmt.Errorf("--mode: reencrypt or rewrap")
+	}
+	if err := setupTokens(filepath.Join(*dir, "softhsm")); err != nil {
+		return err
+	}
+	ds := newDataset(*dir, *name, 0, 0, 0, 0)
+	if _, err := os.Stat(ds.DEKs); err != nil {
+		return fmt.Errorf("dataset %s: %v (run the suite first, e.g. rekey-bench --only reencrypt)", *name, err)
+	}
+	profDir := filepath.Join(*dir, "prof")
+	if err := os.MkdirAll(profDir, 0o755); err != nil {
+		return err
+	}
+	tag := *mode + "-" + *name
+	if *skipVerify {
+		tag += "-noverify"
+	}
+	if *cpu == "" {
+		*cpu = filepath.Join(profDir, tag+".cpu.pprof")
+	}
+	runID := fmt.Sprintf("profile-%d", time.Now().UnixNano())
+	out := filepath.Join(*dir, "scratch", runID)
+	defer os.RemoveAll(out)
+	j := &pipeline.Job{Mode: *mode, RunID: runID,
+		Source: pipeline.Side{DEKs: ds.DEKs, KEK: sourceKEK()},
+		Target: pipeline.Side{DEKs: filepath.Join(out, "deks"), KEK: targetKEK(), Wrap: *wrap},
+		Ledger: filepath.Join(out, "ledger"), Workers: *workers}
+	if *mode == schemas.ModeReencrypt {
+		j.Source.Data, j.Target.Data = ds.Data, filepath.Join(out, "data")
+	}
+	j.Defaults()
+	if err := j.Validate(); err != nil {
+		return err
+	}
+	spec := j.Spec()
+	spec.SourceKEK = countScheme + ":" + spec.SourceKEK
+	spec.TargetKEK = countScheme + ":" + spec.TargetKEK
+	spec.SkipVerify = *skipVerify
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	beam.Init()
+	p, s := beam.NewPipelineWithRoot()
+	pipeline.Build(s, spec)
+
+	f, err := os.Create(*cpu)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ctx := context.Background()
+	runtime.GC()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	start := time.Now()
+	_, runErr := direct.Execute(ctx, p)
+	el := time.Since(start)
+	pprof.StopCPUProfile()
+	if runErr != nil {
+		return fmt.Errorf("run: %w", runErr)
+	}
+	res := profileResult{Mode: *mode, Dataset: *name, Workers: spec.Workers, SkipVerify: *skipVerify, Seconds: el.Seconds(), CPUProfile: *cpu,
+		Unwraps: hsmCalls.unwrap.Load(), Wraps: hsmCalls.wrap.Load(), Generates: hsmCalls.generate.Load(), CacheLoads: transforms.Unwraps()}
+	res.HSMOps = res.Unwraps + res.Wraps + res.Generates
+	if res.Workers == 0 {
+		res.Workers = runtime.NumCPU()
+	}
+	if *heap {
+		res.HeapProfile = filepath.Join(profDir, tag+".heap.pprof")
+		h, err := os.Create(res.HeapProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.WriteHeapProfile(h); err != nil {
+			return err
+		}
+		h.Close()
+	}
+	b, err := os.ReadFile(transforms.ManifestPath(j.Ledger, runID))
+	if err != nil {
+		return err
+	}
+	var m schemas.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	if m.Totals.Failed > 0 {
+		return fmt.Errorf("run %s: %d failed", runID, m.Totals.Failed)
+	}
+	res.DEKs, res.Records = m.Totals.DEKs, m.Totals.Records
+	if *mode == schemas.ModeReencrypt {
+		// Payload = ciphertext written minus each cell's envelope.
+		res.PayloadMB = float64(m.Totals.Bytes-m.Totals.RecordsMigrated*schemas.CellOverhead) / 1e6
+		res.MBPerS = res.PayloadMB / el.Seconds()
+	} else {
+		res.DEKsPerS = float64(res.DEKs) / el.Seconds()
+	}
+	jb, _ := json.MarshalIndent(res, "", "  ")
+	fmt.Println(string(jb))
+	if err := os.WriteFile(filepath.Join(profDir, tag+".json"), jb, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "top costs: go tool pprof -top -nodecount=30 %s\n", *cpu)
+	return nil
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"rekey/schemas"
+)
+
+// dataset is a generated source dataset: a DEK table and record files.
+type dataset struct {
+	Name    string
+	Dir     string
+	Data    string
+	DEKs    string
+	Cell    int
+	Files   int
+	Records int // per file
+	NumDEKs int
+}
+
+func (d *dataset) payloadBytes() int64 { return int64(d.Files) * int64(d.Records) * int64(d.Cell) }
+func (d *dataset) records() int64      { return int64(d.Files) * int64(d.Records) }
+
+func (d *dataset) files() ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(d.Data, "*.parquet"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(m)
+	if len(m) != d.Files {
+		return nil, fmt.Errorf("dataset %s: %d record files, want %d", d.Name, len(m), d.Files)
+	}
+	return m, nil
+}
+
+// rowGroupRows keeps a generated row group near 64 MiB of payload, as a
+// real writer would, whatever the cell size.
+func rowGroupRows(cell int) int {
+	return max(1, min(10000, (64<<20)/max(cell, 1)))
+}
+
+// generate makes ds with `rekey gen`, unless a previous bench run left it
+// with the same arguments.
+func generate(ctx context.Context, rekey string, ds *dataset, workers int, logs string) error {
+	args := []string{"gen", "--deks", ds.DEKs, "--kek", sourceKEK(), "--num-deks", strconv.Itoa(ds.NumDEKs),
+		"--files", strconv.Itoa(ds.Files), "--workers", strconv.Itoa(workers)}
+	if ds.Files > 0 {
+		args = append(args, "--data", ds.Data, "--records", strconv.Itoa(ds.Records), "--record-size", strconv.Itoa(ds.Cell),
+			"--row-group", strconv.Itoa(rowGroupRows(ds.Cell)))
+	}
+	if stampMatches(ds.Dir, args) {
+		fmt.Fprintf(os.Stderr, "  dataset %s: reusing %s\n", ds.Name, ds.Dir)
+		return nil
+	}
+	if err := os.RemoveAll(ds.Dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(ds.Dir, 0o755); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "  dataset %s: rekey %s\n", ds.Name, strings.Join(args, " "))
+	res, err := runChild(ctx, rekey, args, filepath.Join(logs, "gen-"+ds.Name+".log"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "  dataset %s: %s\n", ds.Name, res.Wall.Round(time.Millisecond))
+	return writeStamp(ds.Dir, args)
+}
+
+// childResult is one subprocess run.
+type childResult struct {
+	Wall     time.Duration
+	Pipeline time.Duration // rekey's own "in X" (beam.Run start to end), 0 if not printed
+	MaxRSS   int64         // bytes, from the child's rusage (wait4)
+	Stdout   string
+}
+
+var tookRe = regexp.MustCompile(`(?m)^rekey run \S+ \(\w+\): \w+ in (\S+)$`)
+
+// runChild runs bin with args, logging its output, and returns its wall
+// time and peak RSS (ru_maxrss of the wait4 that reaped it, taken by a
+// `rekey-bench spawn` helper: see spawn.go for why).
+func runChild(ctx context.Context, bin string, args []string, logPath string) (childResult, error) {
+	var res childResult
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return res, err
+	}
+	log, err := os.Create(logPath)
+	if err != nil {
+		return res, err
+	}
+	defer log.Close()
+	fmt.Fprintf(log, "$ %s %s\n", bin, strings.Join(args, " "))
+	var stdout strings.Builder
+	self, err := os.Executable()
+	if err != nil {
+		return res, err
+	}
+	rssFile := logPath + ".maxrss"
+	os.Remove(rssFile)
+	cmd := exec.CommandContext(ctx, self, append([]string{"spawn", rssFile, bin}, args...)...)
+	cmd.Stdout = &teeWriter{&stdout, log}
+	cmd.Stderr = log
+	start := time.Now()
+	err = cmd.Run()
+	res.Wall = time.Since(start)
+	res.Stdout = stdout.String()
+	if b, rerr := os.ReadFile(rssFile); rerr == nil {
+		res.MaxRSS, _ = strconv.ParseInt(string(b), 10, 64)
+		os.Remove(rssFile)
+	}
+	if err != nil {
+		return res, fmt.Errorf("%s %s: %v (log: %s)", filepath.Base(bin), args[0], err, logPath)
+	}
+	if m := tookRe.FindStringSubmatch(res.Stdout); m != nil {
+		res.Pipeline, _ = time.ParseDuration(m[1])
+	}
+	return res, nil
+}
+
+type teeWriter struct {
+	a *strings.Builder
+	b *os.File
+}
+
+func (t *teeWriter) Write(p []byte) (int, error) {
+	t.a.Write(p)
+	return t.b.Write(p)
+}
+
+// rekeyRun is one `rekey run`.
+type rekeyRun struct {
+	Mode, Runner string
+	Workers      int // 0: rekey's default
+	TargetWrap   string
+}
+
+// runRekey runs one migration of ds in a scratch folder and removes its
+// output afterwards. It returns the child's figures and the run manifest.
+func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratch, logs, runID string) (childResult, *schemas.Manifest, error) {
+	out := filepath.Join(scratch, runID)
+	if err := os.RemoveAll(out); err != nil {
+		return childResult{}, nil, err
+	}
+	defer os.RemoveAll(out)
+	args := []string{"run", "--mode", r.Mode, "--run-id", runID, "--runner", r.Runner, "--progress", "-1s",
+		"--source-deks", ds.DEKs, "--source-kek", sourceKEK(),
+		"--target-deks", filepath.Join(out, "deks"), "--target-kek", targetKEK(),
+		"--ledger", filepath.Join(out, "ledger")}
+	if r.TargetWrap != "" {
+		args = append(args, "--target-wrap", r.TargetWrap)
+	}
+	if r.Mode == schemas.ModeReencrypt {
+		args = append(args, "--source-data", ds.Data, "--target-data", filepath.Join(out, "data"))
+	}
+	if r.Workers > 0 {
+		args = append(args, "--workers", strconv.Itoa(r.Workers))
+	}
+	res, err := runChild(ctx, rekey, args, filepath.Join(logs, runID+".log"))
+	if err != nil {
+		return res, nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(out, "ledger", "run_id="+runID, "_manifest.json"))
+	if err != nil {
+		return res, nil, fmt.Errorf("run %s: %w", runID, err)
+	}
+	var m schemas.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return res, nil, err
+	}
+	if m.Totals.Failed > 0 {
+		return res, &m, fmt.Errorf("run %s: %d failed (log: %s)", runID, m.Totals.Failed, filepath.Join(logs, runID+".log"))
+	}
+	return res, &m, nil
+}

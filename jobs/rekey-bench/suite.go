@@ -1,0 +1,415 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	_ "rekey/hsmio" // pkcs11: KEKs, for the HSM limit and the baseline
+	"rekey/providers/keys"
+	_ "rekey/providers/local"
+	"rekey/schemas"
+	"rekey/transforms"
+)
+
+// config is the suite's flags.
+type config struct {
+	Dir         string
+	JSON        string
+	Rekey       string
+	Reps        int
+	RewrapReps  int
+	Cells       []int
+	DataMiB     int
+	Files       int
+	ReDEKs      int
+	RewrapDEKs  int
+	Runners     []string
+	Workers     int
+	TargetWrap  string
+	LimitTime   time.Duration
+	MemMiB      []int
+	MemCell     int
+	MemFileMiB  int
+	Sections    map[string]bool
+	RewrapW1    bool
+	CommandLine string
+}
+
+func parseSuiteFlags(args []string) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("rekey-bench", flag.ContinueOnError)
+	var cells, runners, mem, only string
+	fs.StringVar(&c.Dir, "dir", "demo/bench", "folder for tokens, datasets, logs and results (git-ignored)")
+	fs.StringVar(&c.JSON, "json", "", "results JSON (default DIR/results.json)")
+	fs.StringVar(&c.Rekey, "rekey", "", "rekey binary to measure (default: go build ./jobs/rekey into DIR/bin)")
+	fs.IntVar(&c.Reps, "reps", 3, "repetitions of every measurement (medians are reported)")
+	fs.IntVar(&c.RewrapReps, "rewrap-reps", 1, "repetitions of the rewrap runs (each moves --rewrap-deks DEKs, about 100 s per million on SoftHSM; 1 keeps the default run under 10 minutes)")
+	fs.StringVar(&cells, "cells", "256,4096,65536", "re-encrypt cell sizes in bytes (plaintext payload per record)")
+	fs.IntVar(&c.DataMiB, "data-mib", 128, "payload MiB of each re-encrypt dataset")
+	fs.IntVar(&c.Files, "files", 4, "record files per re-encrypt dataset")
+	fs.IntVar(&c.ReDEKs, "reencrypt-deks", 64, "DEKs of each re-encrypt dataset (records cycle over them)")
+	fs.IntVar(&c.RewrapDEKs, "rewrap-deks", 1000000, "DEKs in the rewrap table")
+	fs.StringVar(&runners, "runners", "direct,prism", "Beam runners to measure rekey on")
+	fs.IntVar(&c.Workers, "workers", 0, "N, the parallel figure (default: number of CPUs, rekey's default)")
+	fs.StringVar(&c.TargetWrap, "target-wrap", "aes-gcm", "target wrap mechanism (aes-gcm or aes-kwp; the source is aes-gcm, rekey gen's default)")
+	fs.DurationVar(&c.LimitTime, "limit-time", 700*time.Millisecond, "duration of each timed limit sample (AES, HSM)")
+	fs.StringVar(&mem, "mem-mib", "64,512", "payload MiB of the memory-flatness datasets, small,large (the issue's check: 1024,8192)")
+	fs.IntVar(&c.MemCell, "mem-cell", 4096, "cell size of the memory-flatness datasets")
+	fs.IntVar(&c.MemFileMiB, "mem-file-mib", 32, "payload MiB per file of the memory-flatness datasets: the larger dataset has more files of the same shape")
+	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,memory,counts", "sections to run (counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof)")
+	fs.BoolVar(&c.RewrapW1, "rewrap-w1", false, "also run rewrap with --workers 1 (direct runner)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.Cells, err = intList(cells); err != nil {
+		return nil, fmt.Errorf("--cells: %v", err)
+	}
+	if c.MemMiB, err = intList(mem); err != nil || len(c.MemMiB) != 2 {
+		return nil, fmt.Errorf("--mem-mib: want small,large")
+	}
+	c.Runners = strings.Split(runners, ",")
+	c.Sections = map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		c.Sections[strings.TrimSpace(s)] = true
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	if c.JSON == "" {
+		c.JSON = filepath.Join(c.Dir, "results.json")
+	}
+	switch {
+	case c.Reps < 1 || c.RewrapReps < 1:
+		return nil, errors.New("--reps and --rewrap-reps must be at least 1")
+	case c.MemFileMiB < 1 || c.MemCell < 1:
+		return nil, errors.New("--mem-file-mib and --mem-cell must be positive")
+	case c.DataMiB < 1 || c.Files < 1 || c.ReDEKs < 1 || c.RewrapDEKs < 1:
+		return nil, errors.New("--data-mib, --files, --reencrypt-deks and --rewrap-deks must be positive")
+	case c.TargetWrap != schemas.WrapAESGCM && c.TargetWrap != schemas.WrapAESKWP:
+		return nil, errors.New("--target-wrap: aes-gcm or aes-kwp (the bench's KEKs are AES)")
+	}
+	c.CommandLine = strings.Join(append([]string{"rekey-bench"}, args...), " ")
+	return c, nil
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Results is what the suite writes as JSON.
+type Results struct {
+	Command string   `json:"command"`
+	Machine Machine  `json:"machine"`
+	Config  *config  `json:"config"`
+	Rows    []*Row   `json:"rows"`
+	Notes   []string `json:"notes"`
+	Took    string   `json:"took"`
+}
+
+func suiteMain(args []string) error {
+	c, err := parseSuiteFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	began := time.Now()
+	res := &Results{Command: c.CommandLine, Machine: describeMachine(), Config: c}
+	logs := filepath.Join(c.Dir, "logs")
+	scratch := filepath.Join(c.Dir, "scratch")
+	for _, d := range []string{logs, scratch} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	step("SoftHSM2 tokens in %s", filepath.Join(c.Dir, "softhsm"))
+	if err := setupTokens(filepath.Join(c.Dir, "softhsm")); err != nil {
+		return err
+	}
+	if c.Rekey == "" {
+		step("go build -o %s ./jobs/rekey", filepath.Join(c.Dir, "bin", "rekey"))
+		if c.Rekey, err = buildRekey(ctx, c.Dir); err != nil {
+			return err
+		}
+	}
+
+	// Datasets.
+	step("datasets (rekey gen)")
+	var reDS []*dataset
+	needRe := c.Sections["limits"] || c.Sections["baseline"] || c.Sections["reencrypt"] || c.Sections["counts"]
+	if needRe {
+		for _, cell := range c.Cells {
+			recs := max(1, int((int64(c.DataMiB)<<20)/int64(cell)/int64(c.Files)))
+			ds := newDataset(c.Dir, fmt.Sprintf("re-%d", cell), cell, c.Files, recs, c.ReDEKs)
+			if err := generate(ctx, c.Rekey, ds, c.Workers, logs); err != nil {
+				return err
+			}
+			reDS = append(reDS, ds)
+		}
+	}
+	var rwDS, hsmDS *dataset
+	if c.Sections["rewrap"] {
+		rwDS = newDataset(c.Dir, fmt.Sprintf("rewrap-%d", c.RewrapDEKs), 0, 0, 0, c.RewrapDEKs)
+		if err := generate(ctx, c.Rekey, rwDS, c.Workers, logs); err != nil {
+			return err
+		}
+	}
+	if c.Sections["limits"] || c.Sections["counts"] {
+		// The HSM limit and the counted rewrap need a DEK table, not a
+		// large one.
+		hsmDS = newDataset(c.Dir, "deks-20000", 0, 0, 0, 20000)
+		if err := generate(ctx, c.Rekey, hsmDS, c.Workers, logs); err != nil {
+			return err
+		}
+	}
+	var memDS []*dataset
+	if c.Sections["memory"] {
+		for _, mib := range c.MemMiB {
+			files := max(1, mib/c.MemFileMiB)
+			recs := max(1, int((int64(c.MemFileMiB)<<20)/int64(c.MemCell)))
+			ds := newDataset(c.Dir, fmt.Sprintf("mem-%dMiB", mib), c.MemCell, files, recs, c.ReDEKs)
+			if err := generate(ctx, c.Rekey, ds, c.Workers, logs); err != nil {
+				return err
+			}
+			memDS = append(memDS, ds)
+		}
+	}
+
+	// Keys for the limits and the baseline: opened through providers/keys
+	// exactly as the pipeline opens them (sessions = workers).
+	var src, dst keys.KEK
+	var hsmRows []schemas.DEKRow
+	if c.Sections["limits"] || c.Sections["baseline"] {
+		if src, err = keys.Open(ctx, sourceKEK(), keys.Options{Sessions: c.Workers}); err != nil {
+			return fmt.Errorf("source KEK: %w", err)
+		}
+		if dst, err = keys.Open(ctx, targetKEK(), keys.Options{Wrap: c.TargetWrap, Sessions: c.Workers}); err != nil {
+			return fmt.Errorf("target KEK: %w", err)
+		}
+		if hsmDS != nil {
+			all, err := transforms.ReadDEKTable(ctx, hsmDS.DEKs)
+			if err != nil {
+				return err
+			}
+			hsmRows = all[:min(len(all), 4096)]
+		}
+	}
+
+	t := newTable()
+	N := c.Workers
+	gs := []int{1}
+	if N > 1 {
+		gs = append(gs, N)
+	}
+	for rep := 0; rep < c.Reps; rep++ {
+		step("repetition %d of %d", rep+1, c.Reps)
+		if c.Sections["limits"] {
+			for _, cell := range c.Cells {
+				for _, g := range gs {
+					r, err := aesRate(cell, g, c.LimitTime, false)
+					if err != nil {
+						return fmt.Errorf("AES limit: %w", err)
+					}
+					t.add(keyAES(cell, g), &Row{Section: "limit", What: "AES-256-GCM open+seal", Cell: cell, Workers: g, Unit: "MB/s"}, r/1e6, r/float64(cell))
+				}
+				r, err := aesRate(cell, N, c.LimitTime, true)
+				if err != nil {
+					return fmt.Errorf("AES limit: %w", err)
+				}
+				t.add(keyAESVerify(cell, N), &Row{Section: "limit", What: "AES-256-GCM open+seal+verify-open (info)", Cell: cell, Workers: N, Unit: "MB/s"}, r/1e6, r/float64(cell))
+			}
+			for _, ds := range reDS {
+				for _, g := range gs {
+					r, err := parquetCopyRate(ds, filepath.Join(scratch, "pqcopy"), g, true)
+					if err != nil {
+						return fmt.Errorf("Parquet limit: %w", err)
+					}
+					t.add(keyPQ(ds.Cell, g), &Row{Section: "limit", What: "Parquet copy (rows, snappy: as rekey)", Cell: ds.Cell, Workers: g, Unit: "MB/s"}, r/1e6, r/float64(ds.Cell))
+				}
+				r, err := parquetCopyRate(ds, filepath.Join(scratch, "pqcopy"), N, false)
+				if err != nil {
+					return fmt.Errorf("Parquet limit: %w", err)
+				}
+				t.add(keyPQRaw(ds.Cell, N), &Row{Section: "limit", What: "Parquet copy, uncompressed (info)", Cell: ds.Cell, Workers: N, Unit: "MB/s"}, r/1e6, r/float64(ds.Cell))
+			}
+			if len(hsmRows) > 0 {
+				for _, verify := range []bool{false, true} {
+					for _, g := range gs {
+						r, err := hsmRate(ctx, src, dst, hsmRows, g, c.LimitTime, verify)
+						if err != nil {
+							return fmt.Errorf("HSM limit: %w", err)
+						}
+						what := "HSM unwrap+wrap (" + c.TargetWrap + ")"
+						ops := int64(2)
+						if verify {
+							what, ops = "HSM unwrap+wrap+verify-unwrap ("+c.TargetWrap+")", 3
+						}
+						t.add(keyHSM(g, verify), &Row{Section: "limit", What: what, Workers: g, Unit: "DEKs/s", HSMOpsPerDEK: ops}, r, 0)
+					}
+				}
+			}
+		}
+		if c.Sections["baseline"] {
+			for _, ds := range reDS {
+				r, ops, err := baseline(ctx, ds, src, dst, filepath.Join(scratch, "baseline"), fmt.Sprintf("baseline-%d", rep))
+				if err != nil {
+					return fmt.Errorf("baseline: %w", err)
+				}
+				t.add(keyBase(ds.Cell), &Row{Section: "baseline", What: "1 goroutine, no Beam, no verify", Cell: ds.Cell, Workers: 1, Unit: "MB/s",
+					DEKs: int64(ds.NumDEKs), HSMOps: ops, HSMOpsNote: "counted"}, r/1e6, r/float64(ds.Cell))
+			}
+		}
+		if c.Sections["reencrypt"] {
+			for _, ds := range reDS {
+				for _, runner := range c.Runners {
+					for _, w := range gs {
+						rr := rekeyRun{Mode: schemas.ModeReencrypt, Runner: runner, Workers: w, TargetWrap: c.TargetWrap}
+						if w == N {
+							rr.Workers = 0 // rekey's default
+						}
+						id := fmt.Sprintf("re-%d-%s-w%d-r%d", ds.Cell, runner, w, rep)
+						cr, m, err := runRekey(ctx, c.Rekey, ds, rr, scratch, logs, id)
+						if err != nil {
+							return err
+						}
+						if m.Totals.Records != ds.records() {
+							return fmt.Errorf("run %s: %d records, want %d", id, m.Totals.Records, ds.records())
+						}
+						secs := cr.Pipeline.Seconds()
+						row := &Row{Section: "rekey", What: "reencrypt", Cell: ds.Cell, Workers: w, Runner: runner, Unit: "MB/s",
+							DEKs: m.Totals.DEKs, HSMOps: 4 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 4 per DEK"}
+						t.addRun(keyRe(ds.Cell, runner, w), row, float64(ds.payloadBytes())/secs/1e6, float64(ds.records())/secs, cr)
+					}
+				}
+			}
+		}
+		if c.Sections["rewrap"] && rep < c.RewrapReps {
+			type cfg struct {
+				runner string
+				w      int
+			}
+			var cfgs []cfg
+			for _, runner := range c.Runners {
+				cfgs = append(cfgs, cfg{runner, N})
+			}
+			if c.RewrapW1 && N > 1 {
+				cfgs = append(cfgs, cfg{"direct", 1})
+			}
+			for _, k := range cfgs {
+				rr := rekeyRun{Mode: schemas.ModeRewrap, Runner: k.runner, TargetWrap: c.TargetWrap}
+				if k.w != N {
+					rr.Workers = k.w
+				}
+				id := fmt.Sprintf("rewrap-%s-w%d-r%d", k.runner, k.w, rep)
+				cr, m, err := runRekey(ctx, c.Rekey, rwDS, rr, scratch, logs, id)
+				if err != nil {
+					return err
+				}
+				if m.Totals.DEKsMigrated != int64(rwDS.NumDEKs) {
+					return fmt.Errorf("run %s: %d DEKs migrated, want %d", id, m.Totals.DEKsMigrated, rwDS.NumDEKs)
+				}
+				secs := cr.Pipeline.Seconds()
+				row := &Row{Section: "rekey", What: "rewrap", Workers: k.w, Runner: k.runner, Unit: "DEKs/s",
+					DEKs: m.Totals.DEKs, HSMOps: 3 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 3 per DEK"}
+				t.addRun(keyRw(k.runner, k.w), row, float64(rwDS.NumDEKs)/secs, 0, cr)
+			}
+		}
+		if c.Sections["memory"] {
+			for _, ds := range memDS {
+				id := fmt.Sprintf("mem-%s-r%d", ds.Name, rep)
+				cr, m, err := runRekey(ctx, c.Rekey, ds, rekeyRun{Mode: schemas.ModeReencrypt, Runner: "direct", TargetWrap: c.TargetWrap}, scratch, logs, id)
+				if err != nil {
+					return err
+				}
+				secs := cr.Pipeline.Seconds()
+				row := &Row{Section: "memory", What: fmt.Sprintf("reencrypt %d MiB", ds.payloadBytes()>>20), Cell: ds.Cell, Workers: N, Runner: "direct", Unit: "MB/s",
+					DEKs: m.Totals.DEKs, HSMOps: 4 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 4 per DEK"}
+				t.addRun("mem/"+ds.Name, row, float64(ds.payloadBytes())/secs/1e6, float64(ds.records())/secs, cr)
+			}
+		}
+	}
+	if c.Sections["counts"] {
+		step("in-process runs with HSM calls counted, under the CPU profiler")
+		for _, ds := range reDS {
+			pr, err := countRun(ctx, c, schemas.ModeReencrypt, ds.Name, logs)
+			if err != nil {
+				return err
+			}
+			t.add("counts/reencrypt/"+ds.Name, &Row{Section: "counted", What: "reencrypt, in-process", Cell: ds.Cell, Workers: c.Workers, Runner: "direct", Unit: "MB/s",
+				DEKs: pr.DEKs, HSMOps: pr.HSMOps, HSMOpsNote: fmt.Sprintf("counted: %d unwrap, %d wrap, %d random", pr.Unwraps, pr.Wraps, pr.Generates),
+				Note: "profile: " + pr.CPUProfile}, pr.MBPerS, float64(pr.Records)/pr.Seconds)
+		}
+		if hsmDS != nil {
+			pr, err := countRun(ctx, c, schemas.ModeRewrap, hsmDS.Name, logs)
+			if err != nil {
+				return err
+			}
+			t.add("counts/rewrap/"+hsmDS.Name, &Row{Section: "counted", What: "rewrap, in-process", Workers: c.Workers, Runner: "direct", Unit: "DEKs/s",
+				DEKs: pr.DEKs, HSMOps: pr.HSMOps, HSMOpsNote: fmt.Sprintf("counted: %d unwrap, %d wrap, %d random", pr.Unwraps, pr.Wraps, pr.Generates),
+				Note: "profile: " + pr.CPUProfile}, pr.DEKsPerS, 0)
+		}
+	}
+	t.ratios(c, memDS)
+	res.Rows = t.rows
+	res.Machine.LoadEnd = loadAvg()
+	res.Took = time.Since(began).Round(time.Second).String()
+	res.Notes = notes(c)
+	t.print(os.Stdout, res)
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.JSON, b, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("\nJSON: %s\n", c.JSON)
+	return nil
+}
+
+func newDataset(root, name string, cell, files, records, deks int) *dataset {
+	dir := filepath.Join(root, "data", name)
+	return &dataset{Name: name, Dir: dir, Data: filepath.Join(dir, "data"), DEKs: filepath.Join(dir, "deks"),
+		Cell: cell, Files: files, Records: records, NumDEKs: deks}
+}
+
+func step(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "== "+format+"\n", a...)
+}
+
+func notes(c *config) []string {
+	return []string{
+		"MB/s is 10^6 bytes of plaintext payload (records x cell size) per second, for limits, baseline and rekey alike.",
+		"rekey figures use rekey's own elapsed time (beam.Run start to end, as printed by `rekey run`): it includes the DEK stage and pipeline start-up, not process start or preflight; wall_s includes everything.",
+		"The composed bound is 1/(1/AES open+seal + 1/Parquet copy) at the same goroutine count (1 or N); it does not include verify-before-commit, which rekey does (see the open+seal+verify-open row for its cost).",
+		"The HSM limit runs the pipeline's per-DEK calls through providers/keys on the same tokens (sessions = N); rewrap's ratio is against unwrap+wrap+verify-unwrap, which is what rewrap does per DEK with verify on.",
+		"HSM operations of subprocess runs are the plan's estimate (rewrap 3 per DEK, reencrypt 4 per DEK); `rekey-bench profile` counts actual calls in-process.",
+		"Peak RSS is ru_maxrss of the rekey child from wait4 (prism runs in-process in the same child).",
+		fmt.Sprintf("Medians of %d repetitions (rewrap: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps),
+	}
+}

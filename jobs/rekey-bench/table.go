@@ -1,0 +1,275 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// Row is one line of the results table. Figures are medians of Samples.
+type Row struct {
+	Key          string    `json:"key"`
+	Section      string    `json:"section"` // limit, baseline, rekey, memory
+	What         string    `json:"what"`
+	Cell         int       `json:"cell_bytes,omitempty"`
+	Workers      int       `json:"workers"`
+	Runner       string    `json:"runner,omitempty"`
+	Unit         string    `json:"unit"`
+	Median       float64   `json:"median"`
+	Samples      []float64 `json:"samples"`
+	Spread       float64   `json:"spread"`
+	RecordsPerS  float64   `json:"records_per_s,omitempty"`
+	WallS        float64   `json:"wall_s,omitempty"`
+	PeakRSSMiB   float64   `json:"peak_rss_mib,omitempty"`
+	RSSSamples   []float64 `json:"peak_rss_mib_samples,omitempty"`
+	DEKs         int64     `json:"deks,omitempty"`
+	HSMOps       int64     `json:"hsm_ops,omitempty"`
+	HSMOpsNote   string    `json:"hsm_ops_note,omitempty"`
+	HSMOpsPerDEK int64     `json:"hsm_ops_per_dek,omitempty"`
+	VsLimit      float64   `json:"vs_limit,omitempty"`
+	LimitKey     string    `json:"limit,omitempty"`
+	LimitValue   float64   `json:"limit_value,omitempty"`
+	VsBaseline   float64   `json:"vs_baseline,omitempty"`
+	VsW1         float64   `json:"vs_workers1,omitempty"`
+	Note         string    `json:"note,omitempty"`
+
+	recs, walls []float64
+}
+
+type table struct {
+	rows  []*Row
+	byKey map[string]*Row
+}
+
+func newTable() *table { return &table{byKey: map[string]*Row{}} }
+
+func keyAES(cell, g int) string       { return fmt.Sprintf("limit/aes/%d/g%d", cell, g) }
+func keyAESVerify(cell, g int) string { return fmt.Sprintf("limit/aes-verify/%d/g%d", cell, g) }
+func keyPQ(cell, g int) string        { return fmt.Sprintf("limit/parquet/%d/g%d", cell, g) }
+func keyPQRaw(cell, g int) string     { return fmt.Sprintf("limit/parquet-raw/%d/g%d", cell, g) }
+func keyBound(cell, g int) string     { return fmt.Sprintf("limit/bound/%d/g%d", cell, g) }
+func keyHSM(g int, verify bool) string {
+	if verify {
+		return fmt.Sprintf("limit/hsm3/g%d", g)
+	}
+	return fmt.Sprintf("limit/hsm2/g%d", g)
+}
+func keyBase(cell int) string { return fmt.Sprintf("baseline/%d", cell) }
+func keyRe(cell int, runner string, w int) string {
+	return fmt.Sprintf("rekey/reencrypt/%d/%s/w%d", cell, runner, w)
+}
+func keyRw(runner string, w int) string { return fmt.Sprintf("rekey/rewrap/%s/w%d", runner, w) }
+
+// add records one sample of the row with key k (created from proto on
+// first use).
+func (t *table) add(k string, proto *Row, v, recPerS float64) *Row {
+	r := t.byKey[k]
+	if r == nil {
+		r = proto
+		r.Key = k
+		t.byKey[k] = r
+		t.rows = append(t.rows, r)
+	}
+	r.Samples = append(r.Samples, v)
+	if recPerS > 0 {
+		r.recs = append(r.recs, recPerS)
+	}
+	return r
+}
+
+func (t *table) addRun(k string, proto *Row, v, recPerS float64, cr childResult) {
+	r := t.add(k, proto, v, recPerS)
+	r.RSSSamples = append(r.RSSSamples, float64(cr.MaxRSS)/(1<<20))
+	r.walls = append(r.walls, cr.Wall.Seconds())
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (t *table) get(k string) float64 {
+	if r := t.byKey[k]; r != nil {
+		return r.Median
+	}
+	return 0
+}
+
+// ratios computes medians, the composed bounds and every ratio.
+func (t *table) ratios(c *config, mem []*dataset) {
+	for _, r := range t.rows {
+		r.Median = median(r.Samples)
+		r.RecordsPerS = median(r.recs)
+		r.PeakRSSMiB = median(r.RSSSamples)
+		r.WallS = median(r.walls)
+		if len(r.Samples) > 1 && r.Median > 0 {
+			lo, hi := r.Samples[0], r.Samples[0]
+			for _, s := range r.Samples {
+				lo, hi = min(lo, s), max(hi, s)
+			}
+			r.Spread = (hi - lo) / r.Median
+		}
+	}
+	N := c.Workers
+	gs := []int{1}
+	if N > 1 {
+		gs = append(gs, N)
+	}
+	// Composed bounds, inserted after the Parquet rows.
+	var bounds []*Row
+	for _, cell := range c.Cells {
+		for _, g := range gs {
+			a, p := t.get(keyAES(cell, g)), t.get(keyPQ(cell, g))
+			if a == 0 || p == 0 {
+				continue
+			}
+			b := &Row{Key: keyBound(cell, g), Section: "limit", What: "composed re-encrypt bound", Cell: cell, Workers: g, Unit: "MB/s",
+				Median: composed(a, p), RecordsPerS: composed(a, p) * 1e6 / float64(cell), Note: "1/(1/AES + 1/Parquet)"}
+			t.byKey[b.Key] = b
+			bounds = append(bounds, b)
+		}
+	}
+	if len(bounds) > 0 {
+		at := len(t.rows)
+		for i, r := range t.rows {
+			if r.Section != "limit" {
+				at = i
+				break
+			}
+		}
+		rows := append([]*Row{}, t.rows[:at]...)
+		rows = append(rows, bounds...)
+		t.rows = append(rows, t.rows[at:]...)
+	}
+	for _, r := range t.rows {
+		switch {
+		case r.Section == "baseline":
+			r.setLimit(t, keyBound(r.Cell, 1))
+		case r.Section == "rekey" && r.What == "reencrypt", r.Section == "memory":
+			r.setLimit(t, keyBound(r.Cell, r.Workers))
+			if b := t.get(keyBase(r.Cell)); b > 0 {
+				r.VsBaseline = r.Median / b
+			}
+			if r.Section == "rekey" && r.Workers != 1 {
+				if w1 := t.get(keyRe(r.Cell, r.Runner, 1)); w1 > 0 {
+					r.VsW1 = r.Median / w1
+				}
+			}
+		case r.Section == "rekey" && r.What == "rewrap":
+			r.setLimit(t, keyHSM(r.Workers, true))
+			if r.Workers != 1 {
+				if w1 := t.get(keyRw(r.Runner, 1)); w1 > 0 {
+					r.VsW1 = r.Median / w1
+				}
+			}
+		case r.Section == "limit" && r.Workers != 1:
+			k := strings.Replace(r.Key, fmt.Sprintf("/g%d", r.Workers), "/g1", 1)
+			if w1 := t.get(k); w1 > 0 && k != r.Key {
+				r.VsW1 = r.Median / w1
+			}
+		}
+	}
+	if len(mem) == 2 {
+		a, b := t.byKey["mem/"+mem[0].Name], t.byKey["mem/"+mem[1].Name]
+		if a != nil && b != nil && a.PeakRSSMiB > 0 {
+			b.Note = fmt.Sprintf("peak RSS %.2fx the %d MiB run's (flat = within 1.10x)", b.PeakRSSMiB/a.PeakRSSMiB, mem[0].payloadBytes()>>20)
+		}
+	}
+}
+
+func (r *Row) setLimit(t *table, k string) {
+	if l := t.get(k); l > 0 {
+		r.VsLimit, r.LimitKey, r.LimitValue = r.Median/l, k, l
+	}
+}
+
+func (t *table) print(w io.Writer, res *Results) {
+	m := res.Machine
+	fmt.Fprintf(w, "\nrekey bench: %s, %d cores (GOMAXPROCS %d), %s, %s, %s, load %s -> %s, took %s\n",
+		m.CPU, m.Cores, m.GOMAXPROCS, m.Kernel, m.Go, m.SoftHSM, m.LoadStart, m.LoadEnd, res.Took)
+	fmt.Fprintf(w, "command: %s\n\n", res.Command)
+	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "section\twhat\tcell\tw\trunner\tmedian\tunit\trecords/s\tspread\tpeak RSS MiB\tDEKs\tHSM ops\tvs limit\tvs baseline\tvs w=1\t")
+	last := ""
+	for _, r := range t.rows {
+		if last != "" && r.Section != last {
+			fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t")
+		}
+		last = r.Section
+		hsm := ""
+		switch {
+		case r.HSMOps > 0 && strings.HasPrefix(r.HSMOpsNote, "estimate"):
+			hsm = fmt.Sprintf("~%d", r.HSMOps)
+		case r.HSMOps > 0:
+			hsm = fmt.Sprint(r.HSMOps)
+		case r.HSMOpsPerDEK > 0:
+			hsm = fmt.Sprintf("%d/DEK", r.HSMOpsPerDEK)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			r.Section, r.What, cellName(r.Cell), r.Workers, r.Runner, fnum(r.Median), r.Unit, fnum(r.RecordsPerS),
+			pct(r.Spread, len(r.Samples) > 1), fnum(r.PeakRSSMiB), inum(r.DEKs), hsm, ratio(r.VsLimit), ratio(r.VsBaseline), ratio(r.VsW1))
+	}
+	tw.Flush()
+	for _, r := range t.rows {
+		if r.Note != "" && r.Section == "memory" {
+			fmt.Fprintf(w, "\nmemory: %s\n", r.Note)
+		}
+	}
+	fmt.Fprintln(w, "\nnotes:")
+	for _, n := range res.Notes {
+		fmt.Fprintln(w, "  -", n)
+	}
+}
+
+func cellName(c int) string {
+	switch {
+	case c == 0:
+		return "-"
+	case c%1024 == 0:
+		return fmt.Sprintf("%d KiB", c/1024)
+	}
+	return fmt.Sprintf("%d B", c)
+}
+
+func fnum(v float64) string {
+	switch {
+	case v == 0:
+		return "-"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func inum(v int64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprint(v)
+}
+
+func pct(v float64, ok bool) string {
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", v*100)
+}
+
+func ratio(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", v)
+}
