@@ -39,6 +39,7 @@ type KEK struct {
 	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
 	rsaPub  *rsa.PublicKey
 	handle  atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
+	keyURI  string        // URI(), computed once: it keys the DEK cache on every lookup
 }
 
 var _ keys.KEK = (*KEK)(nil)
@@ -55,7 +56,7 @@ func Open(_ context.Context, uri string, opts keys.Options) (*KEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &KEK{uri: u, tok: tok}
+	k := &KEK{uri: u, tok: tok, keyURI: u.KeyURI()}
 	ref := fmt.Sprintf("%s", u.KeyURI())
 	var id []byte
 	if len(u.ID) > 0 {
@@ -134,7 +135,7 @@ func (k *KEK) checkMech(m string) error {
 }
 
 // URI implements keys.KEK.
-func (k *KEK) URI() string { return k.uri.KeyURI() }
+func (k *KEK) URI() string { return k.keyURI }
 
 // Mechanism implements keys.KEK.
 func (k *KEK) Mechanism() string { return k.mech }

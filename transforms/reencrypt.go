@@ -77,6 +77,20 @@ type cellScratch struct {
 	aad, aad2, pt, back []byte
 	sum                 [sha256.Size]byte
 	nonces              io.Reader
+	cells               [][]byte
+	arena               []byte // new ciphertexts of the current batch
+}
+
+// alloc returns an empty slice with room for n bytes, carved from the
+// batch's arena: one allocation per ~256 KiB of cells instead of one per
+// cell. A new batch starts a new arena (the writer still reads the old one).
+func (sc *cellScratch) alloc(n int) []byte {
+	if cap(sc.arena)-len(sc.arena) < n {
+		sc.arena = make([]byte, 0, max(n, 256<<10))
+	}
+	start := len(sc.arena)
+	sc.arena = sc.arena[:start+n]
+	return sc.arena[start : start : start+n]
 }
 
 type rowOutcome struct {
@@ -103,7 +117,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(res)
 		return nil
 	}
-	res, ledger, err := f.reencryptFile(ctx, srcPath, dstPath)
+	res, err := f.reencryptFile(ctx, srcPath, dstPath, part)
 	if err != nil {
 		if isFatalKeyErr(err) {
 			return err
@@ -117,31 +131,31 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(fres)
 		return f.Spec.MaxFailures.check()
 	}
-	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
-		return err
-	}
 	Progress.Files.Add(1)
 	cntFiles.Inc(ctx, 1)
 	emit(res)
 	return f.Spec.MaxFailures.check()
 }
 
-func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string) (UnitResult, []schemas.LedgerRow, error) {
+// reencryptFile re-encrypts one file and commits it, then its ledger part
+// (streamed batch by batch into a pending part, so memory does not grow
+// with the records of a file).
+func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part string) (UnitResult, error) {
 	spec := &f.Spec
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
 	pf, in, err := openParquet(ctx, srcPath)
 	if err != nil {
-		return res, nil, err
+		return res, err
 	}
 	defer in.Close()
 	layout, err := layoutOf(pf.Schema(), spec.Encrypted, spec.DEKColumn, spec.IDColumn)
 	if err != nil {
-		return res, nil, fmt.Errorf("%s: %w", srcPath, err)
+		return res, fmt.Errorf("%s: %w", srcPath, err)
 	}
 	out, err := storage.Create(ctx, dstPath)
 	if err != nil {
-		return res, nil, err
+		return res, err
 	}
 	committed := false
 	defer func() {
@@ -154,7 +168,17 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 		opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
 	}
 	pw := parquet.NewWriter(out, opts...)
-	var ledger []schemas.LedgerRow
+	led, err := createRows[schemas.LedgerRow](ctx, part)
+	if err != nil {
+		return res, err
+	}
+	ledgerDone := false
+	defer func() {
+		if !ledgerDone {
+			led.abort()
+		}
+	}()
+	keysOf := map[string]*filePair{}
 	workers := spec.workers()
 	scratch := make([]cellScratch, workers)
 	for i := range scratch {
@@ -175,15 +199,20 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 		for {
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
+				pairs := f.pairsFor(ctx, keysOf, rows[:n], &layout)
+				for i := range scratch {
+					scratch[i].arena = nil // the writer still holds the last batch's cells
+				}
 				fatal := parallel(n, workers, func(w, i int) error {
-					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w])
+					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w], pairs)
 					return outcomes[i].fatal
 				})
 				if fatal != nil {
 					rr.Close()
-					return res, nil, fatal
+					return res, fatal
 				}
 				keep := make([]parquet.Row, 0, n)
+				batchLedger := make([]schemas.LedgerRow, 0, n)
 				at := now()
 				for i := 0; i < n; i++ {
 					o := &outcomes[i]
@@ -203,11 +232,15 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
 					}
 					res.add(&l)
-					ledger = append(ledger, l)
+					batchLedger = append(batchLedger, l)
+				}
+				if err := led.write(batchLedger); err != nil {
+					rr.Close()
+					return res, err
 				}
 				if err := w.write(keep, false); err != nil {
 					rr.Close()
-					return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+					return res, fmt.Errorf("write %s: %w", dstPath, err)
 				}
 				Progress.Records.Add(int64(n))
 				Progress.Bytes.Add(sumBytes(outcomes[:n]))
@@ -219,33 +252,37 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath string
 			}
 			if rerr != nil {
 				rr.Close()
-				return res, nil, fmt.Errorf("read %s: %w (truncated or corrupt file?)", srcPath, rerr)
+				return res, fmt.Errorf("read %s: %w (truncated or corrupt file?)", srcPath, rerr)
 			}
 		}
 		rr.Close()
 		// Keep the source's row group boundaries (and bound the writer's
 		// buffered row group to the source's).
 		if err := w.write(nil, true); err != nil {
-			return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+			return res, fmt.Errorf("write %s: %w", dstPath, err)
 		}
 	}
 	if err := w.stop(); err != nil {
-		return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+		return res, fmt.Errorf("write %s: %w", dstPath, err)
 	}
 	for i := range scratch {
 		clear(scratch[i].pt[:cap(scratch[i].pt)])
 		clear(scratch[i].back[:cap(scratch[i].back)])
 	}
 	if err := pw.Close(); err != nil {
-		return res, nil, fmt.Errorf("write %s: %w", dstPath, err)
+		return res, fmt.Errorf("write %s: %w", dstPath, err)
 	}
 	if err := out.Commit(); err != nil {
-		return res, nil, err
+		return res, err
 	}
 	committed = true
+	if err := led.commit(); err != nil {
+		return res, err
+	}
+	ledgerDone = true
 	Progress.Failed.Add(res.Totals.Failed)
 	cntFailed.Inc(ctx, res.Totals.Failed)
-	return res, ledger, nil
+	return res, nil
 }
 
 func sumBytes(o []rowOutcome) int64 {
@@ -260,7 +297,7 @@ func sumBytes(o []rowOutcome) int64 {
 
 // reencryptRow rewrites row in place. A fatal key error (the HSM refuses
 // us) is reported in o.fatal so the pool stops the run.
-func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch) (o rowOutcome) {
+func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch, pairs map[string]*filePair) (o rowOutcome) {
 	defer func() {
 		if r := recover(); r != nil {
 			o.ok, o.err = false, fmt.Sprintf("record %q: internal error (panic): %v", o.id, r)
@@ -284,29 +321,20 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		return fail("record %q has a null dek_id", id)
 	}
 	o.dekID = string(row[dv].ByteArray())
-	m := f.maps[o.dekID]
-	if m == nil {
-		return fail("record %q names dek_id %q, which is not in the source DEK table", id, o.dekID)
-	}
-	if m.Err != "" {
-		return fail("record %q: its DEK %q could not be migrated: %s", id, o.dekID, m.Err)
-	}
-	srcKey, err := unwrapCached(ctx, f.cache, f.src, m.SourceID, m.SourceWrap, m.SourceWrapped)
-	if err != nil {
-		if isFatalKeyErr(err) {
-			o.fatal = err
+	p := pairs[o.dekID]
+	if p == nil || p.err != "" {
+		why := "its DEK was not resolved"
+		if p != nil {
+			why, o.fatal = p.err, p.fatal
 		}
-		return fail("record %q: unwrap source DEK %q: %v", id, o.dekID, err)
-	}
-	dstKey, err := unwrapCached(ctx, f.cache, f.dst, m.NewID, f.dst.Mechanism(), m.NewWrapped)
-	if err != nil {
-		if isFatalKeyErr(err) {
-			o.fatal = err
-		}
-		return fail("record %q: unwrap new DEK %q: %v", id, m.NewID, err)
+		return fail("record %q: %s", id, why)
 	}
 	h := sha256.New()
-	newCells := make([][]byte, len(l.enc))
+	if cap(sc.cells) < len(l.enc) {
+		sc.cells = make([][]byte, len(l.enc))
+	}
+	newCells := sc.cells[:len(l.enc)]
+	clear(newCells)
 	maxCell := f.Spec.maxCell()
 	for k, col := range l.enc {
 		vi := findValue(row, col)
@@ -320,22 +348,22 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], id, o.dekID); err != nil {
 			return fail("record %q: %v", id, err)
 		}
-		pt, err := schemas.OpenCell(sc.pt[:0], srcKey.aead, cell, sc.aad)
+		pt, err := schemas.OpenCell(sc.pt[:0], p.src.aead, cell, sc.aad)
 		sc.pt = pt
 		if err != nil {
 			return fail("record %q column %q: %v", id, l.encName[k], err)
 		}
-		if sc.aad2, err = schemas.CellAAD(sc.aad2[:0], l.encName[k], id, m.NewID); err != nil {
+		if sc.aad2, err = schemas.CellAAD(sc.aad2[:0], l.encName[k], id, p.newID); err != nil {
 			clear(pt)
 			return fail("record %q: %v", id, err)
 		}
-		ct, err := schemas.SealCell(make([]byte, 0, len(pt)+schemas.CellOverhead), dstKey.aead, sc.nonces, pt, sc.aad2)
+		ct, err := schemas.SealCell(sc.alloc(len(pt)+schemas.CellOverhead), p.dst.aead, sc.nonces, pt, sc.aad2)
 		if err != nil {
 			clear(pt)
 			return fail("record %q column %q: encrypt: %v", id, l.encName[k], err)
 		}
 		if !f.Spec.SkipVerify {
-			back, err := schemas.OpenCell(sc.back[:0], dstKey.aead, ct, sc.aad2)
+			back, err := schemas.OpenCell(sc.back[:0], p.dst.aead, ct, sc.aad2)
 			sc.back = back
 			same := err == nil && bytes.Equal(back, pt)
 			clear(back)
@@ -358,10 +386,74 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		row[vi] = parquet.ByteArrayValue(newCells[k]).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
 	}
 	v := row[dv]
-	row[dv] = parquet.ByteArrayValue([]byte(m.NewID)).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
+	row[dv] = parquet.ByteArrayValue(p.newIDBytes).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
 	o.ok = true
 	o.sum = hex.EncodeToString(h.Sum(sc.sum[:0]))
 	return o
+}
+
+// filePair is a source DEK and its replacement, resolved once per file (one
+// cache lookup per DEK, not per row).
+type filePair struct {
+	src, dst   *cachedKey
+	newID      string
+	newIDBytes []byte
+	err        string
+	fatal      error
+}
+
+// pairsFor resolves the DEKs the rows name that this file has not met yet,
+// in parallel (a cold cache means HSM unwraps). It runs on the bundle
+// goroutine; the map is only read while the pool works.
+func (f *ReencryptFn) pairsFor(ctx context.Context, known map[string]*filePair, rows []parquet.Row, l *recordLayout) map[string]*filePair {
+	var missing []string
+	for _, row := range rows {
+		dv := findValue(row, l.dek)
+		if dv < 0 || row[dv].IsNull() {
+			continue
+		}
+		id := row[dv].ByteArray()
+		if _, ok := known[string(id)]; !ok {
+			known[string(id)] = nil
+			missing = append(missing, string(id))
+		}
+	}
+	resolved := make([]*filePair, len(missing))
+	_ = parallel(len(missing), f.Spec.workers(), func(_, i int) error {
+		resolved[i] = f.resolve(ctx, missing[i])
+		return nil
+	})
+	for i, id := range missing {
+		known[id] = resolved[i]
+	}
+	return known
+}
+
+func (f *ReencryptFn) resolve(ctx context.Context, dekID string) *filePair {
+	m := f.maps[dekID]
+	if m == nil {
+		return &filePair{err: fmt.Sprintf("names dek_id %q, which is not in the source DEK table", dekID)}
+	}
+	if m.Err != "" {
+		return &filePair{err: fmt.Sprintf("its DEK %q could not be migrated: %s", dekID, m.Err)}
+	}
+	src, err := unwrapCached(ctx, f.cache, f.src, m.SourceID, m.SourceWrap, m.SourceWrapped)
+	if err != nil {
+		p := &filePair{err: fmt.Sprintf("unwrap source DEK %q: %v", dekID, err)}
+		if isFatalKeyErr(err) {
+			p.fatal = err
+		}
+		return p
+	}
+	dst, err := unwrapCached(ctx, f.cache, f.dst, m.NewID, f.dst.Mechanism(), m.NewWrapped)
+	if err != nil {
+		p := &filePair{err: fmt.Sprintf("unwrap new DEK %q: %v", m.NewID, err)}
+		if isFatalKeyErr(err) {
+			p.fatal = err
+		}
+		return p
+	}
+	return &filePair{src: src, dst: dst, newID: m.NewID, newIDBytes: []byte(m.NewID)}
 }
 
 // Reencrypt is the record stage of a re-encrypt run.
