@@ -78,7 +78,13 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	if err != nil {
 		return err
 	}
-	var ledger []schemas.LedgerRow
+	// The ledger part is streamed batch by batch (memory does not grow with
+	// the DEKs of a file) and committed after the DEK table file.
+	ledger, err := createRows[schemas.LedgerRow](ctx, part)
+	if err != nil {
+		out.abort()
+		return err
+	}
 	var maps []DEKMap
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		outRows := make([]schemas.DEKRow, len(rows))
@@ -117,12 +123,15 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		}
 		Progress.DEKs.Add(int64(len(rows)))
 		cntDEKs.Inc(ctx, int64(len(rows)))
-		ledger = append(ledger, led...)
+		if err := ledger.write(led); err != nil {
+			return err
+		}
 		maps = append(maps, mm...)
 		return out.write(keep)
 	})
 	if readErr != nil {
 		out.abort()
+		ledger.abort()
 		if isFatalKeyErr(readErr) {
 			return readErr
 		}
@@ -134,9 +143,10 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		return nil
 	}
 	if err := out.commit(); err != nil {
+		ledger.abort()
 		return err
 	}
-	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
+	if err := ledger.commit(); err != nil {
 		return err
 	}
 	for _, m := range maps {

@@ -59,7 +59,13 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 	if err != nil {
 		return err
 	}
-	var ledger []schemas.LedgerRow
+	// The ledger part is streamed batch by batch (memory does not grow with
+	// the DEKs of a file) and committed after the DEK table file.
+	ledger, err := createRows[schemas.LedgerRow](ctx, part)
+	if err != nil {
+		out.abort()
+		return err
+	}
 	seen := map[string][32]byte{}
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		outRows := make([]schemas.DEKRow, len(rows))
@@ -110,11 +116,14 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		}
 		Progress.DEKs.Add(int64(len(rows)))
 		cntDEKs.Inc(ctx, int64(len(rows)))
-		ledger = append(ledger, led...)
+		if err := ledger.write(led); err != nil {
+			return err
+		}
 		return out.write(keep)
 	})
 	if readErr != nil {
 		out.abort()
+		ledger.abort()
 		if isFatalKeyErr(readErr) {
 			return readErr
 		}
@@ -128,9 +137,10 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		return f.Spec.MaxFailures.check()
 	}
 	if err := out.commit(); err != nil {
+		ledger.abort()
 		return err
 	}
-	if err := WriteLedgerPart(ctx, part, ledger); err != nil {
+	if err := ledger.commit(); err != nil {
 		return err
 	}
 	Progress.Files.Add(1)
