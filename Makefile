@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 1
 
-.PHONY: all deps build demo test vet fuzz bench clean versitygw
+.PHONY: all deps build demo demo-s3 test vet fuzz bench clean versitygw
 
 all: build
 
@@ -30,6 +30,10 @@ build:
 
 demo: deps build
 	./jobs/examples/demo.sh
+
+# The same through a real S3 server on 127.0.0.1 (versitygw, SigV4-checking).
+demo-s3: deps build versitygw
+	VERSITYGW=$(VERSITYGW) ./jobs/examples/demo-s3.sh
 
 vet:
 	$(GO) vet ./...
