@@ -26,7 +26,9 @@ import (
 
 func init() {
 	register.DoFn4x1[context.Context, string, func(string, AuditDEK), func(AuditPart), error](&AuditDEKsFn{})
-	register.DoFn4x1[context.Context, string, func(string, AuditRecords), func(AuditPart), error](&AuditRecordsFn{})
+	register.DoFn5x1[context.Context, string, func(*string) bool, func(string, AuditRecords), func(AuditPart), error](&AuditRecordsFn{})
+	register.Function3x0[string, AuditDEK, func(string)](matchedDEKID)
+	register.Iter1[string]()
 	register.DoFn4x0[string, func(*AuditDEK) bool, func(*AuditRecords) bool, func(AuditPart)](&AuditJoinFn{})
 	register.DoFn3x1[context.Context, []byte, func(*AuditPart) bool, error](&WriteAuditReportFn{})
 	register.Combiner1[AuditPart](&AuditMergeFn{})
@@ -173,12 +175,14 @@ type AuditFileRef struct {
 	Records int64  `json:"records"`
 }
 
-// AuditRecordRef is one record that depends on the KEK (or, in the
-// unresolved list, one whose DEK is in none of the DEK tables).
+// AuditRecordRef is one record that depends on the KEK or, in the
+// unresolved list, a file's records that name one dek_id found in none of
+// the DEK tables (RecordID empty, Records their count).
 type AuditRecordRef struct {
 	File     string `json:"file"`
-	RecordID string `json:"record_id"`
+	RecordID string `json:"record_id,omitempty"`
 	DEKID    string `json:"dek_id"`
+	Records  int64  `json:"records,omitempty"`
 }
 
 // AuditPart is a partial audit result; parts merge into the report.
@@ -291,19 +295,36 @@ func (f *AuditDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(
 }
 
 // AuditRecordsFn reads the dek_id and record id columns (only those) of
-// one record file and emits, per dek_id, how many records name it.
+// one record file and emits, per dek_id, how many records name it. Record
+// ids are kept only for the records whose DEK is wrapped by the audited KEK
+// (the side input), at most the report's cap per file: an audit that finds
+// nothing shuffles counts, not ids.
 type AuditRecordsFn struct {
 	Spec AuditSpec
 	Root string
+
+	matching map[string]bool
+}
+
+func (f *AuditRecordsFn) load(iter func(*string) bool) {
+	if f.matching != nil {
+		return
+	}
+	f.matching = map[string]bool{}
+	var id string
+	for iter(&id) {
+		f.matching[id] = true
+	}
 }
 
 // ProcessElement audits record file rel.
-func (f *AuditRecordsFn) ProcessElement(ctx context.Context, rel string, emit func(string, AuditRecords), emitPart func(AuditPart)) error {
+func (f *AuditRecordsFn) ProcessElement(ctx context.Context, rel string, matching func(*string) bool, emit func(string, AuditRecords), emitPart func(AuditPart)) error {
+	f.load(matching)
 	path := storage.Join(f.Root, rel)
 	part := AuditPart{Roots: map[string]int64{f.Root: 1}, DataFiles: 1}
 	byDEK := map[string]*AuditRecords{}
 	var order []string
-	maxIDs := f.Spec.maxIDs()
+	maxIDs, kept := f.Spec.maxIDs(), 0
 	err := readKeyColumns(ctx, path, f.Spec.DEKColumn, f.Spec.IDColumn, func(dekID, id string) {
 		part.Records++
 		a := byDEK[dekID]
@@ -313,8 +334,9 @@ func (f *AuditRecordsFn) ProcessElement(ctx context.Context, rel string, emit fu
 			order = append(order, dekID)
 		}
 		a.Count++
-		if maxIDs < 0 || len(a.IDs) < maxIDs {
+		if f.matching[dekID] && (maxIDs < 0 || kept < maxIDs) {
 			a.IDs = append(a.IDs, id)
+			kept++
 		}
 	})
 	if err != nil {
@@ -330,6 +352,13 @@ func (f *AuditRecordsFn) ProcessElement(ctx context.Context, rel string, emit fu
 	Progress.Records.Add(part.Records)
 	emitPart(part)
 	return nil
+}
+
+// matchedDEKID keeps the dek_ids of DEK rows wrapped by the audited KEK.
+func matchedDEKID(dekID string, d AuditDEK, emit func(string)) {
+	if d.Match {
+		emit(dekID)
+	}
 }
 
 // readKeyColumns calls fn with the dek_id and record id of every row of a
@@ -474,12 +503,12 @@ func (f *AuditJoinFn) ProcessElement(dekID string, deks func(*AuditDEK) bool, re
 		n += x.Count
 	}
 	if len(rows) == 0 {
+		// Records name a dek_id that no DEK table has: listed by file
+		// (their ids are not shipped; the file and dek_id locate them).
 		if n > 0 {
 			part.Unresolved = n
 			for _, x := range refs {
-				for _, id := range x.IDs {
-					part.UnresSample = appendCapped(part.UnresSample, []AuditRecordRef{{File: x.File, RecordID: id, DEKID: dekID}}, maxAuditProblems)
-				}
+				part.UnresSample = appendCapped(part.UnresSample, []AuditRecordRef{{File: x.File, DEKID: dekID, Records: x.Count}}, maxAuditProblems)
 			}
 		}
 		emit(part)
@@ -575,7 +604,8 @@ type AuditReport struct {
 	// says whether the list has all of them.
 	Records         []AuditRecordRef `json:"records"`
 	RecordsComplete bool             `json:"records_complete"`
-	// Unresolved samples records whose dek_id is in none of the DEK tables.
+	// Unresolved lists (file, dek_id) pairs whose dek_id is in none of the
+	// DEK tables, with their record counts (the first 100).
 	Unresolved []AuditRecordRef `json:"records_with_unknown_dek,omitempty"`
 	Problems   []string         `json:"problems,omitempty"`
 }
@@ -667,19 +697,20 @@ func Audit(s beam.Scope, spec AuditSpec) {
 		kv, part := beam.ParDo2(ts, &AuditDEKsFn{Spec: spec, Root: root}, files)
 		dekKVs, parts = append(dekKVs, kv), append(parts, part)
 	}
+	deks := beam.Flatten(s, dekKVs...)
+	matched := beam.ParDo(s, matchedDEKID, deks)
 	for i, root := range spec.Datasets {
 		ds := s.Scope(fmt.Sprintf("Dataset%d", i))
 		files := ListFiles(ds, root)
-		kv, part := beam.ParDo2(ds, &AuditRecordsFn{Spec: spec, Root: root}, files)
+		kv, part := beam.ParDo2(ds, &AuditRecordsFn{Spec: spec, Root: root}, files, beam.SideInput{Input: matched})
 		recKVs, parts = append(recKVs, kv), append(parts, part)
 	}
 	if len(recKVs) == 0 {
 		// No dataset: the join still needs a (empty) record side.
 		none := beam.CreateList(s, []string{})
-		kv, part := beam.ParDo2(s, &AuditRecordsFn{Spec: spec}, none)
+		kv, part := beam.ParDo2(s, &AuditRecordsFn{Spec: spec}, none, beam.SideInput{Input: matched})
 		recKVs, parts = append(recKVs, kv), append(parts, part)
 	}
-	deks := beam.Flatten(s, dekKVs...)
 	recs := beam.Flatten(s, recKVs...)
 	joined := beam.ParDo(s, &AuditJoinFn{Spec: spec}, beam.CoGroupByKey(s, deks, recs))
 	parts = append(parts, joined)

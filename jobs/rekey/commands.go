@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/options/jobopts"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners"
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/direct"
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
@@ -90,6 +91,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := j.Validate(); err != nil {
 		return withCode(exitUsage, err)
 	}
+	if *jobopts.Async {
+		return withCode(exitUsage, errors.New("--async is not supported: rekey run waits for the job, reads its manifest and sets its exit code from it (schedule the launcher instead)"))
+	}
+	if remoteWorkers() {
+		if err := checkSharedLocations(j); err != nil {
+			return withCode(exitUsage, err)
+		}
+	}
 	ctx, cancel := signalContext()
 	defer cancel()
 	// Preflight: the same checks as plan, without the per-file footer scan.
@@ -112,8 +121,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.Build(s, spec)
 	start := time.Now()
-	stop := startProgress(stderr, f.progress, j.Mode)
-	_, runErr := beam.Run(ctx, *runners.Runner, p)
+	progress := f.progress
+	if remoteWorkers() && progress >= 0 {
+		fmt.Fprintf(stderr, "  progress: the workers run on %s; watch its UI (Beam counters rekey/files, deks, records, bytes, failed)\n", *runners.Runner)
+		progress = -1
+	}
+	stop := startProgress(stderr, progress, j.Mode)
+	res, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if runErr != nil {
 		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {
@@ -123,9 +137,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	m, err := readManifest(ctx, j.Ledger, j.RunID)
 	if err != nil {
-		if !isLocalRunner() {
-			fmt.Fprintf(stdout, "rekey run %s: submitted to %s; the manifest will be at %s\n", j.RunID, *runners.Runner, transforms.ManifestPath(j.Ledger, j.RunID))
-			return nil
+		if remoteWorkers() {
+			printRunnerMetrics(stderr, res)
+			return withCode(exitFatal, fmt.Errorf("run %s finished on %s, but its manifest %s cannot be read from this machine (%v), so the outcome is unknown: put the ledger on storage this machine and the workers share, then check the run with rekey ledger / rekey verify", j.RunID, *runners.Runner, transforms.ManifestPath(j.Ledger, j.RunID), err))
 		}
 		return withCode(exitFatal, err)
 	}
@@ -144,14 +158,6 @@ func budgetMessage(err error) string {
 		msg = msg[:j]
 	}
 	return msg
-}
-
-func isLocalRunner() bool {
-	switch *runners.Runner {
-	case "direct", "prism", "":
-		return true
-	}
-	return false
 }
 
 func firstFailure(f []schemas.FailureNote) string {
@@ -281,4 +287,13 @@ func startProgress(w io.Writer, every time.Duration, mode string) (stop func()) 
 		}
 	}()
 	return func() { close(done) }
+}
+
+// isLocalRunner reports runners whose workers are this process.
+func isLocalRunner() bool {
+	switch *runners.Runner {
+	case "direct", "prism", "":
+		return true
+	}
+	return false
 }

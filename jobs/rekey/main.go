@@ -3,7 +3,7 @@
 // new one; data untouched) or reencrypt (every record decrypted and
 // encrypted again under fresh DEKs), on Apache Beam, with a Parquet ledger.
 //
-//	rekey plan|run|verify|gen|ledger|keys [flags]
+//	rekey plan|run|verify|gen|ledger|audit|keys [flags]
 //
 // Exit codes: 0 done, everything migrated or verified; 1 fatal error (the
 // run stopped); 2 usage or job file error; 3 finished, but some records,
@@ -42,6 +42,8 @@ Usage:
   rekey verify --job JOB.yaml [flags]   check every cell decrypts with the target keys; compare with the ledger
   rekey gen    [flags]                  make a synthetic encrypted dataset (demos, tests, benchmarks)
   rekey ledger --ledger DIR --run-id ID print a run's ledger rows (--status failed to see what failed)
+  rekey audit  --kek URI --deks DIR[,DIR] [--data DIR[,DIR]]
+                                        every DEK and record still using a KEK (exit 0 none, 3 some or unproven)
   rekey keys plan|copy|export-public     inventory a token's keys, move extractable ones HSM to HSM under
                                         wrap, export public keys of signing keys (docs/KEYS.md)
 
