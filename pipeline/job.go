@@ -46,8 +46,11 @@ type Job struct {
 	Workers   int     `yaml:"workers,omitempty"`
 	DEKSource string  `yaml:"dek_source,omitempty"`
 	Resume    bool    `yaml:"resume,omitempty"`
-	CacheSize int     `yaml:"cache_size,omitempty"`
-	MaxCell   int     `yaml:"max_cell_bytes,omitempty"`
+	// Incremental skips source files whose target was made from the same
+	// content by an earlier run (scheduled runs).
+	Incremental bool `yaml:"incremental,omitempty"`
+	CacheSize   int  `yaml:"cache_size,omitempty"`
+	MaxCell     int  `yaml:"max_cell_bytes,omitempty"`
 	// HSMRate caps operations per second per HSM in each worker process.
 	HSMRate float64 `yaml:"hsm_rate,omitempty"`
 	// MaxFailures stops the run past this many failed records/DEKs/files:
@@ -246,7 +249,7 @@ func (j *Job) Spec() transforms.Spec {
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
 		Workers: j.Workers, DEKSource: j.DEKSource, Resume: j.Resume, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell,
-		HSMRate: j.HSMRate, MaxFailures: budget, SkipVerify: j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit,
+		HSMRate: j.HSMRate, MaxFailures: budget, Incremental: j.Incremental, SkipVerify: j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit,
 	}
 }
 

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"sort"
 
@@ -92,24 +93,17 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 	}
 
-	// The DEK table.
-	rows, err := transforms.ReadDEKTable(ctx, spec.SourceDEKs)
-	if err != nil {
-		r.add(false, "source DEK table", "%v", err)
-	} else {
-		files, _ := storage.List(ctx, spec.SourceDEKs)
-		for _, f := range files {
-			if len(f) > 8 && f[len(f)-8:] == ".parquet" {
-				r.DEKFiles++
-			}
-		}
-		r.DEKs = len(rows)
-		seen := map[string][]byte{}
-		conflict := map[string]bool{}
-		invalid, foreign := 0, 0
-		var firstInvalid string
+	// The DEK table, streamed: only a short hash per dek_id is kept, so a
+	// table of millions of DEKs does not have to fit in memory.
+	seen := map[string][8]byte{}
+	conflict := map[string]bool{}
+	invalid, foreign := 0, 0
+	var firstInvalid string
+	var probe *schemas.DEKRow // one DEK of the source KEK, for a real unwrap
+	err := transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
 		for i := range rows {
 			d := &rows[i]
+			r.DEKs++
 			r.KEKs[d.KEK]++
 			r.Wraps[d.Wrap]++
 			if err := d.Validate(); err != nil {
@@ -119,14 +113,25 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 				}
 				continue
 			}
-			if prev, ok := seen[d.DEKID]; ok && !bytes.Equal(prev, d.Wrapped) {
+			h := sha256.Sum256(d.Wrapped)
+			short := [8]byte(h[:8])
+			if prev, ok := seen[d.DEKID]; ok && prev != short {
 				conflict[d.DEKID] = true
 			}
-			seen[d.DEKID] = d.Wrapped
+			seen[d.DEKID] = short
 			if src != nil && !transforms.KEKMatches(src, d.KEK) {
 				foreign++
+			} else if src != nil && probe == nil {
+				c := *d
+				c.Wrapped = bytes.Clone(d.Wrapped)
+				probe = &c
 			}
 		}
+		return nil
+	}, &r.DEKFiles)
+	if err != nil {
+		r.add(false, "source DEK table", "%v", err)
+	} else {
 		r.add(true, "source DEK table", "%d DEKs in %d files", r.DEKs, r.DEKFiles)
 		if r.DEKs == 0 {
 			r.warn("source DEK table", "no DEKs: the run will have nothing to migrate")
@@ -147,20 +152,13 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 			r.add(false, "DEK table duplicates", "%d dek_ids appear more than once with different wrapped keys (first: %q); fix the table: which one is right cannot be decided here", len(r.DuplicateID), r.DuplicateID[0])
 		}
 		// A real unwrap proves the source KEK is the one these DEKs use.
-		if src != nil {
-			for i := range rows {
-				d := &rows[i]
-				if d.Validate() != nil || !transforms.KEKMatches(src, d.KEK) {
-					continue
-				}
-				dek, err := src.Unwrap(ctx, d.DEKID, d.Wrap, d.Wrapped)
-				if err != nil {
-					r.add(false, "test unwrap", "DEK %q: %v", d.DEKID, err)
-				} else {
-					dek.Zero()
-					r.add(true, "test unwrap", "DEK %q unwrapped by the source KEK (%s)", d.DEKID, d.Wrap)
-				}
-				break
+		if probe != nil {
+			dek, err := src.Unwrap(ctx, probe.DEKID, probe.Wrap, probe.Wrapped)
+			if err != nil {
+				r.add(false, "test unwrap", "DEK %q: %v", probe.DEKID, err)
+			} else {
+				dek.Zero()
+				r.add(true, "test unwrap", "DEK %q unwrapped by the source KEK (%s)", probe.DEKID, probe.Wrap)
 			}
 		}
 	}

@@ -45,6 +45,7 @@ const ManifestFormat = "rekey-manifest/1"
 type Totals struct {
 	Files           int64 `json:"files"`
 	FilesFailed     int64 `json:"files_failed"`
+	FilesSkipped    int64 `json:"files_skipped"`
 	DEKs            int64 `json:"deks"`
 	DEKsMigrated    int64 `json:"deks_migrated"`
 	DEKsSkipped     int64 `json:"deks_skipped"`
@@ -61,6 +62,7 @@ type Totals struct {
 func (t *Totals) Add(o Totals) {
 	t.Files += o.Files
 	t.FilesFailed += o.FilesFailed
+	t.FilesSkipped += o.FilesSkipped
 	t.DEKs += o.DEKs
 	t.DEKsMigrated += o.DEKsMigrated
 	t.DEKsSkipped += o.DEKsSkipped
@@ -96,8 +98,11 @@ func (t *Totals) Count(r *LedgerRow) {
 			t.RecordsFailed++
 		}
 	case UnitFile:
-		if r.Status == StatusFailed {
+		switch r.Status {
+		case StatusFailed:
 			t.FilesFailed++
+		case StatusSkipped:
+			t.FilesSkipped++
 		}
 	}
 	if r.Status == StatusMigrated {

@@ -61,6 +61,11 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	spec := &f.Spec
 	srcPath := storage.Join(spec.SourceDEKs, rel)
 	dstPath := storage.Join(spec.TargetDEKs, rel)
+	if spec.Incremental {
+		// Files skipped by this run keep using earlier runs' DEKs: each
+		// run's new DEKs go to their own folder of the target table.
+		dstPath = storage.Join(spec.TargetDEKs, "run_id="+spec.RunID+"/"+rel)
+	}
 	part := spec.LedgerPart("deks", rel)
 	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
 		return err
@@ -74,7 +79,11 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	}
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
-	out, err := createRows[schemas.DEKRow](ctx, dstPath)
+	fp, err := fingerprintOf(ctx, srcPath)
+	if err != nil {
+		fp = ""
+	}
+	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
 	if err != nil {
 		return err
 	}

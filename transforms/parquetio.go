@@ -124,6 +124,26 @@ func ReadDEKTable(ctx context.Context, root string) ([]schemas.DEKRow, error) {
 	return all, nil
 }
 
+// ScanDEKTable streams every row of every file of a DEK table folder to fn,
+// in batches (rows are only valid during the call), and counts the files.
+func ScanDEKTable(ctx context.Context, root string, fn func(file string, rows []schemas.DEKRow) error, files *int) error {
+	list, err := storage.List(ctx, root)
+	if err != nil {
+		return err
+	}
+	for _, rel := range list {
+		if !isParquet(rel) {
+			continue
+		}
+		*files++
+		path := storage.Join(root, rel)
+		if err := readDEKRows(ctx, path, 4096, func(rows []schemas.DEKRow) error { return fn(path, rows) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ReadLedger reads every row of one run's ledger.
 func ReadLedger(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow, error) {
 	dir := RunLedgerDir(ledger, runID)

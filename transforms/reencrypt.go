@@ -117,6 +117,14 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(res)
 		return nil
 	}
+	if same, fp, err := unchanged(ctx, spec, srcPath, dstPath); err == nil && same {
+		res, err := skipUnchanged(ctx, spec, part, srcPath, dstPath, fp)
+		if err != nil {
+			return err
+		}
+		emit(res)
+		return nil
+	}
 	res, err := f.reencryptFile(ctx, srcPath, dstPath, part)
 	if err != nil {
 		if isFatalKeyErr(err) {
@@ -163,10 +171,17 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 			_ = out.Abort()
 		}
 	}()
+	fp, err := Fingerprint(in)
+	if err != nil {
+		return res, err
+	}
 	opts := []parquet.WriterOption{outputSchema(pf.Schema(), spec.Encrypted), parquet.Compression(&snappy.Codec{})}
 	for _, kv := range pf.Metadata().KeyValueMetadata {
-		opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID {
+			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+		}
 	}
+	opts = append(opts, outputMeta(spec, fp)...)
 	pw := parquet.NewWriter(out, opts...)
 	led, err := createRows[schemas.LedgerRow](ctx, part)
 	if err != nil {

@@ -53,9 +53,18 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		emit(res)
 		return nil
 	}
+	same, fp, err := unchanged(ctx, spec, srcPath, dstPath)
+	if err == nil && same {
+		res, err := skipUnchanged(ctx, spec, part, srcPath, dstPath, fp)
+		if err != nil {
+			return err
+		}
+		emit(res)
+		return nil
+	}
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
-	out, err := createRows[schemas.DEKRow](ctx, dstPath)
+	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,7 @@ type Spec struct {
 	Workers      int
 	DEKSource    string // "hsm" or "crypto-rand"
 	Resume       bool
+	Incremental  bool // skip units whose target was made from the same source content
 	CacheSize    int
 	HSMRate      float64 // HSM operations per second per HSM; 0 = unlimited
 	MaxFailures  Budget  // stop the run past this many failures

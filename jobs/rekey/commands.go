@@ -224,7 +224,7 @@ func printSummary(w io.Writer, m *schemas.Manifest, took time.Duration) {
 	if m.Mode == schemas.ModeReencrypt {
 		fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "records", t.Records, t.RecordsMigrated, "-", t.RecordsFailed)
 	}
-	fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "files", t.Files, t.Files-t.FilesFailed, "-", t.FilesFailed)
+	fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "files", t.Files, t.Files-t.FilesFailed-t.FilesSkipped, t.FilesSkipped, t.FilesFailed)
 	secs := took.Seconds()
 	if secs > 0 {
 		if m.Mode == schemas.ModeReencrypt {
