@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/parquet-go/parquet-go"
+
+	"rekey/pipeline"
 	"rekey/schemas"
 	"rekey/transforms"
 )
@@ -71,4 +74,52 @@ func TestIncrementalRun(t *testing.T) {
 	if m := runJob(t, third); m.Totals.RecordsMigrated != 0 || m.Totals.FilesSkipped != 3 {
 		t.Fatalf("third run: %+v", m.Totals)
 	}
+}
+
+// TestIncrementalRedoesPartialFiles: a file whose output left failed records
+// out is not "unchanged" for the next incremental run, even if its source
+// did not change (the cause may have been fixed elsewhere, e.g. a DEK).
+func TestIncrementalRedoesPartialFiles(t *testing.T) {
+	d := genDataset(t, env.KEK("source", "kek-aes"), "aes-gcm", 2, 20, 3)
+	rewriteRecords(t, filepath.Join(d.gen.Data, "part-00000.parquet"), func(r []transforms.GenRow) []transforms.GenRow {
+		r[0].Payload[20] ^= 1
+		return r
+	})
+	first := d.job(schemas.ModeReencrypt, "p1", env.KEK("target", "kek-aes"), "aes-gcm")
+	first.Incremental = true
+	if m := runJob(t, first); m.Totals.RecordsFailed != 1 {
+		t.Fatalf("first run: %+v", m.Totals)
+	}
+	second := d.job(schemas.ModeReencrypt, "p2", env.KEK("target", "kek-aes"), "aes-gcm")
+	second.Target = first.Target
+	second.Incremental = true
+	m := runJob(t, second)
+	if m.Totals.FilesSkipped != 1 || m.Totals.Records != 20 {
+		t.Fatalf("the partial file must be redone and the complete one skipped: %+v", m.Totals)
+	}
+}
+
+// TestExactDuplicateDEKRowIsSkipped: the same DEK row twice in one file
+// gets one fresh DEK, not two conflicting ones.
+func TestExactDuplicateDEKRowIsSkipped(t *testing.T) {
+	d := genDataset(t, env.KEK("source", "kek-aes"), "aes-gcm", 1, 20, 3)
+	src := decryptAll(t, d.gen.Data, d.gen.DEKs, d.gen.KEK, d.gen.Encrypted)
+	dekFile := filepath.Join(d.gen.DEKs, "part-00000.parquet")
+	deks, err := parquet.ReadFile[schemas.DEKRow](dekFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parquet.WriteFile(dekFile, append(deks, deks[1])); err != nil {
+		t.Fatal(err)
+	}
+	j := d.job(schemas.ModeReencrypt, "dup", env.KEK("target", "kek-aes"), "aes-gcm")
+	if r := pipeline.Plan(context.Background(), j, true); r.Failed() {
+		t.Fatalf("an exact duplicate in one file should be tolerated: %+v", r.Checks)
+	}
+	m := runJob(t, j)
+	if m.Totals.DEKsMigrated != 3 || m.Totals.DEKsSkipped != 1 || m.Totals.RecordsMigrated != 20 {
+		t.Fatalf("%+v", m.Totals)
+	}
+	// decryptAll fails on a dek_id twice in the target table.
+	checkSameRecords(t, d, src, decryptAll(t, j.Target.Data, j.Target.DEKs, j.Target.KEK, d.gen.Encrypted), true)
 }

@@ -95,12 +95,22 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 
 	// The DEK table, streamed: only a short hash per dek_id is kept, so a
 	// table of millions of DEKs does not have to fit in memory.
-	seen := map[string][8]byte{}
+	type seenDEK struct {
+		h    [8]byte
+		file int32
+	}
+	seen := map[string]seenDEK{}
+	fileIdx := map[string]int32{}
 	conflict := map[string]bool{}
 	invalid, foreign := 0, 0
 	var firstInvalid string
 	var probe *schemas.DEKRow // one DEK of the source KEK, for a real unwrap
 	err := transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
+		fi, ok := fileIdx[file]
+		if !ok {
+			fi = int32(len(fileIdx))
+			fileIdx[file] = fi
+		}
 		for i := range rows {
 			d := &rows[i]
 			r.DEKs++
@@ -115,10 +125,13 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 			}
 			h := sha256.Sum256(d.Wrapped)
 			short := [8]byte(h[:8])
-			if prev, ok := seen[d.DEKID]; ok && prev != short {
+			// A dek_id twice in one file with the same wrapped key is a
+			// harmless repeat (skipped); anything else is a conflict: two
+			// files would each produce a target row for it.
+			if prev, ok := seen[d.DEKID]; ok && (prev.h != short || prev.file != fi) {
 				conflict[d.DEKID] = true
 			}
-			seen[d.DEKID] = short
+			seen[d.DEKID] = seenDEK{short, fi}
 			if src != nil && !transforms.KEKMatches(src, d.KEK) {
 				foreign++
 			} else if src != nil && probe == nil {
@@ -149,7 +162,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 		sort.Strings(r.DuplicateID)
 		if len(r.DuplicateID) > 0 {
-			r.add(false, "DEK table duplicates", "%d dek_ids appear more than once with different wrapped keys (first: %q); fix the table: which one is right cannot be decided here", len(r.DuplicateID), r.DuplicateID[0])
+			r.add(false, "DEK table duplicates", "%d dek_ids appear more than once with different wrapped keys or in different files (first: %q); fix the table: which one is right cannot be decided here", len(r.DuplicateID), r.DuplicateID[0])
 		}
 		// A real unwrap proves the source KEK is the one these DEKs use.
 		if probe != nil {
@@ -165,6 +178,15 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 
 	if j.Mode == schemas.ModeReencrypt {
 		planData(ctx, j, r, scanData)
+	}
+
+	// A re-encrypt run replaces a target DEK table's files; records an
+	// earlier run wrote would lose their DEKs. Only a resumed or
+	// incremental run (per-run DEK folders) may add to an existing table.
+	if j.Mode == schemas.ModeReencrypt && !j.Resume && !j.Incremental {
+		if files, err := storage.List(ctx, j.Target.DEKs); err == nil && len(files) > 0 {
+			r.add(false, "target.deks", "%s already holds a DEK table (%d files) that earlier output may depend on; use an empty target, --resume to finish that run, or --incremental", j.Target.DEKs, len(files))
+		}
 	}
 
 	// The ledger of this run.

@@ -116,7 +116,10 @@ func (c *keyCache) get(key string, load func() (*keys.DEK, error)) (*cachedKey, 
 	c.entries[key] = e
 	c.mu.Unlock()
 
-	dek, err := load()
+	dek, err := func() (d *keys.DEK, err error) {
+		defer recoverTo(&err) // a panicking load must not leave waiters hanging
+		return load()
+	}()
 	var val *cachedKey
 	if err == nil {
 		aead, aerr := dek.AEAD()

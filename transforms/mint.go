@@ -95,16 +95,30 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		return err
 	}
 	var maps []DEKMap
+	seen := map[string]bool{}
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		outRows := make([]schemas.DEKRow, len(rows))
 		led := make([]schemas.LedgerRow, len(rows))
 		mm := make([]DEKMap, len(rows))
+		dup := make([]bool, len(rows))
+		for i := range rows {
+			// One fresh DEK per dek_id: an exact duplicate row in this
+			// file is skipped (plan refuses any other duplicate).
+			if seen[rows[i].DEKID] {
+				dup[i] = true
+			}
+			seen[rows[i].DEKID] = true
+		}
 		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
 			r := &rows[i]
 			newID := NewDEKID(r.DEKID, spec.RunID)
 			mm[i] = DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: newID}
 			led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
 				DEKID: r.DEKID, NewDEKID: newID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
+			if dup[i] {
+				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusSkipped, "duplicate row of a dek_id already in this file"
+				return nil
+			}
 			w, err := f.mintOne(ctx, r, newID)
 			led[i].At = now()
 			if err != nil {
@@ -124,12 +138,17 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			return fatal
 		}
 		keep := outRows[:0]
+		kept := mm[:0]
 		for i := range led {
 			res.add(&led[i])
 			if led[i].Status == schemas.StatusMigrated {
 				keep = append(keep, outRows[i])
 			}
+			if !dup[i] {
+				kept = append(kept, mm[i])
+			}
 		}
+		mm = kept
 		Progress.DEKs.Add(int64(len(rows)))
 		cntDEKs.Inc(ctx, int64(len(rows)))
 		if err := ledger.write(led); err != nil {
@@ -148,8 +167,9 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return err
 		}
+		Progress.Failed.Add(1)
 		emitRes(fres)
-		return nil
+		return f.Spec.MaxFailures.check()
 	}
 	if err := out.commit(); err != nil {
 		ledger.abort()
@@ -236,6 +256,19 @@ func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {
 // target DEK table files.
 func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit func(DEKMap)) error {
 	target := map[string][]byte{}
+	if ok, err := storage.Exists(ctx, dstPath); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	} else if !ok {
+		// The unit failed as a whole file (see its ledger part): its DEKs
+		// were never minted; records under them fail with that reason.
+		_ = readDEKRows(ctx, srcPath, 4096, func(rows []schemas.DEKRow) error {
+			for _, r := range rows {
+				emit(DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, Err: "its DEK table file failed in this run (see the ledger)"})
+			}
+			return nil
+		})
+		return nil
+	}
 	if err := readDEKRows(ctx, dstPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			target[r.DEKID] = bytes.Clone(r.Wrapped)

@@ -280,6 +280,10 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 	if err := w.stop(); err != nil {
 		return res, fmt.Errorf("write %s: %w", dstPath, err)
 	}
+	if res.Totals.Failed > 0 {
+		// Records were left out: an incremental run must redo this file.
+		pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+	}
 	for i := range scratch {
 		clear(scratch[i].pt[:cap(scratch[i].pt)])
 		clear(scratch[i].back[:cap(scratch[i].back)])

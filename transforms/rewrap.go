@@ -104,8 +104,8 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 				l.Status, l.Error = schemas.StatusSkipped, "duplicate row of an already migrated dek_id in this file"
 			case err != nil:
 				l.Status, l.Error = schemas.StatusFailed, err.Error()
-				if !keys.IsRetryable(err) && isFatalKeyErr(err) {
-					return err
+				if isFatalKeyErr(err) {
+					return err // the HSM refuses us or stays down: stop, resume later
 				}
 			default:
 				l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
@@ -144,6 +144,11 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		Progress.Failed.Add(1)
 		emit(fres)
 		return f.Spec.MaxFailures.check()
+	}
+	if res.Totals.Failed > 0 {
+		// A table with failed DEKs left out must not look finished to an
+		// incremental run.
+		out.pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
 	}
 	if err := out.commit(); err != nil {
 		ledger.abort()

@@ -85,9 +85,18 @@ func TestCLIRunVerifyAndFailures(t *testing.T) {
 	if err := os.WriteFile(dir+"/src/data/part-00001.parquet", []byte("not parquet"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rekey(t, exitFailures, append([]string{"run", "--run-id", "r2"}, common...)...)
+	other := func(id string) []string {
+		c := append([]string{}, common...)
+		for i := range c {
+			c[i] = strings.Replace(c[i], dir+"/dst/", dir+"/"+id+"/", 1)
+		}
+		return c
+	}
+	rekey(t, exitFailures, append([]string{"run", "--run-id", "r2"}, other("r2")...)...)
 	// The failure budget stops it, with exit 3 too.
-	rekey(t, exitFailures, append([]string{"run", "--run-id", "r3", "--max-failures", "0"}, common...)...)
+	rekey(t, exitFailures, append([]string{"run", "--run-id", "r3", "--max-failures", "0"}, other("r3")...)...)
+	// A second re-encrypt into a target DEK table that earlier output uses is refused.
+	rekey(t, exitPreflight, append([]string{"run", "--run-id", "r4"}, common...)...)
 }
 
 func TestCLIWrongPINInAFreshProcess(t *testing.T) {
