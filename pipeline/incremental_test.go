@@ -74,6 +74,13 @@ func TestIncrementalRun(t *testing.T) {
 	if m := runJob(t, third); m.Totals.RecordsMigrated != 0 || m.Totals.FilesSkipped != 3 {
 		t.Fatalf("third run: %+v", m.Totals)
 	}
+	// Towards another target key, nothing is "unchanged".
+	fourth := d.job(schemas.ModeReencrypt, "day4", env.KEK("target", "kek-rsa"), "rsa-oaep-sha1")
+	fourth.Target.Data, fourth.Target.DEKs = first.Target.Data, first.Target.DEKs
+	fourth.Incremental = true
+	if m := runJob(t, fourth); m.Totals.RecordsMigrated != 90 || m.Totals.FilesSkipped != 0 {
+		t.Fatalf("fourth run (new target key): %+v", m.Totals)
+	}
 }
 
 // TestIncrementalRedoesPartialFiles: a file whose output left failed records

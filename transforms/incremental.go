@@ -23,6 +23,9 @@ import (
 const (
 	MetaSourceFingerprint = "rekey.source_fingerprint"
 	MetaRunID             = "rekey.run_id"
+	// MetaTarget names the target KEK and wrap the file was made for: a
+	// run towards another key is never "unchanged".
+	MetaTarget = "rekey.target"
 )
 
 // fingerprintTail is how much of a file's end (the Parquet footer: schema,
@@ -55,20 +58,23 @@ func fingerprintOf(ctx context.Context, path string) (string, error) {
 	return Fingerprint(f)
 }
 
-// targetFingerprint reads the source fingerprint a target file was made
+// targetMeta reads the source fingerprint and target a target file was made
 // from ("" if the file is missing, unreadable or was not written by rekey).
-func targetFingerprint(ctx context.Context, path string) string {
+func targetMeta(ctx context.Context, path string) (fp, target string) {
 	if ok, err := storage.Exists(ctx, path); err != nil || !ok {
-		return ""
+		return "", ""
 	}
 	pf, f, err := openParquet(ctx, path)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	defer f.Close()
-	v, _ := pf.Lookup(MetaSourceFingerprint)
-	return v
+	fp, _ = pf.Lookup(MetaSourceFingerprint)
+	target, _ = pf.Lookup(MetaTarget)
+	return fp, target
 }
+
+func (s *Spec) targetID() string { return redactKEK(s.TargetKEK) + " " + s.TargetWrap }
 
 // unchanged reports whether an incremental run can skip the unit whose
 // source is src and target dst, and the source's fingerprint either way.
@@ -77,7 +83,11 @@ func unchanged(ctx context.Context, spec *Spec, src, dst string) (bool, string, 
 	if err != nil {
 		return false, "", err
 	}
-	return spec.Incremental && fp != "" && targetFingerprint(ctx, dst) == fp, fp, nil
+	if !spec.Incremental || fp == "" {
+		return false, fp, nil
+	}
+	tfp, target := targetMeta(ctx, dst)
+	return tfp == fp && target == spec.targetID(), fp, nil
 }
 
 // skipUnchanged writes the unit's ledger part (one skipped `file` row) and
@@ -96,5 +106,6 @@ func skipUnchanged(ctx context.Context, spec *Spec, part, src, dst, fp string) (
 
 // outputMeta is the key-value metadata of an output file.
 func outputMeta(spec *Spec, fp string) []parquet.WriterOption {
-	return []parquet.WriterOption{parquet.KeyValueMetadata(MetaSourceFingerprint, fp), parquet.KeyValueMetadata(MetaRunID, spec.RunID)}
+	return []parquet.WriterOption{parquet.KeyValueMetadata(MetaSourceFingerprint, fp), parquet.KeyValueMetadata(MetaRunID, spec.RunID),
+		parquet.KeyValueMetadata(MetaTarget, spec.targetID())}
 }

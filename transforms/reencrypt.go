@@ -177,7 +177,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 	}
 	opts := []parquet.WriterOption{outputSchema(pf.Schema(), spec.Encrypted), parquet.Compression(&snappy.Codec{})}
 	for _, kv := range pf.Metadata().KeyValueMetadata {
-		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID {
+		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
 			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
 		}
 	}
