@@ -28,21 +28,31 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
-func cmdPlan(args []string, stdout, stderr io.Writer) error {
-	var f jobFlags
+// loadJobCommand is the start of every command that runs a job: rekey's
+// and Beam's flags, the job file with the flags over it, validation.
+func loadJobCommand(cmd, synopsis string, args []string, stdout io.Writer) (*jobFlags, *pipeline.Job, error) {
+	f := &jobFlags{}
 	f.register(true)
-	set, err := parseFlags("plan", "Dry run: counts files, records and DEKs, lists the KEKs referenced, checks both\nKEKs (module, token, PIN, key, permissions, a test unwrap and a wrap/unwrap round trip),\nchecks that the output is not inside the source, and estimates HSM operations.\nTouches no data. Exit 0 if every check passed, 4 otherwise.", args, stdout)
+	set, err := parseFlags(cmd, synopsis, args, stdout)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	f.set = set
 	quietBeam(f.verbose)
 	j, err := f.load()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := j.Validate(); err != nil {
-		return withCode(exitUsage, err)
+		return nil, nil, withCode(exitUsage, err)
+	}
+	return f, j, nil
+}
+
+func cmdPlan(args []string, stdout, stderr io.Writer) error {
+	_, j, err := loadJobCommand("plan", "Dry run: counts files, records and DEKs, lists the KEKs referenced, checks both\nKEKs (module, token, PIN, key, permissions, a test unwrap and a wrap/unwrap round trip),\nchecks that the output is not inside the source, and estimates HSM operations.\nTouches no data. Exit 0 if every check passed, 4 otherwise.", args, stdout)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
@@ -76,20 +86,9 @@ func printReport(w io.Writer, j *pipeline.Job, r *pipeline.Report) {
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
-	var f jobFlags
-	f.register(true)
-	set, err := parseFlags("run", "Migrates a dataset: mode rewrap rewraps every DEK (data untouched); mode reencrypt\ndecrypts every encrypted cell and encrypts it under a fresh DEK, verifying each new\nciphertext before its file is committed. Writes the ledger and a manifest.\nExit 0 all migrated, 3 finished with failures (see the ledger), 1 fatal, 4 preflight failed.", args, stdout)
+	f, j, err := loadJobCommand("run", "Migrates a dataset: mode rewrap rewraps every DEK (data untouched); mode reencrypt\ndecrypts every encrypted cell and encrypts it under a fresh DEK, verifying each new\nciphertext before its file is committed. Writes the ledger and a manifest.\nExit 0 all migrated, 3 finished with failures (see the ledger), 1 fatal, 4 preflight failed.", args, stdout)
 	if err != nil {
 		return err
-	}
-	f.set = set
-	quietBeam(f.verbose)
-	j, err := f.load()
-	if err != nil {
-		return err
-	}
-	if err := j.Validate(); err != nil {
-		return withCode(exitUsage, err)
 	}
 	if *jobopts.Async {
 		return withCode(exitUsage, errors.New("--async is not supported: rekey run waits for the job, reads its manifest and sets its exit code from it (schedule the launcher instead)"))
