@@ -114,3 +114,30 @@ func errorsIs(err error, targets ...error) bool {
 	}
 	return false
 }
+
+// finishDEKUnit ends a DEK table unit. After a read error the pending
+// outputs are dropped and the unit becomes one failed file row (failed is
+// true), unless the error is fatal for the run. Otherwise the new DEK table
+// file is committed, then its ledger part (the unit's commit marker).
+func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *rowWriter[schemas.DEKRow],
+	ledger *rowWriter[schemas.LedgerRow], readErr error, emit func(UnitResult)) (failed bool, err error) {
+	if readErr != nil {
+		out.abort()
+		ledger.abort()
+		if isFatalKeyErr(readErr) {
+			return false, readErr
+		}
+		row, fres := fileFailure(spec, srcPath, 0, readErr)
+		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+			return false, err
+		}
+		Progress.Failed.Add(1)
+		emit(fres)
+		return true, nil
+	}
+	if err := out.commit(); err != nil {
+		ledger.abort()
+		return false, err
+	}
+	return false, ledger.commit()
+}

@@ -157,26 +157,11 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		maps = append(maps, mm...)
 		return out.write(keep)
 	})
-	if readErr != nil {
-		out.abort()
-		ledger.abort()
-		if isFatalKeyErr(readErr) {
-			return readErr
-		}
-		row, fres := fileFailure(spec, srcPath, 0, readErr)
-		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, ledger, readErr, emitRes); err != nil || failed {
+		if err != nil {
 			return err
 		}
-		Progress.Failed.Add(1)
-		emitRes(fres)
 		return f.Spec.MaxFailures.check()
-	}
-	if err := out.commit(); err != nil {
-		ledger.abort()
-		return err
-	}
-	if err := ledger.commit(); err != nil {
-		return err
 	}
 	for _, m := range maps {
 		emit(m)

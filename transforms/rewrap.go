@@ -130,32 +130,16 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 		}
 		return out.write(keep)
 	})
-	if readErr != nil {
-		out.abort()
-		ledger.abort()
-		if isFatalKeyErr(readErr) {
-			return readErr
-		}
-		// The file itself is bad: one failed ledger row for it.
-		row, fres := fileFailure(spec, srcPath, 0, readErr)
-		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
-			return err
-		}
-		Progress.Failed.Add(1)
-		emit(fres)
-		return f.Spec.MaxFailures.check()
-	}
-	if res.Totals.Failed > 0 {
+	if readErr == nil && res.Totals.Failed > 0 {
 		// A table with failed DEKs left out must not look finished to an
 		// incremental run.
 		out.pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
 	}
-	if err := out.commit(); err != nil {
-		ledger.abort()
-		return err
-	}
-	if err := ledger.commit(); err != nil {
-		return err
+	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, ledger, readErr, emit); err != nil || failed {
+		if err != nil {
+			return err
+		}
+		return f.Spec.MaxFailures.check()
 	}
 	Progress.Files.Add(1)
 	Progress.Failed.Add(res.Totals.Failed)
