@@ -97,43 +97,12 @@ type KeySpec struct {
 // CreateKey makes a token-object KEK on the token, unless an object with
 // that label exists already.
 func CreateKey(tokenLabel, pin string, spec KeySpec) error {
-	p := pkcs11.New(Module)
-	if p == nil {
-		return fmt.Errorf("%w: cannot load %s", ErrMissing, Module)
-	}
-	switch err := p.Initialize(); {
-	case err == nil:
-		// We initialized the library, so nobody else in this process uses
-		// it yet: finalize when done, or crypto11's own C_Initialize later
-		// fails with CKR_CRYPTOKI_ALREADY_INITIALIZED.
-		defer func() { _ = p.Finalize(); p.Destroy() }()
-	case errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
-		// Someone else (crypto11) owns the library: never finalize it.
-	default:
-		return err
-	}
-	slots, err := p.GetSlotList(true)
-	if err != nil {
-		return err
-	}
-	slot, found := uint(0), false
-	for _, s := range slots {
-		ti, err := p.GetTokenInfo(s)
-		if err == nil && strings.TrimSpace(ti.Label) == tokenLabel {
-			slot, found = s, true
-		}
-	}
-	if !found {
-		return fmt.Errorf("token %q not found (was it created in this process's SOFTHSM2_CONF?)", tokenLabel)
-	}
-	sh, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = p.CloseSession(sh) }()
-	if err := p.Login(sh, pkcs11.CKU_USER, pin); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
-		return fmt.Errorf("log in to %q: %w", tokenLabel, err)
-	}
+	return withToken(tokenLabel, pin, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		return createKey(p, sh, tokenLabel, spec)
+	})
+}
+
+func createKey(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tokenLabel string, spec KeySpec) error {
 	if err := p.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, spec.Label)}); err != nil {
 		return err
 	}
@@ -151,6 +120,7 @@ func CreateKey(tokenLabel, pin string, spec KeySpec) error {
 		return true
 	}
 	id := []byte(spec.Label)
+	var err error
 	if !spec.RSA {
 		_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
