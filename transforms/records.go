@@ -121,3 +121,24 @@ type rootNode struct {
 }
 
 func (r rootNode) Fields() []parquet.Field { return r.fields }
+
+// newDEKIDs returns the dek_ids the rows name that known has no entry for
+// yet (each once, in order of appearance), so DEKs are resolved once per
+// file, not per record. Null and missing dek_ids are left to the row.
+func newDEKIDs[T any](known map[string]T, rows []parquet.Row, dekCol int) []string {
+	var missing []string
+	seen := map[string]bool{}
+	for _, row := range rows {
+		dv := findValue(row, dekCol)
+		if dv < 0 || row[dv].IsNull() {
+			continue
+		}
+		id := row[dv].ByteArray()
+		if _, ok := known[string(id)]; ok || seen[string(id)] {
+			continue
+		}
+		seen[string(id)] = true
+		missing = append(missing, string(id))
+	}
+	return missing
+}

@@ -425,18 +425,7 @@ type filePair struct {
 // in parallel (a cold cache means HSM unwraps). It runs on the bundle
 // goroutine; the map is only read while the pool works.
 func (f *ReencryptFn) pairsFor(ctx context.Context, known map[string]*filePair, rows []parquet.Row, l *recordLayout) map[string]*filePair {
-	var missing []string
-	for _, row := range rows {
-		dv := findValue(row, l.dek)
-		if dv < 0 || row[dv].IsNull() {
-			continue
-		}
-		id := row[dv].ByteArray()
-		if _, ok := known[string(id)]; !ok {
-			known[string(id)] = nil
-			missing = append(missing, string(id))
-		}
-	}
+	missing := newDEKIDs(known, rows, l.dek)
 	resolved := make([]*filePair, len(missing))
 	_ = parallel(len(missing), f.Spec.workers(), func(_, i int) error {
 		resolved[i] = f.resolve(ctx, missing[i])

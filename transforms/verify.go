@@ -191,27 +191,32 @@ func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult)
 	errs := make([]string, len(rows))
 	ids := make([]string, len(rows))
 	dekIDs := make([]string, len(rows))
-	var fatal error
+	keysOf := map[string]*verifyKey{} // each DEK resolved once per file
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
+				missing := newDEKIDs(keysOf, rows[:n], l.dek)
+				resolved := make([]*verifyKey, len(missing))
+				_ = parallel(len(missing), workers, func(_, i int) error {
+					resolved[i] = f.resolve(ctx, missing[i])
+					return nil
+				})
+				for i, id := range missing {
+					keysOf[id] = resolved[i]
+					if resolved[i].fatal {
+						rr.Close()
+						return resolved[i].err
+					}
+				}
 				_ = parallel(n, workers, func(w, i int) error {
 					ids[i], dekIDs[i], errs[i] = "", "", ""
-					e := f.verifyRow(ctx, &l, rows[i], &scratch[w], &ids[i], &dekIDs[i])
-					if e != nil {
+					if e := f.verifyRow(&l, rows[i], &scratch[w], &ids[i], &dekIDs[i], keysOf); e != nil {
 						errs[i] = e.Error()
-						if isFatalKeyErr(e) {
-							fatal = e
-						}
 					}
 					return nil
 				})
-				if fatal != nil {
-					rr.Close()
-					return fatal
-				}
 				for i := 0; i < n; i++ {
 					res.Totals.Records++
 					if errs[i] == "" {
@@ -237,7 +242,33 @@ func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult)
 	return nil
 }
 
-func (f *VerifyFn) verifyRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch, id, dekID *string) error {
+// verifyKey is one DEK of the table, resolved for a file: its key, or why
+// its records cannot verify.
+type verifyKey struct {
+	key   *cachedKey
+	err   error
+	fatal bool // the custodian refuses us: stop
+}
+
+func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
+	if why, bad := f.bad[dekID]; bad {
+		return &verifyKey{err: fmt.Errorf("DEK %q: %s", dekID, why)}
+	}
+	d := f.deks[dekID]
+	if d == nil {
+		return &verifyKey{err: fmt.Errorf("names dek_id %q, which is not in the DEK table", dekID)}
+	}
+	if !KEKMatches(f.kek, d.KEK) {
+		return &verifyKey{err: fmt.Errorf("DEK %q is wrapped by %s, not by %s", dekID, d.KEK, f.kek.URI())}
+	}
+	key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
+	if err != nil {
+		return &verifyKey{err: fmt.Errorf("unwrap DEK %q: %w", dekID, err), fatal: isFatalKeyErr(err)}
+	}
+	return &verifyKey{key: key}
+}
+
+func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, id, dekID *string, keysOf map[string]*verifyKey) error {
 	iv, dv := findValue(row, l.id), findValue(row, l.dek)
 	if iv < 0 || dv < 0 {
 		return fmt.Errorf("row has no value for the record id or dek_id column")
@@ -250,20 +281,11 @@ func (f *VerifyFn) verifyRow(ctx context.Context, l *recordLayout, row parquet.R
 		return fmt.Errorf("record %q has a null dek_id", *id)
 	}
 	*dekID = string(row[dv].ByteArray())
-	if why, bad := f.bad[*dekID]; bad {
-		return fmt.Errorf("record %q: DEK %q: %s", *id, *dekID, why)
+	vk := keysOf[*dekID]
+	if vk.err != nil {
+		return fmt.Errorf("record %q: %w", *id, vk.err)
 	}
-	d := f.deks[*dekID]
-	if d == nil {
-		return fmt.Errorf("record %q names dek_id %q, which is not in the DEK table", *id, *dekID)
-	}
-	if !KEKMatches(f.kek, d.KEK) {
-		return fmt.Errorf("record %q: DEK %q is wrapped by %s, not by %s", *id, *dekID, d.KEK, f.kek.URI())
-	}
-	key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
-	if err != nil {
-		return fmt.Errorf("record %q: unwrap DEK %q: %w", *id, *dekID, err)
-	}
+	key := vk.key
 	for k, col := range l.enc {
 		vi := findValue(row, col)
 		if vi < 0 || row[vi].IsNull() {
