@@ -151,8 +151,8 @@ func (u URI) KeyURI() string {
 // SameKey reports whether two key references name the same key on the same
 // token (module and PIN are ignored; type is ignored when either omits it).
 func SameKey(a, b string) bool {
-	ua, err1 := parseLoose(a)
-	ub, err2 := parseLoose(b)
+	ua, err1 := ParseURI(a)
+	ub, err2 := ParseURI(b)
 	if err1 != nil || err2 != nil {
 		return false
 	}
@@ -161,8 +161,6 @@ func SameKey(a, b string) bool {
 	}
 	return ua.Token == ub.Token && ua.Serial == ub.Serial && ua.Object == ub.Object && string(ua.ID) == string(ub.ID)
 }
-
-func parseLoose(s string) (URI, error) { return ParseURI(s) }
 
 func escape(v string) string {
 	var b strings.Builder

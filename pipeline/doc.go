@@ -3,6 +3,6 @@
 // the tests run; Job.Validate runs before any data is touched; Plan is the
 // dry run that checks everything a run needs without writing anything.
 //
-// Limits: locations are local paths until the object-store backends land
-// (see README, "Not done yet").
+// Limits: the failure budget and the HSM rate limit are per worker process;
+// duplicate dek_ids are refused by the preflight rather than resolved.
 package pipeline

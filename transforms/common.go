@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -97,13 +96,6 @@ func WriteLedgerPart(ctx context.Context, path string, rows []schemas.LedgerRow)
 		return err
 	}
 	return w.commit()
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return fmt.Sprint(err)
 }
 
 func errorsIs(err error, targets ...error) bool {

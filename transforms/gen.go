@@ -81,7 +81,7 @@ func GenPlaintext(spec *GenSpec, column string, id int64) []byte {
 	return b
 }
 
-// GenDEKID of a record: records cycle over the DEKs.
+// genDEKFor names the DEK of a record: records cycle over the DEKs.
 func genDEKFor(spec *GenSpec, id int64) string { return GenDEKID(int(id % int64(spec.NumDEKs))) }
 
 func (s *GenSpec) dekFiles() int {

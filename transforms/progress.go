@@ -9,13 +9,12 @@ import (
 // while a run goes on (direct and prism runners run DoFns in-process); the
 // Beam metrics counters carry the same figures on distributed runners.
 var Progress struct {
-	Files    atomic.Int64
-	Records  atomic.Int64
-	DEKs     atomic.Int64
-	Failed   atomic.Int64
-	Bytes    atomic.Int64
-	Started  atomic.Int64 // unix nanos of the first unit
-	Finished atomic.Int64
+	Files   atomic.Int64
+	Records atomic.Int64
+	DEKs    atomic.Int64
+	Failed  atomic.Int64
+	Bytes   atomic.Int64
+	Started atomic.Int64 // unix nanos of the first unit
 }
 
 func markStarted() {
