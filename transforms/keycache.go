@@ -30,6 +30,17 @@ func (s *Spec) openKEK(ctx context.Context, uri, wrap string) (keys.KEK, error) 
 	return withRate(k, s.HSMRate), nil
 }
 
+// openPair opens the source and target KEKs of a migrating DoFn.
+func (s *Spec) openPair(ctx context.Context) (src, dst keys.KEK, err error) {
+	if src, err = s.openKEK(ctx, s.SourceKEK, s.SourceWrap); err != nil {
+		return nil, nil, fmt.Errorf("source KEK: %w", err)
+	}
+	if dst, err = s.openKEK(ctx, s.TargetKEK, s.TargetWrap); err != nil {
+		return nil, nil, fmt.Errorf("target KEK: %w", err)
+	}
+	return src, dst, nil
+}
+
 // OpenKEK opens (once per process) the KEK at uri using wrap.
 func OpenKEK(ctx context.Context, uri, wrap string, sessions int) (keys.KEK, error) {
 	keksMu.Lock()

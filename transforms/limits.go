@@ -64,14 +64,23 @@ func (k limitedKEK) Unwrap(ctx context.Context, dekID, mech string, wrapped []by
 }
 
 func (k limitedKEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
-	g, ok := k.KEK.(keys.Generator)
-	if !ok {
-		return nil, errors.New("key backend has no random generator")
-	}
 	if err := k.lim.Wait(ctx); err != nil {
 		return nil, keys.Retryable(fmt.Errorf("HSM rate limit: %w", err))
 	}
-	return g.GenerateDEK(ctx)
+	return k.KEK.(keys.Generator).GenerateDEK(ctx)
+}
+
+// generatorOf returns k's random generator, if its custodian has one: the
+// rate limiter offers GenerateDEK only when the key behind it does.
+func generatorOf(k keys.KEK) (keys.Generator, bool) {
+	if l, ok := k.(limitedKEK); ok {
+		if _, ok := l.KEK.(keys.Generator); !ok {
+			return nil, false
+		}
+		return l, true
+	}
+	g, ok := k.(keys.Generator)
+	return g, ok
 }
 
 func (k limitedKEK) Matches(ref string) bool { return KEKMatches(k.KEK, ref) }

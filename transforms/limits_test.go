@@ -82,3 +82,14 @@ func TestKeyCacheUnwrapsOncePerKey(t *testing.T) {
 		t.Fatalf("cache holds %d keys, bound is 2", len(c.entries))
 	}
 }
+
+func TestRateLimitKeepsGeneratorHonest(t *testing.T) {
+	// fakeKEK has no RNG: behind the limiter it must still have none, so
+	// minting falls back to crypto/rand instead of failing.
+	if _, ok := generatorOf(withRate(fakeKEK{"pkcs11:token=w;object=a", "hsm4"}, 10)); ok {
+		t.Fatal("the rate limiter claims an RNG the key does not have")
+	}
+	if _, ok := generatorOf(fakeKEK{}); ok {
+		t.Fatal("fakeKEK has no RNG")
+	}
+}

@@ -45,11 +45,8 @@ type MintDEKsFn struct {
 // Setup opens both KEKs (once per process).
 func (f *MintDEKsFn) Setup(ctx context.Context) error {
 	var err error
-	if f.src, err = f.Spec.openKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap); err != nil {
-		return fmt.Errorf("source KEK: %w", err)
-	}
-	if f.dst, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
-		return fmt.Errorf("target KEK: %w", err)
+	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
+		return err
 	}
 	f.cache = processCache(f.Spec.CacheSize)
 	return nil
@@ -225,7 +222,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 
 func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {
 	if f.Spec.DEKSource != "crypto-rand" {
-		if g, ok := f.dst.(keys.Generator); ok {
+		if g, ok := generatorOf(f.dst); ok {
 			return g.GenerateDEK(ctx)
 		}
 	}

@@ -31,11 +31,8 @@ type RewrapFn struct {
 // Setup opens both KEKs (once per process).
 func (f *RewrapFn) Setup(ctx context.Context) error {
 	var err error
-	if f.src, err = f.Spec.openKEK(ctx, f.Spec.SourceKEK, f.Spec.SourceWrap); err != nil {
-		return fmt.Errorf("source KEK: %w", err)
-	}
-	if f.dst, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
-		return fmt.Errorf("target KEK: %w", err)
+	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
+		return err
 	}
 	return nil
 }
