@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -42,7 +43,9 @@ func run(m *testing.M) int {
 	if err != nil {
 		panic(err)
 	}
-	for _, tok := range []string{"src", "dst"} {
+	// "pinprobe" is never logged into with the right PIN, so a wrong PIN
+	// is always checked by the token (login state is per process).
+	for _, tok := range []string{"src", "dst", "pinprobe"} {
 		if err := softhsm.InitToken(conf, tok, "5678", pin); err != nil {
 			panic(err)
 		}
@@ -207,17 +210,9 @@ func TestPreflight(t *testing.T) {
 }
 
 func TestWrongPIN(t *testing.T) {
-	// Wrong PIN is last: a failed login on a token makes the process's
-	// SoftHSM count it, and other tests must not depend on that.
-	_, err := hsmio.Open(context.Background(), "pkcs11:token=dst;object=kek-aes?pin-source=env:REKEY_WRONG_PIN", keys.Options{})
-	if err == nil {
-		// dst is already logged in by this process with the right PIN;
-		// PKCS#11 login state is per application, so a second context may
-		// succeed. That is the library's semantics, not a rekey choice.
-		t.Skip("token already logged in in this process")
-	}
-	if !errors.Is(err, keys.ErrAuthFailed) || bytes.Contains([]byte(err.Error()), []byte("0000")) {
-		t.Fatalf("got %v: want ErrAuthFailed without the PIN", err)
+	_, err := hsmio.Open(context.Background(), "pkcs11:token=pinprobe;object=kek-aes?pin-source=env:REKEY_WRONG_PIN", keys.Options{})
+	if !errors.Is(err, keys.ErrAuthFailed) || !strings.Contains(err.Error(), "CKR_PIN_INCORRECT") || strings.Contains(err.Error(), "0000") {
+		t.Fatalf("got %v: want ErrAuthFailed naming CKR_PIN_INCORRECT, without the PIN", err)
 	}
 }
 
