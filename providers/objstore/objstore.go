@@ -423,3 +423,11 @@ func ctxErr(ctx context.Context) error {
 		return nil
 	}
 }
+
+// CheckEndpoint checks a backend's configured endpoint ("" is the default).
+func CheckEndpoint(backend, endpoint string) error {
+	if endpoint != "" && !strings.HasPrefix(endpoint, "http://") && !strings.HasPrefix(endpoint, "https://") {
+		return fmt.Errorf("%s config: Endpoint %q must start with http:// or https://", backend, endpoint)
+	}
+	return nil
+}

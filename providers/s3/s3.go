@@ -80,10 +80,7 @@ type Config struct {
 
 // Validate checks the fields that can be checked without a network.
 func (c Config) Validate() error {
-	if c.Endpoint != "" && !strings.HasPrefix(c.Endpoint, "http://") && !strings.HasPrefix(c.Endpoint, "https://") {
-		return fmt.Errorf("s3 config: Endpoint %q must start with http:// or https://", c.Endpoint)
-	}
-	return nil
+	return objstore.CheckEndpoint("s3", c.Endpoint)
 }
 
 // Hints say what to check, per kind of failure.
