@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"slices"
 	"sync"
@@ -74,6 +75,7 @@ type cellScratch struct {
 	aad, aad2, pt, back []byte
 	sum                 [sha256.Size]byte
 	nonces              io.Reader
+	hash                hash.Hash // the ledger checksum, reset per record
 	cells               [][]byte
 	arena               []byte // new ciphertexts of the current batch
 }
@@ -345,7 +347,11 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		}
 		return fail("record %q: %s", id, why)
 	}
-	h := sha256.New()
+	if sc.hash == nil {
+		sc.hash = sha256.New()
+	}
+	h := sc.hash
+	h.Reset()
 	if cap(sc.cells) < len(l.enc) {
 		sc.cells = make([][]byte, len(l.enc))
 	}
