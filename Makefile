@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 1
 
-.PHONY: all deps build demo demo-s3 test vet fuzz bench clean versitygw
+.PHONY: all deps build demo demo-s3 test vet fuzz bench clean versitygw faultpkcs11
 
 all: build
 
@@ -39,8 +39,17 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-test: deps versitygw vet
-	$(GO) test -count=1 -timeout 30m ./...
+# The fault-injecting PKCS#11 module (wraps SoftHSM2) of the fault tests;
+# see hsmio/faultpkcs11. Its C source uses miekg/pkcs11's PKCS#11 headers.
+FAULTPKCS11 := bin/libfaultpkcs11.so
+faultpkcs11: $(FAULTPKCS11)
+$(FAULTPKCS11): hsmio/faultpkcs11/csrc/faultpkcs11.c
+	@mkdir -p bin
+	$${CC:-gcc} -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden \
+	  -I"$$($(GO) list -m -f '{{.Dir}}' github.com/miekg/pkcs11)" -o $@ $< -ldl -lpthread
+
+test: deps versitygw vet faultpkcs11
+	REKEY_FAULTPKCS11=$(CURDIR)/$(FAULTPKCS11) $(GO) test -count=1 -timeout 30m ./...
 
 # Short runs of every fuzz target (go test -fuzz takes one target at a time).
 FUZZTIME ?= 20s

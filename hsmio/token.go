@@ -65,6 +65,13 @@ func openToken(u URI, sessions int) (*token, error) {
 		cfg.TokenLabel = ""
 	}
 	c11, err := crypto11.Configure(cfg)
+	for attempt := 1; err != nil && strings.Contains(err.Error(), "could not find PKCS#11 token") && attempt <= 4; attempt++ {
+		// A token can be absent for a moment: a network HSM failing over,
+		// or SoftHSM rewriting a token file (it does on every login) while
+		// this process lists its tokens. Look again before giving up.
+		time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
+		c11, err = crypto11.Configure(cfg)
+	}
 	if err != nil {
 		name := u.Token
 		if name == "" {

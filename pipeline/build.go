@@ -15,7 +15,10 @@ func Build(s beam.Scope, spec transforms.Spec) {
 	var results beam.PCollection
 	switch spec.Mode {
 	case schemas.ModeRewrap:
-		results = transforms.RewrapDEKTables(s, spec, dekFiles)
+		// DEKs without a kcv are proven by opening a cell of source.data
+		// (read only when a table lacks kcv; see transforms.SampleCells).
+		samples := transforms.SampleCells(s, spec, dekFiles)
+		results = transforms.RewrapDEKTables(s, spec, dekFiles, samples)
 	case schemas.ModeReencrypt:
 		maps, dekResults := transforms.MintDEKs(s, spec, dekFiles)
 		files := transforms.ListFiles(s.Scope("Records"), spec.SourceData)
@@ -25,13 +28,14 @@ func Build(s beam.Scope, spec transforms.Spec) {
 	transforms.WriteManifest(s, spec, results)
 }
 
-// BuildVerify adds a verify run: spec.TargetData checked against
-// spec.TargetDEKs with spec.TargetKEK; the report goes to spec.VerifyReport.
+// BuildVerify adds a verify: spec.TargetData and spec.TargetDEKs checked
+// with spec.TargetKEK and, when spec.SourceDEKs (and spec.SourceData) are
+// set, matched with that source by spec.Mode (rewrap or reencrypt; see
+// transforms.Verify). The report goes to spec.VerifyReport.
 func BuildVerify(s beam.Scope, spec transforms.Spec) {
 	s = s.Scope("rekey")
-	spec.Mode = "verify"
 	results := transforms.Verify(s, spec)
-	transforms.WriteManifest(s, spec, results)
+	transforms.WriteVerifyReport(s, spec, results)
 }
 
 // BuildGen adds the synthetic dataset generator.

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"sort"
+	"strings"
 
 	"github.com/parquet-go/parquet-go"
 
@@ -29,6 +32,36 @@ type Report struct {
 	HSMOps      int64
 	HSMOpsNote  string
 	DuplicateID []string
+	// Predicted is what the findings say a run of the job will fail; a
+	// plan fails when that is more than the job's failure budget allows.
+	Predicted Prediction
+}
+
+// Prediction counts the failures a plan's findings predict, in the units a
+// run's failure budget (max_failures) counts: one per DEK row, one per
+// record, one per record file that fails as a whole.
+type Prediction struct {
+	ForeignDEKs   int // DEK rows wrapped by a KEK other than source.kek
+	MalformedDEKs int // DEK rows that do not validate
+	// Records under those DEKs (reencrypt), counted by reading the record
+	// files' dek_id column; RecordsCounted is false when they were not read,
+	// and then Records is 0 and the total a lower bound.
+	Records        int64
+	RecordsCounted bool
+	BadFiles       int // record files that do not open as Parquet
+	NoColumn       int // record files without a configured column
+	// Units is what the run counts as processed, the denominator of a
+	// percentage budget: DEK rows plus the records of the files it reads.
+	Units int64
+}
+
+// DEKs is the number of DEK rows predicted to fail.
+func (p *Prediction) DEKs() int { return p.ForeignDEKs + p.MalformedDEKs }
+
+// Total is the number of predicted failures (a lower bound when
+// RecordsCounted is false and DEKs are predicted to fail).
+func (p *Prediction) Total() int64 {
+	return int64(p.DEKs()) + p.Records + int64(p.BadFiles) + int64(p.NoColumn)
 }
 
 // Failed reports whether any check failed.
@@ -105,6 +138,18 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	invalid, foreign := 0, 0
 	var firstInvalid string
 	var probe *schemas.DEKRow // one DEK of the source KEK, for a real unwrap
+	// The dek_ids predicted to fail, so that the records under them can be
+	// counted; past maxCountedDEKs they are not kept (nor counted).
+	failing := map[string]bool{}
+	markFailing := func(id string) {
+		if id != "" && failing != nil {
+			failing[id] = true
+			if len(failing) > maxCountedDEKs {
+				failing = nil
+			}
+		}
+	}
+	var findings []int // indexes in r.Checks of the findings that predict failures
 	err := transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
 		fi, ok := fileIdx[file]
 		if !ok {
@@ -121,6 +166,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 				if firstInvalid == "" {
 					firstInvalid = err.Error()
 				}
+				markFailing(d.DEKID)
 				continue
 			}
 			h := sha256.Sum256(d.Wrapped)
@@ -134,6 +180,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 			seen[d.DEKID] = seenDEK{short, fi}
 			if src != nil && !transforms.KEKMatches(src, d.KEK) {
 				foreign++
+				markFailing(d.DEKID)
 			} else if src != nil && probe == nil {
 				c := *d
 				c.Wrapped = bytes.Clone(d.Wrapped)
@@ -149,12 +196,15 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		if r.DEKs == 0 {
 			r.warn("source DEK table", "no DEKs: the run will have nothing to migrate")
 		}
+		r.Predicted.MalformedDEKs, r.Predicted.ForeignDEKs = invalid, foreign
 		if invalid > 0 {
+			findings = append(findings, len(r.Checks))
 			r.warn("DEK rows", "%d malformed rows will become failed ledger rows (first: %s)", invalid, firstInvalid)
 		}
 		if foreign > 0 && foreign == r.DEKs-invalid {
 			r.add(false, "DEK KEKs", "none of the %d DEKs is wrapped by source.kek %s; the table references %v (is source.kek the right key?)", foreign, src.URI(), keysOf(r.KEKs))
 		} else if foreign > 0 {
+			findings = append(findings, len(r.Checks))
 			r.warn("DEK KEKs", "%d DEKs are wrapped by a KEK other than source.kek; they will fail (KEKs referenced: %v)", foreign, keysOf(r.KEKs))
 		}
 		for id := range conflict {
@@ -176,8 +226,11 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 	}
 
+	r.Predicted.Units = int64(r.DEKs)
 	if j.Mode == schemas.ModeReencrypt {
-		planData(ctx, j, r, scanData)
+		if i := planData(ctx, j, r, scanData, failing); i >= 0 {
+			findings = append(findings, i)
+		}
 	}
 
 	// A re-encrypt run replaces a target DEK table's files; records an
@@ -198,6 +251,8 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.add(true, "ledger", "%s", transforms.RunLedgerDir(spec.Ledger, spec.RunID))
 	}
 
+	r.judge(j, findings)
+
 	switch j.Mode {
 	case schemas.ModeRewrap:
 		r.HSMOps = int64(r.DEKs) * 3
@@ -209,11 +264,20 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	return r
 }
 
-func planData(ctx context.Context, j *Job, r *Report, scan bool) {
+// maxCountedDEKs caps the dek_ids a plan keeps to count the records under
+// DEKs predicted to fail.
+const maxCountedDEKs = 1 << 20
+
+// planData checks the record files: every one when scan is set, else the
+// first only, unless failures are predicted and the budget may allow them,
+// for then only every file tells how many (a percentage is of all the
+// records, and every record under a failing DEK fails too). It returns the
+// index in r.Checks of its finding of files that will fail, or -1.
+func planData(ctx context.Context, j *Job, r *Report, scan bool, failing map[string]bool) int {
 	files, err := storage.List(ctx, j.Source.Data)
 	if err != nil {
 		r.add(false, "source data", "%v", err)
-		return
+		return -1
 	}
 	var data []string
 	for _, f := range files {
@@ -226,24 +290,56 @@ func planData(ctx context.Context, j *Job, r *Report, scan bool) {
 	r.DataFiles = len(data)
 	if len(data) == 0 {
 		r.warn("source data", "no .parquet files under %s", j.Source.Data)
-		return
+		return -1
 	}
-	bad := 0
-	var firstBad string
+	mayAllow := budgetMayAllow(j.MaxFailures)
+	// failing is nil when more DEKs fail than it keeps.
+	full := scan || ((failing == nil || len(failing) > 0) && mayAllow)
+	firstBad := scanData(ctx, j, r, data, full, failing)
+	if !full && r.Predicted.BadFiles+r.Predicted.NoColumn > 0 && mayAllow {
+		full = true
+		firstBad = scanData(ctx, j, r, data, full, failing)
+	}
+	if full {
+		r.add(true, "source data", "%d files, %d records, %d bytes", r.DataFiles, r.Records, r.DataBytes)
+	} else {
+		r.add(true, "source data", "%d files (first file's schema checked)", r.DataFiles)
+	}
+	if r.OtherFiles > 0 {
+		r.warn("source data", "%d files that are not .parquet are ignored", r.OtherFiles)
+	}
+	if bad := r.Predicted.BadFiles + r.Predicted.NoColumn; bad > 0 {
+		r.warn("source data", "%d files will fail as whole files (first: %s)", bad, firstBad)
+		return len(r.Checks) - 1
+	}
+	return -1
+}
+
+// scanData reads the footers of the record files (all, or the first one),
+// and when failing is set and all are read, counts the records under those
+// DEKs from the dek_id column. It returns the first whole-file failure.
+func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, failing map[string]bool) (firstBad string) {
+	p := &r.Predicted
+	r.Records, r.DataBytes = 0, 0
+	p.BadFiles, p.NoColumn, p.Records = 0, 0, 0
+	p.Units = int64(r.DEKs)
+	p.RecordsCounted = all && failing != nil
 	for i, rel := range data {
-		if !scan && i > 0 {
+		if !all && i > 0 {
 			break
 		}
 		path := storage.Join(j.Source.Data, rel)
 		f, err := storage.Open(ctx, path)
 		if err != nil {
-			bad++
-			firstBad = err.Error()
+			p.BadFiles++
+			if firstBad == "" {
+				firstBad = err.Error()
+			}
 			continue
 		}
 		pf, err := parquet.OpenFile(f, f.Size(), parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
 		if err != nil {
-			bad++
+			p.BadFiles++
 			if firstBad == "" {
 				firstBad = fmt.Sprintf("%s: not a readable Parquet file (%v)", path, err)
 			}
@@ -252,28 +348,181 @@ func planData(ctx context.Context, j *Job, r *Report, scan bool) {
 		}
 		r.Records += pf.NumRows()
 		r.DataBytes += f.Size()
+		missing := ""
 		for _, c := range append(append([]string{}, j.Columns.Encrypted...), j.Columns.DEKID, j.Columns.RecordID) {
 			if _, ok := pf.Schema().Lookup(c); !ok {
-				bad++
-				if firstBad == "" {
-					firstBad = fmt.Sprintf("%s: no column %q", path, c)
-				}
+				missing = c
 				break
 			}
 		}
+		switch {
+		case missing != "":
+			p.NoColumn++
+			if firstBad == "" {
+				firstBad = fmt.Sprintf("%s: no column %q", path, missing)
+			}
+		case p.RecordsCounted && len(failing) > 0:
+			n, err := recordsUnder(pf, j.Columns.DEKID, failing)
+			if err != nil {
+				// The run cannot read this file's rows either.
+				p.BadFiles++
+				if firstBad == "" {
+					firstBad = fmt.Sprintf("%s: column %q does not read (%v)", path, j.Columns.DEKID, err)
+				}
+				break
+			}
+			p.Records += n
+			p.Units += pf.NumRows()
+		default:
+			p.Units += pf.NumRows()
+		}
 		f.Close()
 	}
-	if scan {
-		r.add(true, "source data", "%d files, %d records, %d bytes", r.DataFiles, r.Records, r.DataBytes)
-	} else {
-		r.add(true, "source data", "%d files (first file's schema checked)", r.DataFiles)
+	return firstBad
+}
+
+// recordsUnder counts the rows of pf whose dek_id column names one of ids.
+// Only that column is read.
+func recordsUnder(pf *parquet.File, col string, ids map[string]bool) (int64, error) {
+	leaf, ok := pf.Schema().Lookup(col)
+	if !ok {
+		return 0, fmt.Errorf("no column %q", col)
 	}
-	if r.OtherFiles > 0 {
-		r.warn("source data", "%d files that are not .parquet are ignored", r.OtherFiles)
+	if leaf.Node.Type().Kind() != parquet.ByteArray {
+		return 0, nil // not a dek_id column the run reads: the whole file fails
 	}
-	if bad > 0 {
-		r.warn("source data", "%d files will fail as whole files (first: %s)", bad, firstBad)
+	var n int64
+	buf := make([]parquet.Value, 1024)
+	for _, rg := range pf.RowGroups() {
+		pages := rg.ColumnChunks()[leaf.ColumnIndex].Pages()
+		for {
+			page, err := pages.ReadPage()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				pages.Close()
+				return n, err
+			}
+			vals := page.Values()
+			for {
+				k, err := vals.ReadValues(buf)
+				for _, v := range buf[:k] {
+					if !v.IsNull() && ids[string(v.ByteArray())] {
+						n++
+					}
+				}
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					parquet.Release(page)
+					pages.Close()
+					return n, err
+				}
+			}
+			parquet.Release(page)
+		}
+		if err := pages.Close(); err != nil {
+			return n, err
+		}
 	}
+	return n, nil
+}
+
+// budgetMayAllow reports whether max_failures s can accept any failure at
+// all: a count above 0 or a percentage. Unset and 0 accept none.
+func budgetMayAllow(s string) bool {
+	b, err := transforms.ParseBudget(s)
+	return err == nil && (b.Count > 0 || b.Ratio > 0)
+}
+
+// judge compares the predicted failures with the job's failure budget. Over
+// the budget, the plan fails and so do the findings that predicted them (a
+// run's preflight prints failed checks only); within it, they stay warnings
+// and one more says the budget accepts them.
+//
+// An unset max_failures does not stop a run, but a run that fails records
+// ends with exit 3, not success: a plan accepts predicted failures only
+// when max_failures says how many may fail. A percentage is compared with
+// the share of the DEK rows (all of them are migrated before any record)
+// and with the share of everything the run processes.
+func (r *Report) judge(j *Job, findings []int) {
+	p := &r.Predicted
+	total := p.Total()
+	if total == 0 {
+		return
+	}
+	var parts []string
+	if p.ForeignDEKs > 0 {
+		parts = append(parts, plural(int64(p.ForeignDEKs), "DEK names", "DEKs name")+" another KEK")
+	}
+	if p.MalformedDEKs > 0 {
+		parts = append(parts, plural(int64(p.MalformedDEKs), "DEK row is", "DEK rows are")+" malformed")
+	}
+	if p.DEKs() > 0 && j.Mode == schemas.ModeReencrypt {
+		if p.RecordsCounted {
+			parts = append(parts, plural(p.Records, "record", "records")+" under those DEKs")
+		} else {
+			parts = append(parts, "every record under those DEKs (not counted)")
+		}
+	}
+	if p.BadFiles > 0 {
+		parts = append(parts, plural(int64(p.BadFiles), "file", "files")+" unreadable")
+	}
+	if p.NoColumn > 0 {
+		parts = append(parts, plural(int64(p.NoColumn), "file lacks", "files lack")+" a configured column")
+	}
+	what := strings.Join(parts, ", ")
+	switch {
+	case len(parts) > 1 && !p.RecordsCounted && p.DEKs() > 0 && j.Mode == schemas.ModeReencrypt:
+		what += ": at least " + plural(total, "failure", "failures")
+	case len(parts) > 1:
+		what += fmt.Sprintf(": %d failures in all", total)
+	}
+	over, budget := overBudget(j.MaxFailures, p, r.DEKs)
+	if !over {
+		r.warn("predicted failures", "%s; within the failure budget (%s): the run goes on and ends with exit 3, these in the ledger as failed rows", what, budget)
+		return
+	}
+	for _, i := range findings {
+		r.Checks[i].OK, r.Checks[i].Warn = false, false
+	}
+	r.add(false, "predicted failures", "%s; more than the failure budget allows (%s): fix the input, or set max_failures (--max-failures) to the count or percentage of failures you accept", what, budget)
+}
+
+// overBudget tells whether the predicted failures are more than max_failures
+// s accepts, and describes the budget.
+func overBudget(s string, p *Prediction, deks int) (bool, string) {
+	b, _ := transforms.ParseBudget(s) // checked by Validate
+	total := p.Total()
+	switch {
+	case strings.TrimSpace(s) == "":
+		return total > 0, "max_failures is not set: no failure is accepted"
+	case b.Count < 0:
+		return total > 0, "max_failures=0"
+	case b.Count > 0:
+		return total > b.Count, "max_failures=" + s
+	}
+	share := func(n, of int64) string {
+		if of == 0 {
+			return "100%"
+		}
+		return fmt.Sprintf("%.4g%%", 100*float64(n)/float64(of))
+	}
+	desc := fmt.Sprintf("max_failures=%s; predicted: %s of %d units", s, share(total, p.Units), p.Units)
+	if p.DEKs() > 0 {
+		desc += fmt.Sprintf(", %s of %d DEKs", share(int64(p.DEKs()), int64(deks)), deks)
+	}
+	over := float64(total) > b.Ratio*float64(p.Units) || float64(p.DEKs()) > b.Ratio*float64(deks)
+	return over, desc
+}
+
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 func keysOf(m map[string]int) []string {

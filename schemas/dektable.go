@@ -1,6 +1,9 @@
 package schemas
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -31,13 +34,16 @@ func KnownWrap(m string) bool {
 // MaxDEKIDBytes caps a dek_id.
 const MaxDEKIDBytes = 256
 
-// DEKRow is one row of a DEK table (format version 1).
+// DEKRow is one row of a DEK table (format version 1). KCV is optional:
+// tables written before it existed, or by other tools, have no kcv column
+// (read as empty).
 type DEKRow struct {
 	DEKID   string    `parquet:"dek_id"`
 	KEK     string    `parquet:"kek"`
 	Wrap    string    `parquet:"wrap"`
 	Wrapped []byte    `parquet:"wrapped"`
 	Created time.Time `parquet:"created,timestamp(microsecond)"`
+	KCV     []byte    `parquet:"kcv,optional"`
 }
 
 // ErrBadDEKRow is returned by Validate for a malformed DEK table row.
@@ -60,6 +66,63 @@ func (r *DEKRow) Validate() error {
 		return fmt.Errorf("%w: dek_id %q has an empty wrapped key", ErrBadDEKRow, r.DEKID)
 	case len(r.Wrapped) > MaxWrappedDEK:
 		return fmt.Errorf("%w: dek_id %q wrapped key is %d bytes, limit %d", ErrBadDEKRow, r.DEKID, len(r.Wrapped), MaxWrappedDEK)
+	case len(r.KCV) != 0 && len(r.KCV) != KCVSize:
+		return fmt.Errorf("%w: dek_id %q has a %d-byte kcv, want %d (or none)", ErrBadDEKRow, r.DEKID, len(r.KCV), KCVSize)
 	}
 	return nil
 }
+
+// Key check values. A KCV lets a reader of the DEK table tell the right DEK
+// from a wrong one without a record to try it on: a custodian that returns
+// a wrong key without an error (a faulty HSM, a bit flipped on the way) is
+// caught before the wrong key is wrapped anew and committed.
+//
+// KCV = first 8 bytes of HMAC-SHA256(key = DEK, message = "rekey.kcv.v1" ‖
+// 0x00 ‖ dek_id). Why this construction:
+//   - HMAC-SHA256 is a PRF: its output says nothing about the key beyond
+//     letting a guess be tested, and guessing a random 256-bit key is out of
+//     reach. The classic KCV (AES-ECB of a zero block) is avoided on purpose:
+//     AES_DEK(0^128) is exactly GCM's authentication subkey H for that DEK, so
+//     publishing it (even in part) would weaken the cells' authentication.
+//   - The label separates this use of the DEK from every other; binding the
+//     dek_id means two rows holding the same key do not show equal KCVs, and
+//     a KCV copied to another row does not check.
+//   - 8 bytes: a wrong key passes with probability 2^-64, and the table grows
+//     by 8 bytes a row.
+const (
+	KCVSize  = 8
+	kcvLabel = "rekey.kcv.v1"
+)
+
+// ErrKCVMismatch means an unwrapped DEK is not the key the DEK table row was
+// written for. It is permanent for that unwrap result.
+var ErrKCVMismatch = errors.New("key check value does not match: wrong key")
+
+// KCV returns the key check value of dek under dekID.
+func KCV(dek []byte, dekID string) []byte {
+	m := hmac.New(sha256.New, dek)
+	m.Write([]byte(kcvLabel))
+	m.Write([]byte{0})
+	m.Write([]byte(dekID))
+	return m.Sum(nil)[:KCVSize]
+}
+
+// CheckKCV reports whether dek is the key whose check value under dekID is
+// kcv. An empty kcv is an error: callers decide what a missing KCV means.
+func CheckKCV(dek []byte, dekID string, kcv []byte) error {
+	if len(kcv) != KCVSize {
+		return fmt.Errorf("%w: dek_id %q has a %d-byte kcv, want %d", ErrKCVMismatch, dekID, len(kcv), KCVSize)
+	}
+	if subtle.ConstantTimeCompare(KCV(dek, dekID), kcv) != 1 {
+		return ErrKCVMismatch
+	}
+	return nil
+}
+
+// Proofs that an unwrapped source DEK is the right key, as recorded in the
+// ledger's proof column before its new wrap is committed.
+const (
+	ProofKCV  = "kcv"  // checked against the DEK table's kcv
+	ProofCell = "cell" // opened a cell of the dataset encrypted under it
+	ProofNone = "none" // nothing to check against (no kcv, and no cell of it found or no dataset named)
+)

@@ -35,6 +35,10 @@ type LedgerRow struct {
 	Bytes     int64     `parquet:"bytes"`
 	Checksum  string    `parquet:"checksum,optional"`
 	At        time.Time `parquet:"at,timestamp(microsecond)"`
+	// Proof (unit dek) says how the unwrapped source DEK was shown to be the
+	// right key before its new wrap was committed: ProofKCV, ProofCell or
+	// ProofNone; empty when no proof was reached (e.g. the unwrap failed).
+	Proof string `parquet:"proof,optional"`
 }
 
 // ManifestFormat identifies the JSON run manifest.

@@ -124,12 +124,14 @@ func FuzzParseEnvelope(f *testing.F) {
 }
 
 func FuzzDEKRow(f *testing.F) {
-	f.Add("dek-1", "pkcs11:token=a;object=b", "aes-gcm", []byte{1, 2, 3})
-	f.Add("", "", "", []byte{})
-	f.Fuzz(func(t *testing.T, id, kek, wrap string, wrapped []byte) {
-		r := schemas.DEKRow{DEKID: id, KEK: kek, Wrap: wrap, Wrapped: wrapped}
+	f.Add("dek-1", "pkcs11:token=a;object=b", "aes-gcm", []byte{1, 2, 3}, []byte{})
+	f.Add("dek-1", "pkcs11:token=a;object=b", "aes-kwp", []byte{1, 2, 3}, schemas.KCV(make([]byte, 32), "dek-1"))
+	f.Add("", "", "", []byte{}, []byte{1})
+	f.Fuzz(func(t *testing.T, id, kek, wrap string, wrapped, kcv []byte) {
+		r := schemas.DEKRow{DEKID: id, KEK: kek, Wrap: wrap, Wrapped: wrapped, KCV: kcv}
 		if err := r.Validate(); err == nil {
-			if id == "" || kek == "" || !schemas.KnownWrap(wrap) || len(wrapped) == 0 || len(wrapped) > schemas.MaxWrappedDEK || len(id) > schemas.MaxDEKIDBytes {
+			if id == "" || kek == "" || !schemas.KnownWrap(wrap) || len(wrapped) == 0 || len(wrapped) > schemas.MaxWrappedDEK || len(id) > schemas.MaxDEKIDBytes ||
+				(len(kcv) != 0 && len(kcv) != schemas.KCVSize) {
 				t.Fatalf("accepted invalid row %+v", r)
 			}
 		}

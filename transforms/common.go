@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -51,19 +53,23 @@ func unwrapCached(ctx context.Context, c *keyCache, kek keys.KEK, dekID, mech st
 	})
 }
 
-// alreadyDone reports whether a unit's ledger part is committed, and if so
-// its result recomputed from the part (resume).
-func alreadyDone(ctx context.Context, spec *Spec, part, unit string) (UnitResult, bool, error) {
+// alreadyDone reports whether a unit's ledger part is committed with
+// nothing failed, and if so its result recomputed from the part (resume).
+// A unit whose last attempt has failed rows is done again: *part becomes
+// the name of the next attempt's part, so the earlier rows are kept and
+// the later ones win (ledger readers take the highest attempt).
+func alreadyDone(ctx context.Context, spec *Spec, part *string, unit string) (UnitResult, bool, error) {
 	if !spec.Resume {
 		return UnitResult{}, false, nil
 	}
-	ok, err := storage.Exists(ctx, part)
-	if err != nil || !ok {
+	last, n, err := lastAttempt(ctx, *part)
+	if err != nil || n == 0 {
 		return UnitResult{}, false, err
 	}
-	rows, err := readLedgerPart(ctx, part)
+	rows, err := readLedgerPart(ctx, last)
 	if err != nil {
 		// A committed part that does not read back is redone.
+		*part = AttemptPart(*part, n+1)
 		return UnitResult{}, false, nil
 	}
 	res := UnitResult{Unit: unit}
@@ -71,7 +77,38 @@ func alreadyDone(ctx context.Context, spec *Spec, part, unit string) (UnitResult
 		res.add(&rows[i])
 	}
 	res.Totals.Files = 1
+	if res.Totals.Failed > 0 {
+		*part = AttemptPart(*part, n+1)
+		return UnitResult{}, false, nil
+	}
 	return res, true, nil
+}
+
+// AttemptPart is the ledger part of a unit's n-th attempt (1 is the part
+// itself).
+func AttemptPart(part string, n int) string {
+	if n <= 1 {
+		return part
+	}
+	base, query := storage.SplitQuery(part)
+	return strings.TrimSuffix(base, ".parquet") + fmt.Sprintf(".attempt-%d.parquet", n) + query
+}
+
+// lastAttempt finds the newest committed attempt of a unit's part and its
+// number (0 if none).
+func lastAttempt(ctx context.Context, part string) (string, int, error) {
+	last, n := "", 0
+	for i := 1; ; i++ {
+		p := AttemptPart(part, i)
+		ok, err := storage.Exists(ctx, p)
+		if err != nil {
+			return "", 0, err
+		}
+		if !ok {
+			return last, n, nil
+		}
+		last, n = p, i
+	}
 }
 
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
@@ -116,7 +153,7 @@ func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *r
 	if readErr != nil {
 		out.abort()
 		ledger.abort()
-		if isFatalKeyErr(readErr) {
+		if isFatalKeyErr(readErr) || isOutputErr(readErr) {
 			return false, readErr
 		}
 		row, fres := fileFailure(spec, srcPath, 0, readErr)

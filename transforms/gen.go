@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -130,7 +131,7 @@ func (f *GenDEKsFn) ProcessElement(ctx context.Context, shard int, emit func(sch
 		if err != nil {
 			return err
 		}
-		rows[i] = schemas.DEKRow{DEKID: id, KEK: f.kek.URI(), Wrap: f.kek.Mechanism(), Wrapped: w, Created: created}
+		rows[i] = schemas.DEKRow{DEKID: id, KEK: f.kek.URI(), Wrap: f.kek.Mechanism(), Wrapped: w, Created: created, KCV: schemas.KCV(dek.Bytes(), id)}
 		return nil
 	})
 	if err != nil {
@@ -155,12 +156,15 @@ func (f *GenDEKsFn) ProcessElement(ctx context.Context, shard int, emit func(sch
 }
 
 // GenRecordsFn writes record file i, encrypting cells with the DEKs it
-// unwraps from the side input.
+// unwraps from the side input, each checked against its kcv first (a wrong
+// unwrap would otherwise encrypt the dataset under keys its table does not
+// hold).
 type GenRecordsFn struct {
-	Spec  GenSpec
-	kek   keys.KEK
-	cache *keyCache
-	deks  map[string]*schemas.DEKRow
+	Spec    GenSpec
+	kek     keys.KEK
+	cache   *keyCache
+	deks    map[string]*schemas.DEKRow
+	checked sync.Map // dek_id -> error of its kcv check (nil: right key)
 }
 
 // Setup opens the KEK.
@@ -208,6 +212,19 @@ func (f *GenRecordsFn) ProcessElement(ctx context.Context, file int, deks func(*
 			key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
 			if err != nil {
 				return err
+			}
+			ok, seen := f.checked.Load(dekID)
+			if !seen {
+				var cerr error
+				if len(d.KCV) > 0 {
+					if cerr = schemas.CheckKCV(key.dek.Bytes(), dekID, d.KCV); cerr != nil {
+						cerr = fmt.Errorf("generated DEK %q: %s returned a wrong key: %w", dekID, f.kek.URI(), cerr)
+					}
+				}
+				ok, _ = f.checked.LoadOrStore(dekID, cerr)
+			}
+			if cerr, _ := ok.(error); cerr != nil {
+				return cerr
 			}
 			row := GenRow{ID: id, DEKID: dekID, Tenant: fmt.Sprintf("tenant-%d", id%13), Amount: math.Round(float64(id%100000)*1.37*100) / 100,
 				Created: time.Unix(1700000000+id, 0).UTC()}

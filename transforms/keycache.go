@@ -38,6 +38,11 @@ func (s *Spec) openPair(ctx context.Context) (src, dst keys.KEK, err error) {
 	if dst, err = s.openKEK(ctx, s.TargetKEK, s.TargetWrap); err != nil {
 		return nil, nil, fmt.Errorf("target KEK: %w", err)
 	}
+	if s.TargetWrap == "" {
+		// The key type's default: name it, so output metadata and ledgers
+		// say which wrap was used.
+		s.TargetWrap = dst.Mechanism()
+	}
 	return src, dst, nil
 }
 

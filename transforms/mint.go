@@ -32,9 +32,10 @@ type DEKMap struct {
 }
 
 // MintDEKsFn reads one source DEK table file and, for each DEK, checks it
-// unwraps under the source KEK, creates a fresh DEK (HSM random or
-// crypto/rand), wraps it with the target KEK and verifies the wrap, then
-// commits the new DEK table file and its ledger part.
+// unwraps under the source KEK to the right key (its kcv, when the row has
+// one: see proveDEK), creates a fresh DEK (HSM random or crypto/rand), wraps
+// it with the target KEK and verifies the wrap, then commits the new DEK
+// table file (with the new DEKs' kcv) and its ledger part.
 type MintDEKsFn struct {
 	Spec Spec
 
@@ -64,7 +65,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		dstPath = storage.Join(spec.TargetDEKs, "run_id="+spec.RunID+"/"+rel)
 	}
 	part := spec.LedgerPart("deks", rel)
-	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
 		return err
 	} else if done {
 		// Resume: the new DEKs of this file are committed; replay them.
@@ -91,6 +92,15 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		out.abort()
 		return err
 	}
+	var kept map[string]schemas.DEKRow
+	if part != spec.LedgerPart("deks", rel) {
+		// A retry of a unit with failed DEKs: the DEKs it did mint stay.
+		if kept, err = keptDEKs(ctx, dstPath); err != nil {
+			out.abort()
+			ledger.abort()
+			return err
+		}
+	}
 	var maps []DEKMap
 	seen := map[string]bool{}
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
@@ -116,8 +126,15 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusSkipped, "duplicate row of a dek_id already in this file"
 				return nil
 			}
-			w, err := f.mintOne(ctx, r, newID)
-			led[i].At = now()
+			if k, ok := kept[newID]; ok {
+				// Records committed by the earlier attempt use this DEK.
+				mm[i].NewWrapped = k.Wrapped
+				led[i].At, led[i].Status, led[i].Bytes, led[i].Checksum = now(), schemas.StatusMigrated, int64(len(k.Wrapped)), checksum(k.Wrapped)
+				outRows[i] = k
+				return nil
+			}
+			w, kcv, proof, err := f.mintOne(ctx, r, newID)
+			led[i].At, led[i].Proof = now(), proof
 			if err != nil {
 				led[i].Status, led[i].Error = schemas.StatusFailed, err.Error()
 				mm[i].Err = err.Error()
@@ -128,7 +145,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			}
 			mm[i].NewWrapped = w
 			led[i].Status, led[i].Bytes, led[i].Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
-			outRows[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now()}
+			outRows[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now(), KCV: kcv}
 			return nil
 		})
 		if fatal != nil {
@@ -168,20 +185,44 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	return f.Spec.MaxFailures.check()
 }
 
-func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID string) (_ []byte, err error) {
+// mintOne returns the new DEK's wrapped key and kcv, and the proof the
+// source DEK had ("" if none was reached).
+func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID string) (_, kcv []byte, proof string, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	if len(newID) > schemas.MaxDEKIDBytes {
-		return nil, fmt.Errorf("new dek_id %q would be longer than %d bytes (shorten the run id)", newID, schemas.MaxDEKIDBytes)
+		return nil, nil, "", fmt.Errorf("new dek_id %q would be longer than %d bytes (shorten the run id)", newID, schemas.MaxDEKIDBytes)
 	}
 	if !KEKMatches(f.src, r.KEK) {
-		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+		return nil, nil, "", fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
-	// The source DEK must unwrap; keep it cached for the record stage.
-	if _, err := unwrapCached(ctx, f.cache, f.src, r.DEKID, r.Wrap, r.Wrapped); err != nil {
-		return nil, err
+	// The source DEK must unwrap to the right key; keep it cached for the
+	// record stage. The proof runs inside the load, so a wrong key never
+	// enters the cache, and again on a cached key (cheap).
+	src, err := f.cache.get(cacheKey(f.src.URI(), r.DEKID, r.Wrap, r.Wrapped), func() (*keys.DEK, error) {
+		var d *keys.DEK
+		if err := withRetry(ctx, func() (err error) {
+			d, err = f.src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		if _, err := proveDEK(ctx, &f.Spec, f.src, r, d, nil); err != nil {
+			d.Zero()
+			return nil, err
+		}
+		return d, nil
+	})
+	if err != nil {
+		if len(r.KCV) > 0 && errorsIs(err, schemas.ErrKCVMismatch) {
+			proof = schemas.ProofKCV
+		}
+		return nil, nil, proof, err
+	}
+	if proof, err = proveDEK(ctx, &f.Spec, f.src, r, src.dek, nil); err != nil {
+		return nil, nil, proof, err
 	}
 	var dek *keys.DEK
 	err = withRetry(ctx, func() (err error) {
@@ -189,15 +230,16 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, proof, err
 	}
+	kcv = schemas.KCV(dek.Bytes(), newID)
 	var w []byte
 	if err := withRetry(ctx, func() (err error) {
 		w, err = f.dst.Wrap(ctx, newID, dek)
 		return err
 	}); err != nil {
 		dek.Zero()
-		return nil, err
+		return nil, nil, proof, err
 	}
 	if !f.Spec.SkipVerify {
 		var back *keys.DEK
@@ -206,18 +248,18 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 			return err
 		}); err != nil {
 			dek.Zero()
-			return nil, fmt.Errorf("verify before commit: %w", err)
+			return nil, nil, proof, fmt.Errorf("verify before commit: %w", err)
 		}
 		same := bytes.Equal(back.Bytes(), dek.Bytes())
 		back.Zero()
 		if !same {
 			dek.Zero()
-			return nil, fmt.Errorf("verify before commit: new DEK %q unwrapped by the target differs", newID)
+			return nil, nil, proof, fmt.Errorf("verify before commit: new DEK %q unwrapped by the target differs", newID)
 		}
 	}
 	// The cache owns dek from here.
 	f.cache.put(cacheKey(f.dst.URI(), newID, f.dst.Mechanism(), w), dek)
-	return w, nil
+	return w, kcv, proof, nil
 }
 
 func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {

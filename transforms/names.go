@@ -29,3 +29,14 @@ func unitName(rel string) string {
 func NewDEKID(src, runID string) string {
 	return src + "@" + runID
 }
+
+// SourceDEKIDOf inverts NewDEKID: the source dek_id a fresh DEK replaces and
+// the run that minted it. ok is false for a dek_id not of that form. Run ids
+// cannot contain '@', so the last one splits.
+func SourceDEKIDOf(newID string) (src, runID string, ok bool) {
+	i := strings.LastIndexByte(newID, '@')
+	if i <= 0 || i == len(newID)-1 {
+		return "", "", false
+	}
+	return newID[:i], newID[i+1:], true
+}

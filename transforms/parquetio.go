@@ -1,13 +1,18 @@
 package transforms
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/snappy"
+	"github.com/parquet-go/parquet-go/encoding/thrift"
+	"github.com/parquet-go/parquet-go/format"
 
 	"rekey/providers/storage"
 	"rekey/schemas"
@@ -24,7 +29,7 @@ type rowWriter[T any] struct {
 func createRows[T any](ctx context.Context, path string, opts ...parquet.WriterOption) (*rowWriter[T], error) {
 	out, err := storage.Create(ctx, path)
 	if err != nil {
-		return nil, err
+		return nil, outputErr(path, err)
 	}
 	opts = append([]parquet.WriterOption{parquet.Compression(&snappy.Codec{})}, opts...)
 	return &rowWriter[T]{out: out, pw: parquet.NewGenericWriter[T](out, opts...), path: path}, nil
@@ -34,7 +39,7 @@ func (w *rowWriter[T]) write(rows []T) error {
 	n, err := w.pw.Write(rows)
 	w.n += int64(n)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", w.path, err)
+		return outputErr(w.path, err)
 	}
 	return nil
 }
@@ -42,15 +47,137 @@ func (w *rowWriter[T]) write(rows []T) error {
 func (w *rowWriter[T]) commit() error {
 	if err := w.pw.Close(); err != nil {
 		_ = w.out.Abort()
-		return fmt.Errorf("write %s: %w", w.path, err)
+		return outputErr(w.path, err)
 	}
-	return w.out.Commit()
+	return outputErr(w.path, w.out.Commit())
 }
 
 func (w *rowWriter[T]) abort() {
 	if w != nil {
 		_ = w.out.Abort()
 	}
+}
+
+// schemaKeeper is the output of a re-encrypted record file: it gives the
+// file its source's schema. parquet-go writes schema elements from its own
+// types, not from the file it read: a logical type where the source has
+// only a converted type (older writers, DuckDB), a type_length on every
+// INT32/INT64/DOUBLE/BOOLEAN column, and no scale and precision on a
+// DECIMAL without a logical type. A target keeps its source's schema, all
+// but the encrypted columns' encoding and compression, which are not in the
+// schema elements (docs/FORMAT.md).
+//
+// The bytes pass through until closing is called, just before the Parquet
+// writer's Close; what Close writes (page indexes, the footer) is held back
+// until Commit, which puts the source's schema elements into the footer. The
+// footer is the last thing in a Parquet file, so no offset changes:
+//
+//	keep := keepSchema(out, dstPath, pf)
+//	pw := parquet.NewWriter(keep, outputSchema(pf.Schema(), encrypted), ...)
+//	... write the rows ...
+//	keep.closing()
+//	pw.Close()
+//	keep.Commit()
+type schemaKeeper struct {
+	storage.Writer
+	path string
+	src  []format.SchemaElement
+	hold bool
+	tail bytes.Buffer
+}
+
+// keepSchema wraps out, the pending object at path written from src.
+func keepSchema(out storage.Writer, path string, src *parquet.File) *schemaKeeper {
+	return &schemaKeeper{Writer: out, path: path, src: src.Metadata().Schema}
+}
+
+func (k *schemaKeeper) Write(p []byte) (int, error) {
+	if k.hold {
+		return k.tail.Write(p)
+	}
+	return k.Writer.Write(p)
+}
+
+// closing marks the end of the rows: the Parquet writer's Close follows.
+func (k *schemaKeeper) closing() { k.hold = true }
+
+// Commit writes the held-back tail with the source's schema in its footer
+// and commits the object.
+func (k *schemaKeeper) Commit() error {
+	if !k.hold {
+		return fmt.Errorf("write %s: the footer was not held back (closing was not called before the Parquet writer's Close); nothing committed", k.path)
+	}
+	tail, err := withSchema(k.tail.Bytes(), k.src)
+	if err != nil {
+		return fmt.Errorf("write %s: keep the source's schema: %w", k.path, err)
+	}
+	if _, err := k.Writer.Write(tail); err != nil {
+		return fmt.Errorf("write %s: %w", k.path, err)
+	}
+	k.tail.Reset()
+	return k.Writer.Commit()
+}
+
+// withSchema returns the end of a Parquet file, tail (the footer and what
+// precedes it), with the footer's schema elements replaced by src. The
+// written schema must have src's shape: the same elements in the same order
+// with the same names, physical types, repetitions and children; only their
+// annotations are taken from src.
+func withSchema(tail []byte, src []format.SchemaElement) ([]byte, error) {
+	if len(tail) < 8 || string(tail[len(tail)-4:]) != "PAR1" {
+		return nil, errors.New("the written file does not end with a Parquet footer")
+	}
+	n := int(binary.LittleEndian.Uint32(tail[len(tail)-8:]))
+	if n > len(tail)-8 {
+		return nil, fmt.Errorf("footer of %d bytes, but only %d bytes were held back", n, len(tail)-8)
+	}
+	start := len(tail) - 8 - n
+	var proto thrift.CompactProtocol
+	var md format.FileMetaData
+	if err := thrift.Unmarshal(&proto, tail[start:len(tail)-8], &md); err != nil {
+		return nil, fmt.Errorf("read the written footer: %w", err)
+	}
+	if err := sameShape(md.Schema, src); err != nil {
+		return nil, err
+	}
+	md.Schema = slices.Clone(src)
+	footer, err := thrift.Marshal(&proto, &md)
+	if err != nil {
+		return nil, fmt.Errorf("encode the footer: %w", err)
+	}
+	out := make([]byte, 0, start+len(footer)+8)
+	out = append(out, tail[:start]...)
+	out = append(out, footer...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(footer)))
+	return append(out, "PAR1"...), nil
+}
+
+// sameShape checks that schema elements written describe the same columns as
+// src, so that taking src's annotations cannot change how the data reads.
+func sameShape(written, src []format.SchemaElement) error {
+	if len(written) != len(src) {
+		return fmt.Errorf("%d schema elements written, the source has %d", len(written), len(src))
+	}
+	rep := func(e *format.SchemaElement) format.FieldRepetitionType {
+		if e.RepetitionType.Valid {
+			return e.RepetitionType.V
+		}
+		return format.Required
+	}
+	for i := range src {
+		w, s := &written[i], &src[i]
+		switch {
+		case w.Name != s.Name:
+			return fmt.Errorf("schema element %d is %q, the source's is %q", i, w.Name, s.Name)
+		case w.Type != s.Type || w.NumChildren.V != s.NumChildren.V:
+			return fmt.Errorf("column %q: written as %v with %d children, the source has %v with %d", s.Name, w.Type, w.NumChildren.V, s.Type, s.NumChildren.V)
+		case i > 0 && rep(w) != rep(s):
+			return fmt.Errorf("column %q: written %v, the source is %v", s.Name, rep(w), rep(s))
+		case s.Type.Valid && s.Type.V == format.FixedLenByteArray && w.TypeLength != s.TypeLength:
+			return fmt.Errorf("column %q: written FIXED_LEN_BYTE_ARRAY(%d), the source's is (%d)", s.Name, w.TypeLength.V, s.TypeLength.V)
+		}
+	}
+	return nil
 }
 
 // openParquet opens a Parquet object, turning a truncated or foreign file

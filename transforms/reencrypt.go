@@ -110,7 +110,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 	srcPath := storage.Join(spec.SourceData, rel)
 	dstPath := storage.Join(spec.TargetData, rel)
 	part := spec.LedgerPart("data", rel)
-	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
 		return err
 	} else if done {
 		emit(res)
@@ -126,7 +126,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 	}
 	res, err := f.reencryptFile(ctx, srcPath, dstPath, part)
 	if err != nil {
-		if isFatalKeyErr(err) {
+		if isFatalKeyErr(err) || isOutputErr(err) {
 			return err
 		}
 		row, fres := fileFailure(spec, srcPath, 0, err)
@@ -162,8 +162,9 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 	}
 	out, err := storage.Create(ctx, dstPath)
 	if err != nil {
-		return res, err
+		return res, outputErr(dstPath, err)
 	}
+	kept := keepSchema(out, dstPath, pf) // the target's schema is the source's
 	committed := false
 	defer func() {
 		if !committed {
@@ -181,7 +182,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		}
 	}
 	opts = append(opts, outputMeta(spec, fp)...)
-	pw := parquet.NewWriter(out, opts...)
+	pw := parquet.NewWriter(kept, opts...)
 	led, err := createRows[schemas.LedgerRow](ctx, part)
 	if err != nil {
 		return res, err
@@ -254,7 +255,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 				}
 				if err := w.write(keep, false); err != nil {
 					rr.Close()
-					return res, fmt.Errorf("write %s: %w", dstPath, err)
+					return res, outputErr(dstPath, err)
 				}
 				Progress.Records.Add(int64(n))
 				Progress.Bytes.Add(sumBytes(outcomes[:n]))
@@ -273,11 +274,11 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		// Keep the source's row group boundaries (and bound the writer's
 		// buffered row group to the source's).
 		if err := w.write(nil, true); err != nil {
-			return res, fmt.Errorf("write %s: %w", dstPath, err)
+			return res, outputErr(dstPath, err)
 		}
 	}
 	if err := w.stop(); err != nil {
-		return res, fmt.Errorf("write %s: %w", dstPath, err)
+		return res, outputErr(dstPath, err)
 	}
 	if res.Totals.Failed > 0 {
 		// Records were left out: an incremental run must redo this file.
@@ -287,11 +288,12 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		clear(scratch[i].pt[:cap(scratch[i].pt)])
 		clear(scratch[i].back[:cap(scratch[i].back)])
 	}
+	kept.closing()
 	if err := pw.Close(); err != nil {
-		return res, fmt.Errorf("write %s: %w", dstPath, err)
+		return res, outputErr(dstPath, err)
 	}
-	if err := out.Commit(); err != nil {
-		return res, err
+	if err := kept.Commit(); err != nil {
+		return res, outputErr(dstPath, err)
 	}
 	committed = true
 	if err := led.commit(); err != nil {

@@ -15,17 +15,20 @@ import (
 )
 
 func init() {
-	register.DoFn3x1[context.Context, string, func(UnitResult), error](&RewrapFn{})
+	register.DoFn4x1[context.Context, string, func(*SampleCell) bool, func(UnitResult), error](&RewrapFn{})
 	register.Emitter1[UnitResult]()
 }
 
 // RewrapFn rewraps one DEK table file: every DEK is unwrapped by the source
-// KEK, wrapped by the target KEK, unwrapped again by the target and
+// KEK, proven to be the right key (its kcv, or a cell of the dataset: see
+// proveDEK), wrapped by the target KEK, unwrapped again by the target and
 // compared before the new table file is committed. Records are untouched.
+// Its side input is SampleCells's output.
 type RewrapFn struct {
 	Spec Spec
 
 	src, dst keys.KEK
+	samples  *cellSamples
 }
 
 // Setup opens both KEKs (once per process).
@@ -38,13 +41,16 @@ func (f *RewrapFn) Setup(ctx context.Context) error {
 }
 
 // ProcessElement rewraps the DEK table file rel.
-func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
+func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(*SampleCell) bool, emit func(UnitResult)) error {
 	markStarted()
+	if f.samples == nil {
+		f.samples = loadSamples(samples)
+	}
 	spec := &f.Spec
 	srcPath := storage.Join(spec.SourceDEKs, rel)
 	dstPath := storage.Join(spec.TargetDEKs, rel)
 	part := spec.LedgerPart("deks", rel)
-	if res, done, err := alreadyDone(ctx, spec, part, srcPath); err != nil {
+	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
 		return err
 	} else if done {
 		emit(res)
@@ -94,8 +100,8 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 			l := &led[i]
 			*l = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
 				DEKID: r.DEKID, NewDEKID: r.DEKID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
-			w, err := f.rewrapOne(ctx, r, dup[i])
-			l.At = now()
+			w, kcv, proof, err := f.rewrapOne(ctx, r, dup[i])
+			l.At, l.Proof = now(), proof
 			switch {
 			case err == errDuplicate:
 				l.Status, l.Error = schemas.StatusSkipped, "duplicate row of an already migrated dek_id in this file"
@@ -106,7 +112,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 				}
 			default:
 				l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
-				outRows[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: r.Created}
+				outRows[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: r.Created, KCV: kcv}
 			}
 			return nil
 		})
@@ -148,19 +154,21 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, emit func(Uni
 
 var errDuplicate = fmt.Errorf("duplicate")
 
-func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (_ []byte, err error) {
+// rewrapOne returns the new wrapped key and its kcv, and the proof the
+// source DEK had ("" if none was reached).
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (_, kcv []byte, proof string, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	switch dup {
 	case "skip":
-		return nil, errDuplicate
+		return nil, nil, "", errDuplicate
 	case "conflict":
-		return nil, fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
+		return nil, nil, "", fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
 	}
 	if !KEKMatches(f.src, r.KEK) {
-		return nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+		return nil, nil, "", fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	var dek *keys.DEK
 	err = withRetry(ctx, func() (err error) {
@@ -168,31 +176,35 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	defer dek.Zero()
+	if proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
+		return nil, nil, proof, err
+	}
+	kcv = schemas.KCV(dek.Bytes(), r.DEKID)
 	var w []byte
 	if err := withRetry(ctx, func() (err error) {
 		w, err = f.dst.Wrap(ctx, r.DEKID, dek)
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, nil, proof, err
 	}
 	if f.Spec.SkipVerify {
-		return w, nil
+		return w, kcv, proof, nil
 	}
 	var back *keys.DEK
 	if err := withRetry(ctx, func() (err error) {
 		back, err = f.dst.Unwrap(ctx, r.DEKID, f.dst.Mechanism(), w)
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("verify before commit: %w", err)
+		return nil, nil, proof, fmt.Errorf("verify before commit: %w", err)
 	}
 	defer back.Zero()
 	if !bytes.Equal(back.Bytes(), dek.Bytes()) {
-		return nil, fmt.Errorf("verify before commit: dek_id %q unwrapped by the target differs from the source DEK", r.DEKID)
+		return nil, nil, proof, fmt.Errorf("verify before commit: dek_id %q unwrapped by the target differs from the source DEK", r.DEKID)
 	}
-	return w, nil
+	return w, kcv, proof, nil
 }
 
 // isFatalKeyErr reports errors that no other DEK or record would escape:
@@ -202,8 +214,8 @@ func isFatalKeyErr(err error) bool {
 		(keys.IsRetryable(err))
 }
 
-// RewrapDEKTables is the rewrap composite.
-func RewrapDEKTables(s beam.Scope, spec Spec, files beam.PCollection) beam.PCollection {
+// RewrapDEKTables is the rewrap composite; samples is SampleCells's output.
+func RewrapDEKTables(s beam.Scope, spec Spec, files, samples beam.PCollection) beam.PCollection {
 	s = s.Scope("Rewrap")
-	return beam.ParDo(s, &RewrapFn{Spec: spec}, files)
+	return beam.ParDo(s, &RewrapFn{Spec: spec}, files, beam.SideInput{Input: samples})
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -17,18 +19,179 @@ import (
 )
 
 func init() {
+	register.DoFn3x1[context.Context, []byte, func(VerifyUnit), error](&ListVerifyUnitsFn{})
+	register.Emitter1[VerifyUnit]()
+	register.Function2x0(unitTargets)
 	register.DoFn3x1[context.Context, string, func(schemas.DEKRow), error](&ReadDEKsFn{})
 	register.Emitter1[schemas.DEKRow]()
-	register.DoFn4x1[context.Context, string, func(*schemas.DEKRow) bool, func(UnitResult), error](&VerifyFn{})
+	register.DoFn3x1[context.Context, VerifyUnit, func(VerifyResult), error](&VerifyDEKsFn{})
+	register.DoFn4x1[context.Context, VerifyUnit, func(*schemas.DEKRow) bool, func(VerifyResult), error](&VerifyFn{})
 	register.Iter1[schemas.DEKRow]()
-	register.DoFn3x1[context.Context, string, func(UnitResult), error](&VerifyDEKsFn{})
+	register.Emitter1[VerifyResult]()
 }
 
-// VerifyDEKsFn unwraps every DEK of one DEK table file with the KEK it is
-// given and counts the ones that unwrap.
+// Kinds of verify units.
+const (
+	VerifyKindRecords = "records"
+	VerifyKindDEKs    = "deks"
+)
+
+// VerifyUnit is one unit of a verify: a relative name, the source file of
+// that name and the target files it maps to. It carries paths only.
+type VerifyUnit struct {
+	Rel     string
+	Source  string   // "" when the source has no such file, or nothing is compared
+	Targets []string // none (missing at the target), one, or one per run (DEK tables of --incremental reencrypt runs)
+}
+
+// VerifyResult is what one verify unit reports: its line of the report,
+// how the source's records or DEKs of that unit fared at the target, the
+// target-side totals and the first problems.
+type VerifyResult struct {
+	Kind        string
+	Path        string   // the target file: where it is, or where it should be
+	Targets     []string // every target file, when there are several
+	Source      string
+	TargetFiles int
+	Error       string // why the source or the target file could not be read
+	Compared    bool   // matched against the source (else: the target alone)
+	Read        int64  // DEK rows or records read at the target
+	Verified    int64  // of those, the ones that unwrap or decrypt
+	Counts      VerifyCounts
+	Totals      schemas.Totals
+	Failures    []schemas.FailureNote
+}
+
+func newVerifyResult(kind, root string, u VerifyUnit, compared bool) VerifyResult {
+	r := VerifyResult{Kind: kind, Path: storage.Join(root, u.Rel), Source: u.Source, TargetFiles: len(u.Targets), Compared: compared}
+	if len(u.Targets) == 1 {
+		r.Path = u.Targets[0]
+	} else if len(u.Targets) > 1 {
+		r.Targets = u.Targets
+	}
+	r.Totals.Files = 1
+	return r
+}
+
+func (r *VerifyResult) note(source, recordID, dekID, msg string) {
+	if len(r.Failures) < maxFailureNotes {
+		r.Failures = append(r.Failures, schemas.FailureNote{Source: source, RecordID: recordID, DEKID: dekID, Error: msg})
+	}
+}
+
+// unreadable records a source or target file that could not be read.
+func (r *VerifyResult) unreadable(path string, err error) {
+	if r.Error == "" {
+		r.Error = err.Error()
+	}
+	r.Totals.FilesFailed++
+	r.Totals.Failed++
+	r.note(path, "", "", "unreadable: "+err.Error())
+}
+
+// ListVerifyUnitsFn lists a source root and a target root and emits the
+// union of their Parquet files by relative name. A target root that does
+// not exist is empty (a run over an empty source writes nothing there); a
+// source root that does not exist is an error. With ByRun, a target file's
+// leading run_id=<id>/ folder is not part of its name: the DEK tables of
+// --incremental reencrypt runs. Only file names are held, never contents.
+type ListVerifyUnitsFn struct {
+	Source string // "" for the target alone
+	Target string
+	ByRun  bool
+}
+
+// ProcessElement lists both roots once per impulse.
+func (f *ListVerifyUnitsFn) ProcessElement(ctx context.Context, _ []byte, emit func(VerifyUnit)) error {
+	units := map[string]*VerifyUnit{}
+	unit := func(rel string) *VerifyUnit {
+		u := units[rel]
+		if u == nil {
+			u = &VerifyUnit{Rel: rel}
+			units[rel] = u
+		}
+		return u
+	}
+	if f.Source != "" {
+		files, err := storage.List(ctx, f.Source)
+		if err != nil {
+			return fmt.Errorf("rekey verify: list source %s: %w", f.Source, err)
+		}
+		for _, rel := range files {
+			if isParquet(rel) {
+				unit(rel).Source = storage.Join(f.Source, rel)
+			}
+		}
+	}
+	files, err := storage.List(ctx, f.Target)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("rekey verify: list target %s: %w", f.Target, err)
+	}
+	for _, rel := range files {
+		if !isParquet(rel) {
+			continue
+		}
+		name := rel
+		if f.ByRun {
+			name = withoutRunFolder(rel)
+		}
+		u := unit(name)
+		u.Targets = append(u.Targets, storage.Join(f.Target, rel))
+	}
+	names := make([]string, 0, len(units))
+	for rel := range units {
+		names = append(names, rel)
+	}
+	sort.Strings(names)
+	for _, rel := range names {
+		emit(*units[rel])
+	}
+	return nil
+}
+
+// withoutRunFolder drops the run_id=<id>/ folder an --incremental
+// reencrypt run puts its DEK table files in (see MintDEKsFn).
+func withoutRunFolder(rel string) string {
+	if strings.HasPrefix(rel, "run_id=") {
+		if i := strings.IndexByte(rel, '/'); i > 0 {
+			return rel[i+1:]
+		}
+	}
+	return rel
+}
+
+// ListVerifyUnits is the composite: the units of source and target,
+// redistributed so a distributed runner spreads them over workers.
+func ListVerifyUnits(s beam.Scope, source, target string, byRun bool) beam.PCollection {
+	s = s.Scope("ListVerifyUnits")
+	units := beam.ParDo(s, &ListVerifyUnitsFn{Source: source, Target: target, ByRun: byRun}, beam.Impulse(s))
+	return beam.Reshuffle(s, units)
+}
+
+func unitTargets(u VerifyUnit, emit func(string)) {
+	for _, t := range u.Targets {
+		emit(t)
+	}
+}
+
+// dekState is how a source DEK fared at the target.
+type dekState uint8
+
+const (
+	dekMissing dekState = iota // no target row names it (yet)
+	dekOK                      // every target row for it unwraps
+	dekFailed                  // a target row for it does not unwrap
+)
+
+// VerifyDEKsFn checks one DEK table unit: every target row unwraps with the
+// target KEK, and (when a source is compared) every dek_id of the source
+// file has its target row: the same dek_id for rewrap, its replacement
+// NewDEKID(dek_id, run) for reencrypt (Renamed). A source DEK whose target
+// rows come from several runs is migrated only if all of them unwrap.
 type VerifyDEKsFn struct {
-	Spec Spec
-	kek  keys.KEK
+	Spec    Spec
+	Renamed bool
+	kek     keys.KEK
 }
 
 // Setup opens the KEK (once per process).
@@ -39,71 +202,166 @@ func (f *VerifyDEKsFn) Setup(ctx context.Context) (err error) {
 	return nil
 }
 
-// ProcessElement verifies DEK table file rel.
-func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
-	path := storage.Join(f.Spec.TargetDEKs, rel)
-	res := UnitResult{Unit: path}
-	seen := map[string]bool{}
-	err := readDEKRows(ctx, path, f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
-		errs := make([]error, len(rows))
-		_ = parallel(len(rows), f.Spec.workers(), func(_, i int) error {
-			r := &rows[i]
-			if err := r.Validate(); err != nil {
-				errs[i] = err
-				return nil
+// ProcessElement verifies one DEK table unit.
+func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit func(VerifyResult)) error {
+	markStarted()
+	compare := f.Spec.SourceDEKs != ""
+	res := newVerifyResult(VerifyKindDEKs, f.Spec.TargetDEKs, u, compare)
+	c := &res.Counts
+	// The source file's dek_ids (one file's worth of memory).
+	var src map[string]dekState
+	if compare && u.Source != "" {
+		src = map[string]dekState{}
+		err := readDEKRows(ctx, u.Source, 4096, func(rows []schemas.DEKRow) error {
+			for i := range rows {
+				src[rows[i].DEKID] = dekMissing
 			}
-			if !KEKMatches(f.kek, r.KEK) {
-				errs[i] = fmt.Errorf("dek_id %q is wrapped by %s, not by %s", r.DEKID, r.KEK, f.kek.URI())
-				return nil
-			}
-			var dek *keys.DEK
-			errs[i] = withRetry(ctx, func() (err error) {
-				dek, err = f.kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
-				return err
-			})
-			dek.Zero()
 			return nil
 		})
-		for i := range rows {
-			res.Totals.DEKs++
-			if errs[i] == nil && seen[rows[i].DEKID] {
-				errs[i] = fmt.Errorf("dek_id %q appears more than once in the DEK table", rows[i].DEKID)
-			}
-			seen[rows[i].DEKID] = true
-			if errs[i] != nil {
-				if isFatalKeyErr(errs[i]) {
+		if err != nil {
+			res.unreadable(u.Source, fmt.Errorf("source DEK table file: %w", err))
+			emit(res)
+			return nil
+		}
+		c.Source = int64(len(src))
+	}
+	seen := map[string]bool{}
+	targetUnreadable := false
+	for _, t := range u.Targets {
+		err := readDEKRows(ctx, t, f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
+			errs := f.unwrapAll(ctx, rows)
+			for i := range rows {
+				r := &rows[i]
+				if errs[i] != nil && isFatalKeyErr(errs[i]) {
 					return errs[i]
 				}
-				res.Totals.DEKsFailed++
-				res.Totals.Failed++
-				res.note(path, "", rows[i].DEKID, errs[i].Error())
-			} else {
-				res.Totals.DEKsMigrated++
+				if errs[i] == nil && seen[r.DEKID] {
+					errs[i] = fmt.Errorf("dek_id %q appears more than once in the target DEK table", r.DEKID)
+				}
+				seen[r.DEKID] = true
+				res.Read++
+				res.Totals.DEKs++
+				if errs[i] == nil {
+					res.Verified++
+					res.Totals.DEKsMigrated++
+				} else {
+					res.Totals.DEKsFailed++
+					res.Totals.Failed++
+				}
+				c.Target++
+				if !compare {
+					if errs[i] == nil {
+						c.Migrated++
+					} else {
+						c.Failed++
+						res.note(t, "", r.DEKID, "failed: "+errs[i].Error())
+					}
+					continue
+				}
+				sid, ok := r.DEKID, true
+				if f.Renamed {
+					sid, _, ok = SourceDEKIDOf(r.DEKID)
+				}
+				st, in := src[sid]
+				switch {
+				case !ok:
+					c.Extra++
+					res.note(t, "", r.DEKID, fmt.Sprintf("extra: dek_id %q is in the target DEK table but is not the replacement of any source DEK (no @<run id> suffix)", r.DEKID))
+				case !in:
+					c.Extra++
+					res.note(t, "", r.DEKID, fmt.Sprintf("extra: dek_id %q is in the target DEK table but %s", r.DEKID, notInSource(u.Source, "dek_id "+quote(sid))))
+				case errs[i] != nil:
+					src[sid] = dekFailed
+					res.note(t, "", r.DEKID, "failed: "+errs[i].Error())
+				case st == dekMissing:
+					src[sid] = dekOK
+				}
 			}
+			Progress.DEKs.Add(int64(len(rows)))
+			return nil
+		})
+		if err != nil {
+			if isFatalKeyErr(err) {
+				return err
+			}
+			targetUnreadable = true
+			res.unreadable(t, fmt.Errorf("target DEK table file: %w", err))
 		}
-		Progress.DEKs.Add(int64(len(rows)))
-		return nil
-	})
-	if err != nil {
-		if isFatalKeyErr(err) {
-			return err
-		}
-		res.Totals.FilesFailed++
-		res.Totals.Failed++
-		res.note(path, "", "", err.Error())
 	}
+	var missing []string
+	for id, st := range src {
+		switch {
+		case st == dekOK:
+			c.Migrated++
+		case st == dekFailed:
+			c.Failed++
+		case targetUnreadable:
+			c.Failed++ // its target file is there but cannot be read
+		default:
+			c.Missing++
+			missing = append(missing, id)
+		}
+	}
+	if len(u.Targets) == 0 && c.Missing > 0 {
+		// One note for the file, not one per DEK.
+		res.note(u.Source, "", "", fmt.Sprintf("missing: there is no target DEK table file %s: the %d DEKs of %s are missing", res.Path, c.Missing, u.Source))
+		missing = nil
+	}
+	sort.Strings(missing)
+	for _, id := range missing {
+		if len(res.Failures) >= maxFailureNotes {
+			break
+		}
+		what := "is not in the target DEK table"
+		if f.Renamed {
+			what = "has no replacement (" + quote(NewDEKID(id, "<run id>")) + ") in the target DEK table"
+		}
+		res.note(u.Source, "", id, fmt.Sprintf("missing: dek_id %q of %s %s", id, u.Source, what))
+	}
+	Progress.Failed.Add(c.Failed + c.Missing + c.Extra)
 	emit(res)
 	return nil
 }
 
-// ReadDEKsFn emits the rows of one DEK table file (wrapped keys only).
-type ReadDEKsFn struct {
-	Root string
+func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []error {
+	errs := make([]error, len(rows))
+	_ = parallel(len(rows), f.Spec.workers(), func(_, i int) error {
+		r := &rows[i]
+		if err := r.Validate(); err != nil {
+			errs[i] = err
+			return nil
+		}
+		if !KEKMatches(f.kek, r.KEK) {
+			errs[i] = fmt.Errorf("dek_id %q is wrapped by %s, not by %s", r.DEKID, r.KEK, f.kek.URI())
+			return nil
+		}
+		var dek *keys.DEK
+		errs[i] = withRetry(ctx, func() (err error) {
+			dek, err = f.kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+			return err
+		})
+		dek.Zero()
+		return nil
+	})
+	return errs
 }
 
-// ProcessElement reads DEK table file rel.
-func (f *ReadDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(schemas.DEKRow)) error {
-	return readDEKRows(ctx, storage.Join(f.Root, rel), 4096, func(rows []schemas.DEKRow) error {
+func notInSource(source, what string) string {
+	if source == "" {
+		return "the source has no file of that name"
+	}
+	return what + " is not in the source file " + source
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+// ReadDEKsFn emits the rows of one DEK table file, given by its full path
+// (wrapped keys only).
+type ReadDEKsFn struct{}
+
+// ProcessElement reads DEK table file path.
+func (f *ReadDEKsFn) ProcessElement(ctx context.Context, path string, emit func(schemas.DEKRow)) error {
+	return readDEKRows(ctx, path, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			r.Wrapped = bytes.Clone(r.Wrapped)
 			emit(r)
@@ -112,9 +370,13 @@ func (f *ReadDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(s
 	})
 }
 
-// VerifyFn checks that every encrypted cell of one record file decrypts
-// under the DEK table it is given, with the KEK it is given. It writes
-// nothing but its result.
+// VerifyFn checks one record file unit: every encrypted cell of the target
+// file decrypts under the target DEK table (the side input) and KEK, and
+// (when a source is compared) every record id of the source file is in the
+// target file. Records are matched by id within the file, so memory holds
+// one source file's ids, never a dataset's. When source and target are the
+// same file (rewrap: the data stays where it is) its records are its own
+// targets. It writes nothing but its result.
 type VerifyFn struct {
 	Spec Spec
 
@@ -153,29 +415,124 @@ func (f *VerifyFn) load(iter func(*schemas.DEKRow) bool) {
 	}
 }
 
-// ProcessElement verifies record file rel.
-func (f *VerifyFn) ProcessElement(ctx context.Context, rel string, deks func(*schemas.DEKRow) bool, emit func(UnitResult)) error {
+// ProcessElement verifies one record file unit.
+func (f *VerifyFn) ProcessElement(ctx context.Context, u VerifyUnit, deks func(*schemas.DEKRow) bool, emit func(VerifyResult)) error {
 	markStarted()
 	f.load(deks)
-	path := storage.Join(f.Spec.TargetData, rel)
-	res := UnitResult{Unit: path}
-	res.Totals.Files = 1
-	err := f.verifyFile(ctx, path, &res)
-	if err != nil {
-		if isFatalKeyErr(err) {
-			return err
+	compare := f.Spec.SourceData != ""
+	res := newVerifyResult(VerifyKindRecords, f.Spec.TargetData, u, compare)
+	c := &res.Counts
+	target := res.Path
+	inPlace := compare && len(u.Targets) == 1 && u.Source == u.Targets[0]
+	// remaining counts each source record id not matched yet.
+	var remaining map[string]int32
+	if compare && u.Source != "" && !inPlace {
+		remaining = map[string]int32{}
+		err := readRecordIDs(ctx, u.Source, f.Spec.IDColumn, func(id string, err error) {
+			c.Source++
+			if err != nil {
+				c.Missing++
+				res.note(u.Source, "", "", fmt.Sprintf("missing: a record of %s has no usable id (%v), so it has no target", u.Source, err))
+				return
+			}
+			remaining[id]++
+		})
+		if err != nil {
+			res.unreadable(u.Source, fmt.Errorf("source record file: %w", err))
+			emit(res)
+			return nil
 		}
-		res.Totals.FilesFailed++
-		res.Totals.Failed++
-		res.note(path, "", "", err.Error())
+	}
+	targetUnreadable := false
+	if len(u.Targets) > 0 {
+		err := f.checkFile(ctx, target, func(o *rowCheck) {
+			res.Read++
+			res.Totals.Records++
+			ok := o.err == ""
+			if ok {
+				res.Verified++
+				res.Totals.RecordsMigrated++
+			} else {
+				res.Totals.RecordsFailed++
+				res.Totals.Failed++
+			}
+			c.Target++
+			switch {
+			case !compare || inPlace:
+				if inPlace {
+					c.Source++
+				}
+				if ok {
+					c.Migrated++
+				} else {
+					c.Failed++
+					res.note(target, o.id, o.dekID, "failed: "+o.err)
+				}
+			case o.hasID && remaining[o.id] > 0:
+				remaining[o.id]--
+				if ok {
+					c.Migrated++
+				} else {
+					c.Failed++
+					res.note(target, o.id, o.dekID, "failed: "+o.err)
+				}
+			default:
+				c.Extra++
+				what := "record " + quote(o.id) + " is in the target but " + notInSource(u.Source, "its id")
+				if !o.hasID {
+					what = "a record of the target has no usable id (" + o.err + ")"
+				}
+				res.note(target, o.id, o.dekID, "extra: "+what)
+			}
+		})
+		if err != nil {
+			if isFatalKeyErr(err) {
+				return err
+			}
+			targetUnreadable = true
+			res.unreadable(target, fmt.Errorf("target record file: %w", err))
+		}
+	}
+	var missing []string
+	for id, n := range remaining {
+		if n == 0 {
+			continue
+		}
+		if targetUnreadable {
+			c.Failed += int64(n) // the target file is there but cannot be read
+			continue
+		}
+		c.Missing += int64(n)
+		missing = append(missing, id)
+	}
+	if len(u.Targets) == 0 && c.Missing > 0 {
+		// One note for the file, not one per record.
+		res.note(u.Source, "", "", fmt.Sprintf("missing: there is no target file %s: its %d records are missing", target, c.Missing))
+		missing = nil
+	}
+	sort.Strings(missing)
+	for _, id := range missing {
+		if len(res.Failures) >= maxFailureNotes {
+			break
+		}
+		res.note(u.Source, id, "", fmt.Sprintf("missing: record %q of %s is not in the target file %s", id, u.Source, target))
 	}
 	Progress.Files.Add(1)
-	Progress.Failed.Add(res.Totals.Failed)
+	Progress.Failed.Add(c.Failed + c.Missing + c.Extra)
 	emit(res)
 	return nil
 }
 
-func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult) error {
+// rowCheck is the outcome of one target record.
+type rowCheck struct {
+	id, dekID string
+	hasID     bool
+	err       string // "" when every encrypted cell decrypts
+}
+
+// checkFile decrypts every encrypted cell of the record file at path and
+// calls row for each record, in file order, on the calling goroutine.
+func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowCheck)) error {
 	pf, in, err := openParquet(ctx, path)
 	if err != nil {
 		return err
@@ -188,9 +545,7 @@ func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult)
 	workers := f.Spec.workers()
 	scratch := make([]cellScratch, workers)
 	rows := make([]parquet.Row, f.Spec.rowBatch())
-	errs := make([]string, len(rows))
-	ids := make([]string, len(rows))
-	dekIDs := make([]string, len(rows))
+	out := make([]rowCheck, len(rows))
 	keysOf := map[string]*verifyKey{} // each DEK resolved once per file
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
@@ -211,21 +566,14 @@ func (f *VerifyFn) verifyFile(ctx context.Context, path string, res *UnitResult)
 					}
 				}
 				_ = parallel(n, workers, func(w, i int) error {
-					ids[i], dekIDs[i], errs[i] = "", "", ""
-					if e := f.verifyRow(&l, rows[i], &scratch[w], &ids[i], &dekIDs[i], keysOf); e != nil {
-						errs[i] = e.Error()
+					out[i] = rowCheck{}
+					if e := f.verifyRow(&l, rows[i], &scratch[w], &out[i], keysOf); e != nil {
+						out[i].err = e.Error()
 					}
 					return nil
 				})
 				for i := 0; i < n; i++ {
-					res.Totals.Records++
-					if errs[i] == "" {
-						res.Totals.RecordsMigrated++
-					} else {
-						res.Totals.RecordsFailed++
-						res.Totals.Failed++
-						res.note(path, ids[i], dekIDs[i], errs[i])
-					}
+					row(&out[i])
 				}
 				Progress.Records.Add(int64(n))
 			}
@@ -256,7 +604,7 @@ func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
 	}
 	d := f.deks[dekID]
 	if d == nil {
-		return &verifyKey{err: fmt.Errorf("names dek_id %q, which is not in the DEK table", dekID)}
+		return &verifyKey{err: fmt.Errorf("names dek_id %q, which is not in the target DEK table", dekID)}
 	}
 	if !KEKMatches(f.kek, d.KEK) {
 		return &verifyKey{err: fmt.Errorf("DEK %q is wrapped by %s, not by %s", dekID, d.KEK, f.kek.URI())}
@@ -268,22 +616,23 @@ func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
 	return &verifyKey{key: key}
 }
 
-func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, id, dekID *string, keysOf map[string]*verifyKey) error {
+func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, keysOf map[string]*verifyKey) error {
 	iv, dv := findValue(row, l.id), findValue(row, l.dek)
 	if iv < 0 || dv < 0 {
 		return fmt.Errorf("row has no value for the record id or dek_id column")
 	}
 	var err error
-	if *id, err = recordID(row[iv]); err != nil {
+	if o.id, err = recordID(row[iv]); err != nil {
 		return err
 	}
+	o.hasID = true
 	if row[dv].IsNull() {
-		return fmt.Errorf("record %q has a null dek_id", *id)
+		return fmt.Errorf("record %q has a null dek_id", o.id)
 	}
-	*dekID = string(row[dv].ByteArray())
-	vk := keysOf[*dekID]
+	o.dekID = string(row[dv].ByteArray())
+	vk := keysOf[o.dekID]
 	if vk.err != nil {
-		return fmt.Errorf("record %q: %w", *id, vk.err)
+		return fmt.Errorf("record %q: %w", o.id, vk.err)
 	}
 	key := vk.key
 	for k, col := range l.enc {
@@ -291,31 +640,85 @@ func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, 
 		if vi < 0 || row[vi].IsNull() {
 			continue
 		}
-		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], *id, *dekID); err != nil {
+		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], o.id, o.dekID); err != nil {
 			return err
 		}
 		pt, err := schemas.OpenCell(sc.pt[:0], key.aead, row[vi].ByteArray(), sc.aad)
 		sc.pt = pt
 		clear(pt)
 		if err != nil {
-			return fmt.Errorf("record %q column %q: %w", *id, l.encName[k], err)
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
 		}
 	}
 	return nil
 }
 
-// Verify is the verify composite: every DEK of the table at spec.TargetDEKs
-// unwrapped, and every record file under spec.TargetData (if set) checked
-// against that table.
+// readRecordIDs streams the record ids of one record file, reading the id
+// column only (no cell is read or decrypted). fn gets each id, or why a
+// row has none.
+func readRecordIDs(ctx context.Context, path, idCol string, fn func(id string, err error)) error {
+	pf, in, err := openParquet(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	c, ok := pf.Schema().Lookup(idCol)
+	if !ok {
+		return fmt.Errorf("%s: no column %q (the record id column is set with columns.record_id or --id-column)", path, idCol)
+	}
+	if c.MaxRepetitionLevel > 0 {
+		return fmt.Errorf("%s: column %q is repeated; rekey handles flat columns only", path, idCol)
+	}
+	if !idKinds[c.Node.Type().Kind()] {
+		return fmt.Errorf("%s: record id column %q is %s; rekey takes INT32, INT64, BYTE_ARRAY or FIXED_LEN_BYTE_ARRAY ids (see docs/FORMAT.md)", path, idCol, c.Node.Type())
+	}
+	buf := make([]parquet.Value, 1024)
+	for _, rg := range pf.RowGroups() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		cur := &columnCursor{pages: rg.ColumnChunks()[c.ColumnIndex].Pages()}
+		for {
+			n, rerr := cur.read(buf)
+			for i := 0; i < n; i++ {
+				fn(recordID(buf[i]))
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				cur.pages.Close()
+				return fmt.Errorf("read %s: %w", path, rerr)
+			}
+		}
+		cur.pages.Close()
+	}
+	return nil
+}
+
+// Verify is the verify composite. spec.Target* is what is checked: every
+// DEK row of spec.TargetDEKs unwraps with spec.TargetKEK, and every
+// encrypted cell under spec.TargetData (if set) decrypts with that table.
+//
+// With spec.SourceDEKs (and spec.SourceData) set, the source is counted
+// and matched with the target, file by file under the same relative name:
+// for spec.Mode rewrap the target DEK table holds the source's dek_ids and
+// the records are checked where they are (spec.SourceData ==
+// spec.TargetData); for reencrypt each source dek_id X has its replacement
+// NewDEKID(X, run) (also under run_id=<id>/ folders of --incremental runs)
+// and each source record file has a target file with the same record ids.
+// Without a source, the target alone is checked: what it lacks goes unseen.
 func Verify(s beam.Scope, spec Spec) beam.PCollection {
 	s = s.Scope("Verify")
-	dekFiles := ListFiles(s, spec.TargetDEKs)
-	dekResults := beam.ParDo(s, &VerifyDEKsFn{Spec: spec}, dekFiles)
+	renamed := spec.Mode == schemas.ModeReencrypt && spec.SourceDEKs != ""
+	dekUnits := ListVerifyUnits(s.Scope("DEKTable"), spec.SourceDEKs, spec.TargetDEKs, renamed)
+	dekResults := beam.ParDo(s, &VerifyDEKsFn{Spec: spec, Renamed: renamed}, dekUnits)
 	if spec.TargetData == "" {
 		return dekResults
 	}
-	deks := beam.ParDo(s, &ReadDEKsFn{Root: spec.TargetDEKs}, dekFiles)
-	files := ListFiles(s, spec.TargetData)
-	recResults := beam.ParDo(s, &VerifyFn{Spec: spec}, files, beam.SideInput{Input: deks})
+	tables := beam.ParDo(s, unitTargets, dekUnits)
+	deks := beam.ParDo(s, &ReadDEKsFn{}, tables)
+	recUnits := ListVerifyUnits(s.Scope("Records"), spec.SourceData, spec.TargetData, false)
+	recResults := beam.ParDo(s, &VerifyFn{Spec: spec}, recUnits, beam.SideInput{Input: deks})
 	return beam.Flatten(s, dekResults, recResults)
 }

@@ -50,7 +50,7 @@ func loadJobCommand(cmd, synopsis string, args []string, stdout io.Writer) (*job
 }
 
 func cmdPlan(args []string, stdout, stderr io.Writer) error {
-	_, j, err := loadJobCommand("plan", "Dry run: counts files, records and DEKs, lists the KEKs referenced, checks both\nKEKs (module, token, PIN, key, permissions, a test unwrap and a wrap/unwrap round trip),\nchecks that the output is not inside the source, and estimates HSM operations.\nTouches no data. Exit 0 if every check passed, 4 otherwise.", args, stdout)
+	_, j, err := loadJobCommand("plan", "Dry run: counts files, records and DEKs, lists the KEKs referenced, checks both\nKEKs (module, token, PIN, key, permissions, a test unwrap and a wrap/unwrap round trip),\nchecks that the output is not inside the source, and estimates HSM operations.\nCounts the failures its findings predict (DEKs of another KEK and the records under them,\nunreadable files, missing columns) and compares them with max_failures.\nTouches no data. Exit 0 if every check passed and max_failures accepts the predicted\nfailures, 4 otherwise.", args, stdout)
 	if err != nil {
 		return err
 	}
@@ -83,6 +83,19 @@ func printReport(w io.Writer, j *pipeline.Job, r *pipeline.Report) {
 		fmt.Fprintf(w, "  record files:  %d (%d records, %s)\n", r.DataFiles, r.Records, humanBytes(r.DataBytes))
 	}
 	fmt.Fprintf(w, "  HSM operations: about %d (%s)\n", r.HSMOps, r.HSMOpsNote)
+	if p := r.Predicted; p.Total() > 0 {
+		budget := "max_failures=" + j.MaxFailures
+		if j.MaxFailures == "" {
+			budget = "max_failures not set"
+		}
+		records := fmt.Sprintf("%d records", p.Records)
+		if j.Mode != schemas.ModeReencrypt {
+			records = "no records (rewrap)"
+		} else if !p.RecordsCounted && p.DEKs() > 0 {
+			records = "the records under those DEKs (not counted)"
+		}
+		fmt.Fprintf(w, "  predicted failures: %d DEKs, %s, %d files (%s)\n", p.DEKs(), records, p.BadFiles+p.NoColumn, budget)
+	}
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
@@ -115,6 +128,29 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "  [warn] %s: %s\n", c.Name, c.Info)
 		}
 	}
+	if err := j.Resolve(ctx); err != nil {
+		return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
+	}
+	// The run owns its run id and everything it writes until it ends.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	lease, err := pipeline.AcquireLease(ctx, j, f.leaseTTL, func(err error) {
+		fmt.Fprintf(stderr, "rekey run %s: %v; stopping\n", j.RunID, err)
+		stopRun()
+	})
+	if err != nil {
+		if errors.Is(err, pipeline.ErrLeaseHeld) {
+			return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
+		}
+		return withCode(exitFatal, fmt.Errorf("take the run's lease: %v", err))
+	}
+	defer lease.Release(context.WithoutCancel(ctx))
+	if _, err := pipeline.CheckRunDefinition(ctx, j); err != nil {
+		if errors.Is(err, pipeline.ErrJobChanged) {
+			return withCode(exitUsage, err)
+		}
+		return withCode(exitFatal, err)
+	}
 	spec := j.Spec()
 	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, transforms.RunLedgerDir(j.Ledger, j.RunID))
 	p, s := beam.NewPipelineWithRoot()
@@ -126,8 +162,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		progress = -1
 	}
 	stop := startProgress(stderr, progress, j.Mode)
-	res, runErr := beam.Run(ctx, *runners.Runner, p)
+	res, runErr := beam.Run(runCtx, *runners.Runner, p)
 	stop()
+	if lost := lease.Lost(); lost != nil {
+		return withCode(exitFatal, fmt.Errorf("run %s stopped: %v\nAnother run may have written the same target: check it with rekey verify before trusting it", j.RunID, lost))
+	}
 	if runErr != nil {
 		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {
 			return withCode(exitFailures, fmt.Errorf("run %s stopped: %s", j.RunID, budgetMessage(runErr)))
@@ -144,7 +183,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	printSummary(stdout, m, time.Since(start))
 	if m.Totals.Failed > 0 {
-		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s", m.Totals.Failed, firstFailure(m.Failures)))
+		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s\nTo finish the run: fix the cause, then re-run with --run-id %s --resume (failed units are tried again; see docs/OPERATIONS.md \"How to finish a run\")", m.Totals.Failed, firstFailure(m.Failures), j.RunID))
 	}
 	return nil
 }
@@ -176,6 +215,18 @@ func firstFailure(f []schemas.FailureNote) string {
 // wraps DoFn errors in several layers of context.
 func cleanBeamErr(err error) string {
 	msg := err.Error()
+	if i := strings.Index(msg, "(rekey stops:"); i >= 0 {
+		// An output that cannot be written: its line says what and where.
+		start := strings.LastIndex(msg[:i], "\n") + 1
+		line := msg[start:]
+		if j := strings.IndexByte(line, '\n'); j > 0 {
+			line = line[:j]
+		}
+		if k := strings.Index(line, "write "); k >= 0 {
+			line = line[k:]
+		}
+		return strings.TrimSpace(line)
+	}
 	for _, marker := range []string{"source KEK: ", "target KEK: ", "KEK: "} {
 		if i := strings.LastIndex(msg, marker); i >= 0 {
 			tail := msg[i:]

@@ -25,7 +25,7 @@ type jobFlags struct {
 	workers, cacheSize, maxCell               int
 	resume, verbose, runIDGiven, verifyCommit bool
 	incremental                               bool
-	progress                                  time.Duration
+	progress, leaseTTL                        time.Duration
 	hsmRate                                   float64
 	maxFail                                   string
 	set                                       map[string]bool
@@ -78,6 +78,8 @@ func (f *jobFlags) register(withMode bool) {
 	defBool(&f.incremental, "incremental", false, "scheduled runs: skip source files whose target was made from the same content by an earlier run (new or changed files only)")
 	defBool(&f.resume, "resume", false, "continue a run with the same --run-id: committed units are kept, the rest is done")
 	defBool(&f.verbose, "verbose", false, "show Beam's own log lines")
+	ours["lease-ttl"] = true
+	flag.CommandLine.DurationVar(&f.leaseTTL, "lease-ttl", pipeline.DefaultLeaseTTL, "how long the run's lease on its run id and target outlives a run that stopped renewing it (killed on another host)")
 	ours["progress"] = true
 	flag.CommandLine.DurationVar(&f.progress, "progress", 0, "progress line interval (default 2s on a terminal, 10s otherwise; -1s: off)")
 }

@@ -39,7 +39,7 @@ const usageText = `rekey moves envelope-encrypted datasets from one HSM (key cus
 Usage:
   rekey plan   --job JOB.yaml [flags]   dry run: count, check keys and paths, estimate HSM work
   rekey run    --job JOB.yaml [flags]   migrate (mode rewrap or reencrypt), write the ledger
-  rekey verify --job JOB.yaml [flags]   check every cell decrypts with the target keys; compare with the ledger
+  rekey verify --job JOB.yaml [flags]   is every source record at the target and readable under the new key?
   rekey gen    [flags]                  make a synthetic encrypted dataset (demos, tests, benchmarks)
   rekey ledger --ledger DIR --run-id ID print a run's ledger rows (--status failed to see what failed)
   rekey audit  --kek URI --deks DIR[,DIR] [--data DIR[,DIR]]

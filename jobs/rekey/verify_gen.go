@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -17,16 +20,42 @@ import (
 	"rekey/transforms"
 )
 
+const verifySynopsis = `Answers "is every source record now readable under the new key?": counts the source's
+records and DEKs, matches them with the target, and checks that every target DEK unwraps
+with the target KEK and every encrypted cell decrypts (AAD included). Writes nothing but
+its report.
+
+Source and target files are matched by relative name. rewrap: each source DEK table file
+against the target file of that name, same dek_ids; the records are checked where they
+are (source.data, or --data). reencrypt: each source record file against the target file
+of that name, by record id; each source DEK X against its replacement X@<run id> in the
+target DEK table (also under run_id=<id>/ of --incremental runs). Counts: migrated (at
+the target and decrypts), failed (at the target, does not decrypt or unwrap), missing (in
+the source, not at the target), extra (at the target, not in the source).
+
+The source is the job's source.* (or --source-data/--source-deks); --mode, else the job's
+mode, else reencrypt when the target data differs from the source data. Without a source
+(or with --target-only) the target alone is checked, and what it lacks cannot be seen:
+the output says so. With --ledger and --run-id the counts are also compared with the run's
+ledger: a note when a source is compared, a check when not.
+
+Exit codes: 0 every source record and DEK is at the target and decrypts, nothing extra
+(target only: everything the target holds decrypts and the ledger agrees); 3 something
+failed, is missing or extra, or a file cannot be read; 1 fatal (the check could not
+finish); 2 usage; 4 the target KEK cannot be opened.`
+
 func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	var f jobFlags
-	f.register(false)
+	f.register(true)
 	var data, deks, kek, wrap, report string
-	defString(&data, "data", "", "record dataset to check (default: the job's target.data; for rewrap, source.data)")
-	defString(&deks, "deks", "", "DEK table to check it with (default: the job's target.deks)")
+	var targetOnly bool
+	defString(&data, "data", "", "target record dataset to check (default: the job's target.data; for rewrap, source.data)")
+	defString(&deks, "deks", "", "target DEK table to check it with (default: the job's target.deks)")
 	defString(&kek, "kek", "", "KEK that wraps that table (default: the job's target.kek)")
 	defString(&wrap, "wrap", "", "wrap mechanism (default: as each DEK row says)")
 	defString(&report, "report", "", "where to write the JSON report (default: <ledger>/run_id=<id>/_verify.json, or ./rekey-verify.json without a ledger)")
-	set, err := parseFlags("verify", "Checks that every DEK of a DEK table unwraps with the target KEK and every encrypted\ncell of a dataset decrypts with it (AAD included), then compares the counts with the\nledger of the run (--ledger and --run-id, or the job file). Writes nothing but its report.\nExit 0 all good, 3 on any failure or mismatch.", args, stdout)
+	defBool(&targetOnly, "target-only", false, "check the target alone, without comparing it with the job's source (what the target lacks then goes unseen)")
+	set, err := parseFlags("verify", verifySynopsis, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -37,10 +66,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	spec := j.Spec()
+	spec.SourceData, spec.SourceDEKs = "", ""
 	spec.TargetData, spec.TargetDEKs, spec.TargetKEK, spec.TargetWrap = j.Target.Data, j.Target.DEKs, j.Target.KEK, j.Target.Wrap
-	if j.Mode == schemas.ModeRewrap && spec.TargetData == "" {
-		spec.TargetData = j.Source.Data
-	}
 	if set["data"] {
 		spec.TargetData = data
 	}
@@ -56,7 +83,9 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if spec.TargetDEKs == "" || spec.TargetKEK == "" {
 		return withCode(exitUsage, errors.New("need a DEK table and its KEK: --job with target.deks/target.kek, or --deks and --kek"))
 	}
-	compare := j.Ledger != "" && f.runIDGiven
+	if err := verifySource(j, &spec, targetOnly); err != nil {
+		return withCode(exitUsage, err)
+	}
 	spec.VerifyReport = report
 	if spec.VerifyReport == "" {
 		if j.Ledger != "" {
@@ -77,43 +106,215 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	_, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if runErr != nil {
-		return withCode(exitFatal, fmt.Errorf("verify stopped: %v", cleanBeamErr(runErr)))
+		return withCode(exitFatal, fmt.Errorf("verify stopped: %s", verifyStopped(runErr)))
 	}
 	rep, err := readJSON[transforms.VerifyReport](ctx, spec.VerifyReport)
 	if err != nil {
 		return withCode(exitFatal, err)
 	}
-	t := rep.Totals
-	fmt.Fprintf(stdout, "rekey verify: %s with %s (%s)\n", orNone(spec.TargetData), spec.TargetDEKs, time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "  DEKs:    %d unwrap, %d fail\n", t.DEKsMigrated, t.DEKsFailed)
-	if spec.TargetData != "" {
-		fmt.Fprintf(stdout, "  records: %d decrypt, %d fail, in %d files (%d unreadable)\n", t.RecordsMigrated, t.RecordsFailed, countRecordFiles(rep), t.FilesFailed)
-	}
-	var problems []string
-	if t.Failed > 0 {
-		problems = append(problems, fmt.Sprintf("%d DEKs, cells or files failed to verify; first: %s", t.Failed, firstFailure(rep.Failures)))
-	}
-	if compare {
-		ps, err := compareWithLedger(ctx, j, spec, rep)
-		if err != nil {
+	printVerify(stdout, rep, time.Since(start))
+	if j.Ledger != "" && f.runIDGiven {
+		if err := verifyLedger(ctx, stdout, j, spec, rep); err != nil {
 			return withCode(exitFatal, err)
 		}
-		if len(ps) == 0 {
-			fmt.Fprintf(stdout, "  ledger:  counts match run %s\n", j.RunID)
+		if err := writeJSON(ctx, spec.VerifyReport, rep); err != nil {
+			return withCode(exitFatal, fmt.Errorf("write the report %s: %v", spec.VerifyReport, err))
 		}
-		problems = append(problems, ps...)
-	} else {
+	} else if !rep.Compared {
 		fmt.Fprintf(stdout, "  ledger:  not compared (give --ledger and --run-id, or a job file with run_id)\n")
 	}
 	fmt.Fprintf(stdout, "  report:  %s\n", spec.VerifyReport)
-	if len(problems) > 0 {
-		for _, p := range problems {
-			fmt.Fprintf(stdout, "  MISMATCH %s\n", p)
+	if !rep.OK {
+		why := verifyProblems(rep)
+		fmt.Fprintf(stdout, "  MISMATCH: %s\n", why)
+		for i, n := range rep.Failures {
+			if i == 5 {
+				fmt.Fprintf(stdout, "    (more in the report)\n")
+				break
+			}
+			fmt.Fprintf(stdout, "    %s\n", firstFailure([]schemas.FailureNote{n}))
 		}
-		return withCode(exitFailures, fmt.Errorf("verification failed (%d problems)", len(problems)))
+		return withCode(exitFailures, fmt.Errorf("verification failed: %s", why))
 	}
-	fmt.Fprintln(stdout, "  OK")
+	c := rep.Counts
+	switch {
+	case rep.Compared && rep.Data == "":
+		fmt.Fprintf(stdout, "  OK: %d of %d source DEKs are at the target and unwrap; nothing extra (records not checked: no data given, see source.data or --data)\n",
+			c.DEKs.Migrated, c.DEKs.Source)
+	case rep.Compared:
+		fmt.Fprintf(stdout, "  OK: %d of %d source records and %d of %d source DEKs are at the target and decrypt; nothing extra\n",
+			c.Records.Migrated, c.Records.Source, c.DEKs.Migrated, c.DEKs.Source)
+	default:
+		fmt.Fprintf(stdout, "  OK (target only, not compared with a source): %d records and %d DEKs, all decrypt\n", c.Records.Migrated, c.DEKs.Migrated)
+	}
 	return nil
+}
+
+// verifySource sets what the target is compared with: the job's source,
+// mapped by its mode, unless there is none or --target-only.
+func verifySource(j *pipeline.Job, spec *transforms.Spec, targetOnly bool) error {
+	spec.Mode = ""
+	if targetOnly || j.Source.DEKs == "" {
+		if spec.TargetData == "" && j.Source.Data != "" && (j.Mode == schemas.ModeRewrap || j.Mode == "") {
+			spec.TargetData = j.Source.Data // rewrap: the data stays where it is
+		}
+		return nil
+	}
+	mode := j.Mode
+	if mode == "" {
+		mode = schemas.ModeRewrap
+		if spec.TargetData != "" && spec.TargetData != j.Source.Data {
+			mode = schemas.ModeReencrypt
+		}
+	}
+	spec.Mode, spec.SourceDEKs = mode, j.Source.DEKs
+	switch mode {
+	case schemas.ModeRewrap:
+		if spec.TargetData == "" {
+			spec.TargetData = j.Source.Data
+		}
+		spec.SourceData = j.Source.Data
+		if spec.SourceData == "" {
+			spec.SourceData = spec.TargetData // --data alone: the records, checked where they are
+		}
+	case schemas.ModeReencrypt:
+		if j.Source.Data == "" || spec.TargetData == "" {
+			return errors.New("reencrypt: comparing with the source needs source.data (--source-data) and target.data (--data or --target-data); or --target-only to check the target alone")
+		}
+		spec.SourceData = j.Source.Data
+	default:
+		return fmt.Errorf("mode %q is not a mode (rewrap or reencrypt)", mode)
+	}
+	return nil
+}
+
+// printVerify prints what was compared with what and the counts.
+func printVerify(w io.Writer, rep *transforms.VerifyReport, took time.Duration) {
+	c := rep.Counts
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+	if rep.Compared {
+		fmt.Fprintf(w, "rekey verify: compared source %s / %s (%d records, %d DEKs) with target %s / %s under %s (%s)\n",
+			orNone(rep.Source.Data), rep.Source.DEKs, c.Records.Source, c.DEKs.Source, orNone(rep.Data), rep.DEKs, rep.KEK, took.Round(time.Millisecond))
+		if rep.Mode == schemas.ModeReencrypt {
+			fmt.Fprintf(w, "  matched: reencrypt: each source record file with the target file of that name, by record id;\n"+
+				"           each source DEK X with its replacement X@<run id> in the target DEK table\n")
+		} else {
+			fmt.Fprintf(w, "  matched: rewrap: each source DEK table file with the target file of that name, same dek_ids;\n"+
+				"           the records checked where they are, against the target DEK table\n")
+		}
+		fmt.Fprintln(tw, "\tsource\ttarget\tmigrated\tfailed\tmissing\textra\t")
+		for _, r := range []struct {
+			name string
+			c    transforms.VerifyCounts
+		}{{"records", c.Records}, {"DEKs", c.DEKs}, {"files", c.Files}} {
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", r.name, r.c.Source, r.c.Target, r.c.Migrated, r.c.Failed, r.c.Missing, r.c.Extra)
+		}
+	} else {
+		fmt.Fprintf(w, "rekey verify: checked target %s / %s under %s ALONE (%s)\n", orNone(rep.Data), rep.DEKs, rep.KEK, took.Round(time.Millisecond))
+		fmt.Fprintf(w, "  NOT COMPARED WITH A SOURCE: this shows that what the target holds decrypts, not that it holds\n"+
+			"  everything: records, DEKs or files missing from it cannot be seen. Give a job with source.*\n"+
+			"  (or --source-data and --source-deks) to compare.\n")
+		fmt.Fprintln(tw, "\tat target\tdecrypt\tfail\t")
+		fmt.Fprintf(tw, "  records\t%d\t%d\t%d\t\n", c.Records.Target, c.Records.Migrated, c.Records.Failed)
+		fmt.Fprintf(tw, "  DEKs\t%d\t%d\t%d\t\n", c.DEKs.Target, c.DEKs.Migrated, c.DEKs.Failed)
+		fmt.Fprintf(tw, "  files\t%d\t%d\t%d\t\n", c.Files.Target, c.Files.Migrated, c.Files.Failed)
+	}
+	tw.Flush()
+	t := rep.Totals
+	fmt.Fprintf(w, "  target:  %d DEK rows: %d unwrap, %d fail", t.DEKs, t.DEKsMigrated, t.DEKsFailed)
+	if rep.Data != "" {
+		fmt.Fprintf(w, "; %d records: %d decrypt, %d fail", t.Records, t.RecordsMigrated, t.RecordsFailed)
+	}
+	fmt.Fprintf(w, "; %d files unreadable\n", t.FilesFailed)
+}
+
+// verifyProblems says in one line why a verify is not OK.
+func verifyProblems(rep *transforms.VerifyReport) string {
+	c := rep.Counts
+	var out []string
+	side := func(name string, v transforms.VerifyCounts) {
+		if v.Problems() == 0 {
+			return
+		}
+		if rep.Compared {
+			out = append(out, fmt.Sprintf("%d of %d source %s not readable at the target (%d missing, %d failed), %d extra",
+				v.Missing+v.Failed, v.Source, name, v.Missing, v.Failed, v.Extra))
+		} else {
+			out = append(out, fmt.Sprintf("%d of %d %s at the target fail", v.Failed, v.Target, name))
+		}
+	}
+	side("records", c.Records)
+	side("DEKs", c.DEKs)
+	if n := c.Files.Failed; n > 0 {
+		out = append(out, fmt.Sprintf("%d files cannot be read", n))
+	}
+	if c.Files.Missing+c.Files.Extra > 0 {
+		out = append(out, fmt.Sprintf("%d files missing and %d extra at the target", c.Files.Missing, c.Files.Extra))
+	}
+	if l := rep.Ledger; l != nil && l.Decides && len(l.Problems) > 0 {
+		out = append(out, fmt.Sprintf("%d differences with the ledger of run %s", len(l.Problems), l.RunID))
+	}
+	if len(out) == 0 {
+		return "see the report"
+	}
+	return strings.Join(out, "; ")
+}
+
+// verifyLedger compares the counts with the run's ledger: a note when a
+// source was compared (the source decides), a check when not.
+func verifyLedger(ctx context.Context, w io.Writer, j *pipeline.Job, spec transforms.Spec, rep *transforms.VerifyReport) error {
+	ps, err := compareWithLedger(ctx, j, spec, rep)
+	if err != nil {
+		if !rep.Compared {
+			return err
+		}
+		fmt.Fprintf(w, "  ledger:  not compared with run %s (%v); the source comparison above decides\n", j.RunID, err)
+		return nil
+	}
+	rep.Ledger = &transforms.VerifyLedger{RunID: j.RunID, Decides: !rep.Compared, Problems: ps}
+	if rep.Ledger.Problems == nil {
+		rep.Ledger.Problems = []string{}
+	}
+	switch {
+	case len(ps) == 0 && rep.Compared:
+		fmt.Fprintf(w, "  ledger:  counts match run %s (a note: the source comparison decides)\n", j.RunID)
+	case len(ps) == 0:
+		fmt.Fprintf(w, "  ledger:  counts match run %s\n", j.RunID)
+	case rep.Compared:
+		for _, p := range ps {
+			fmt.Fprintf(w, "  ledger:  note: %s (the source comparison decides)\n", p)
+		}
+	default:
+		for _, p := range ps {
+			fmt.Fprintf(w, "  ledger:  MISMATCH %s\n", p)
+		}
+		rep.OK = false
+	}
+	return nil
+}
+
+// verifyStopped says why the verify pipeline stopped: the line of Beam's
+// error that names the cause, not the "DoFn[...] failed:" line above it.
+func verifyStopped(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "rekey verify: "); i >= 0 {
+		line := msg[i+len("rekey verify: "):]
+		if k := strings.IndexByte(line, '\n'); k >= 0 {
+			line = line[:k]
+		}
+		return strings.TrimSpace(line)
+	}
+	clean := strings.TrimSpace(cleanBeamErr(err))
+	if clean != "" && !strings.HasSuffix(clean, ":") {
+		return clean
+	}
+	lines := strings.Split(msg, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" && !strings.HasSuffix(l, ":") {
+			return l
+		}
+	}
+	return "the pipeline failed without saying why (run again with --verbose)"
 }
 
 func orNone(s string) string {
@@ -121,16 +322,6 @@ func orNone(s string) string {
 		return "(no records)"
 	}
 	return s
-}
-
-func countRecordFiles(r *transforms.VerifyReport) int {
-	n := 0
-	for _, f := range r.Files {
-		if f.DEKs == 0 {
-			n++
-		}
-	}
-	return n
 }
 
 // compareWithLedger checks the verified counts against the run's manifest
@@ -167,7 +358,7 @@ func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Spe
 	got := map[string]int64{}
 	var verified int64
 	for _, f := range rep.Files {
-		if f.DEKs == 0 && !skipped[f.Path] {
+		if f.Kind == transforms.VerifyKindRecords && !skipped[f.Path] {
 			got[f.Path] = f.Verified
 			verified += f.Verified
 		}
@@ -185,7 +376,25 @@ func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Spe
 			out = append(out, fmt.Sprintf("%s: %d records verified but the ledger of run %s has none for this file", path, n, j.RunID))
 		}
 	}
+	sort.Strings(out)
 	return out, nil
+}
+
+// writeJSON replaces the object at path with v, indented.
+func writeJSON(ctx context.Context, path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	w, err := storage.Create(ctx, path)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(append(b, '\n')); err != nil {
+		_ = w.Abort()
+		return err
+	}
+	return w.Commit()
 }
 
 func readJSON[T any](ctx context.Context, path string) (*T, error) {

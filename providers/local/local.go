@@ -147,6 +147,44 @@ func (w *writer) Abort() error {
 	return os.Remove(w.f.Name())
 }
 
+// CreateExclusive implements storage.ExclusiveCreator: the bytes go to a
+// synced temporary file that is hard-linked to path, which fails if path
+// exists, so a reader never sees a partial object.
+func (b Backend) CreateExclusive(ctx context.Context, path string, body []byte) error {
+	w, err := b.Create(ctx, path)
+	if err != nil {
+		return err
+	}
+	lw := w.(*writer)
+	defer lw.Abort()
+	if _, err := lw.f.Write(body); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := lw.f.Sync(); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := os.Link(lw.f.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create %s: %w", path, storage.ErrExists)
+		}
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes a directory's entries (a rename or link just done) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync folder %s: %w", dir, err)
+	}
+	return nil
+}
+
 // Exists implements storage.Backend.
 func (Backend) Exists(_ context.Context, path string) (bool, error) {
 	_, err := os.Stat(path)

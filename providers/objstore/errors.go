@@ -186,7 +186,7 @@ func KindOfStatus(status int, code string) Kind {
 		return KindDenied
 	case "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable",
 		"RequestLimitExceeded", "TooManyRequests", "TooManyRequestsException", "BandwidthLimitExceeded",
-		"OperationAborted", "QpsLimitExceeded":
+		"OperationAborted", "QpsLimitExceeded", "ConditionalRequestConflict":
 		return KindTransient
 	case "InvalidBucketName", "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidRegion", "InvalidArgument":
 		return KindConfig

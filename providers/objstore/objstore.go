@@ -352,6 +352,40 @@ func (b *Backend) Create(ctx context.Context, path string) (storage.Writer, erro
 	return newWriter(ctx, b, l, bk, o), nil
 }
 
+// ConditionalPutter is a Bucket that can create an object only if the key
+// is free (S3: If-None-Match: *; OSS: x-oss-forbid-overwrite). A refusal
+// because the key is taken is reported as a ServiceError for which
+// IsAlreadyExists is true.
+type ConditionalPutter interface {
+	PutIfAbsent(ctx context.Context, key string, body []byte) error
+}
+
+// IsAlreadyExists reports a conditional PUT refused because the key exists
+// (S3: 412 PreconditionFailed; OSS: 409 FileAlreadyExists).
+func IsAlreadyExists(err error) bool {
+	var se *ServiceError
+	return errors.As(err, &se) && (se.Status == 412 || se.Code == "PreconditionFailed" || se.Code == "FileAlreadyExists")
+}
+
+// CreateExclusive implements storage.ExclusiveCreator.
+func (b *Backend) CreateExclusive(ctx context.Context, path string, body []byte) error {
+	o := b.Options.defaults()
+	l, bk, err := b.resolve(ctx, "create", path)
+	if err != nil {
+		return err
+	}
+	cp, ok := bk.(ConditionalPutter)
+	if !ok {
+		return &Error{Op: "create", Loc: l.String(), Bucket: l.Bucket, Key: l.Key, Kind: KindConfig,
+			Hint: "this store cannot create an object only if it is absent, so rekey cannot take a lease on it"}
+	}
+	err = o.Retry.do(ctx, func() error { return cp.PutIfAbsent(ctx, l.Key, body) })
+	if IsAlreadyExists(err) {
+		return fmt.Errorf("create %s: %w", l, storage.ErrExists)
+	}
+	return b.wrap("create", l, err)
+}
+
 // Check reports whether a location is reachable and, with write, whether
 // an object can be created under it. The write check starts and aborts a
 // multipart upload, so nothing becomes visible.

@@ -217,6 +217,16 @@ func (b *bucket) Put(ctx context.Context, key string, body []byte) error {
 	return convert(b.b.PutObject(key, r, oss.WithContext(ctx)))
 }
 
+// PutIfAbsent implements objstore.ConditionalPutter
+// (x-oss-forbid-overwrite: true; a taken key is 409 FileAlreadyExists).
+func (b *bucket) PutIfAbsent(ctx context.Context, key string, body []byte) error {
+	var r io.Reader = bytes.NewReader(body)
+	if len(body) == 0 {
+		r = nil
+	}
+	return convert(b.b.PutObject(key, r, oss.WithContext(ctx), oss.ForbidOverWrite(true)))
+}
+
 func (b *bucket) imur(key, id string) oss.InitiateMultipartUploadResult {
 	return oss.InitiateMultipartUploadResult{Bucket: b.b.BucketName, Key: key, UploadID: id}
 }

@@ -218,6 +218,14 @@ func (b *bucket) Put(ctx context.Context, key string, body []byte) error {
 	return convert(err)
 }
 
+// PutIfAbsent implements objstore.ConditionalPutter (S3 conditional
+// writes: If-None-Match: *).
+func (b *bucket) PutIfAbsent(ctx context.Context, key string, body []byte) error {
+	_, err := b.c.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.name, Key: &key, IfNoneMatch: aws.String("*"),
+		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body)))})
+	return convert(err)
+}
+
 func (b *bucket) CreateMultipart(ctx context.Context, key string) (string, error) {
 	out, err := b.c.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.name, Key: &key})
 	if err != nil {

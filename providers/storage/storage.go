@@ -53,6 +53,10 @@ type Backend interface {
 // ErrNotFound is returned when an object or root does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrExists is returned by CreateExclusive when an object is already at the
+// path.
+var ErrExists = errors.New("already exists")
+
 var (
 	mu       sync.RWMutex
 	backends = map[string]Backend{}
@@ -175,4 +179,58 @@ func Check(ctx context.Context, loc string, write bool) error {
 		return c.Check(ctx, loc, write)
 	}
 	return nil
+}
+
+// ExclusiveCreator is implemented by backends that can create a small
+// object only if nothing is at its path, atomically (local files:
+// create-exclusive; S3: a conditional PUT with If-None-Match: *; OSS:
+// x-oss-forbid-overwrite). Leases are built on it.
+type ExclusiveCreator interface {
+	// CreateExclusive writes body at path, or returns an error wrapping
+	// ErrExists when an object is already there.
+	CreateExclusive(ctx context.Context, path string, body []byte) error
+}
+
+// CreateExclusive writes body at path unless an object is there (then the
+// error wraps ErrExists). Backends that cannot do this atomically say so.
+func CreateExclusive(ctx context.Context, path string, body []byte) error {
+	b, err := For(path)
+	if err != nil {
+		return err
+	}
+	c, ok := b.(ExclusiveCreator)
+	if !ok {
+		return fmt.Errorf("create %s: the %q storage backend cannot create an object exclusively, so rekey cannot take a lease there", path, Scheme(path))
+	}
+	return c.CreateExclusive(ctx, path, body)
+}
+
+// Put writes a small object at path in one atomic write.
+func Put(ctx context.Context, path string, body []byte) error {
+	w, err := Create(ctx, path)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		_ = w.Abort()
+		return err
+	}
+	return w.Commit()
+}
+
+// ReadAll reads a whole (small) object.
+func ReadAll(ctx context.Context, path string, limit int64) ([]byte, error) {
+	f, err := Open(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if f.Size() > limit {
+		return nil, fmt.Errorf("read %s: %d bytes, over the %d-byte limit for this kind of file", path, f.Size(), limit)
+	}
+	b := make([]byte, f.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return b, nil
 }

@@ -59,6 +59,48 @@ func Run(t *testing.T, b storage.Backend, root string, c Config) {
 		}
 	})
 
+	// Leases depend on this: of several creators of one name, exactly one
+	// wins, and the loser is told so (not overwritten, not an error of
+	// another kind).
+	t.Run("CreateExclusive", func(t *testing.T) {
+		c, ok := b.(storage.ExclusiveCreator)
+		if !ok {
+			t.Fatalf("%T does not implement storage.ExclusiveCreator: rekey cannot take a lease on it", b)
+		}
+		p := at("lease/_rekey.lease.1.json")
+		const n = 6
+		errs := make(chan error, n)
+		for i := 0; i < n; i++ {
+			go func(i int) { errs <- c.CreateExclusive(ctx, p, []byte(fmt.Sprintf("creator %d", i))) }(i)
+		}
+		wins := 0
+		for i := 0; i < n; i++ {
+			err := <-errs
+			switch {
+			case err == nil:
+				wins++
+			case !errors.Is(err, storage.ErrExists):
+				t.Errorf("losing CreateExclusive: %v, want ErrExists", err)
+			}
+		}
+		if wins != 1 {
+			t.Fatalf("%d of %d concurrent CreateExclusive calls won, want exactly 1", wins, n)
+		}
+		f, err := b.Open(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(io.NewSectionReader(f, 0, f.Size()))
+		f.Close()
+		if !bytes.HasPrefix(got, []byte("creator ")) {
+			t.Fatalf("content %q, want one creator's whole body", got)
+		}
+		if err := c.CreateExclusive(ctx, p, []byte("late")); !errors.Is(err, storage.ErrExists) {
+			t.Fatalf("CreateExclusive over an existing object: %v, want ErrExists", err)
+		}
+		checkContent(t, b, p, got)
+	})
+
 	t.Run("CommitThenVisible", func(t *testing.T) {
 		p := at("commit/a.bin")
 		data := random(1, 100_000)

@@ -21,6 +21,9 @@ import (
 //     S3 always behaves as, is dropped);
 //   - response headers x-amz-* become x-oss-*, and PUTs answer with the
 //     x-oss-hash-crc64ecma of the bytes received, which the SDK checks;
+//   - x-oss-forbid-overwrite: true becomes If-None-Match: *, and the
+//     412 that gofakes3 answers when the key exists becomes OSS's 409
+//     FileAlreadyExists;
 //   - listings asked for with encoding-type=url get their keys, prefixes
 //     and page tokens URL-encoded, as OSS does (gofakes3 ignores the
 //     parameter, and the SDK would otherwise decode '+' and '%' in keys).
@@ -33,6 +36,11 @@ var crcTable = crc64.MakeTable(crc64.ECMA)
 
 func ossAdapter(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forbid := strings.EqualFold(r.Header.Get("X-Oss-Forbid-Overwrite"), "true")
+		r.Header.Del("X-Oss-Forbid-Overwrite")
+		if forbid {
+			r.Header.Set("If-None-Match", "*")
+		}
 		for k, v := range r.Header {
 			lk := strings.ToLower(k)
 			if rest, ok := strings.CutPrefix(lk, "x-oss-"); ok {
@@ -62,6 +70,12 @@ func ossAdapter(next http.Handler) http.Handler {
 			w.Header()[k] = v
 		}
 		body := rec.Body.Bytes()
+		if forbid && rec.Code == http.StatusPreconditionFailed {
+			body = []byte(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>FileAlreadyExists</Code><Message>The object you specified already exists and can not be overwritten.</Message><RequestId>fake</RequestId></Error>`)
+			w.Header().Set("Content-Type", "application/xml")
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			rec.Code = http.StatusConflict
+		}
 		if crc != "" && rec.Code == http.StatusOK {
 			w.Header().Set("X-Oss-Hash-Crc64ecma", crc)
 		}
