@@ -386,15 +386,7 @@ func writeJSON(ctx context.Context, path string, v any) error {
 	if err != nil {
 		return err
 	}
-	w, err := storage.Create(ctx, path)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(append(b, '\n')); err != nil {
-		_ = w.Abort()
-		return err
-	}
-	return w.Commit()
+	return storage.Put(ctx, path, append(b, '\n'))
 }
 
 func readJSON[T any](ctx context.Context, path string) (*T, error) {
