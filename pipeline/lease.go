@@ -29,7 +29,10 @@ import (
 //
 // Limits: expiry compares clocks of different machines; keep them within a
 // few seconds (NTP). Lease objects are small and stay behind (names start
-// with "_", so no listing of data sees them).
+// with "_", so no listing of data sees them); generations must stay
+// contiguous, so deleting lease objects by hand while a run may be live
+// breaks the exclusion. A nested target (one run writes /out, another
+// /out/2026) is not detected.
 
 // ErrLeaseHeld is returned when another live run holds a lease.
 var ErrLeaseHeld = errors.New("held by another run")
@@ -47,6 +50,11 @@ type LeaseHolder struct {
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
 	Token   string    `json:"token"`
+	// Boot and PIDNS identify the kernel boot and PID namespace of the
+	// holder: containers often share a host name but not their PIDs, so
+	// "its pid is gone" is only believed when both match ours.
+	Boot  string `json:"boot,omitempty"`
+	PIDNS string `json:"pid_ns,omitempty"`
 }
 
 func (h LeaseHolder) String() string {
@@ -68,10 +76,11 @@ type Lease struct {
 	ttl    time.Duration
 	held   []heldLease
 
-	mu     sync.Mutex
-	lost   error
-	cancel context.CancelFunc
-	done   chan struct{}
+	mu      sync.Mutex
+	lost    error
+	renewed time.Time // start of the last renewal that succeeded
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 type heldLease struct {
@@ -112,7 +121,7 @@ func AcquireLease(ctx context.Context, j *Job, ttl time.Duration, onLost func(er
 	var tok [12]byte
 	_, _ = rand.Read(tok[:])
 	l := &Lease{holder: LeaseHolder{RunID: j.RunID, Host: host, PID: os.Getpid(), Started: time.Now().UTC().Truncate(time.Second),
-		Token: hex.EncodeToString(tok[:])}, ttl: ttl, done: make(chan struct{})}
+		Token: hex.EncodeToString(tok[:]), Boot: bootID(), PIDNS: pidNamespace()}, ttl: ttl, done: make(chan struct{}), renewed: time.Now()}
 	for _, fl := range LeaseLocations(j) {
 		gen, err := l.take(ctx, fl[0], fl[1])
 		if err != nil {
@@ -156,7 +165,7 @@ func (l *Lease) take(ctx context.Context, field, loc string) (int, error) {
 		}
 		// Another run took this generation first: look again.
 	}
-	return 0, fmt.Errorf("%s %s: %w (another run keeps taking its lease; try again later)", field, loc, ErrLeaseHeld)
+	return 0, fmt.Errorf("%s %s: %w (other runs took its lease 5 times while this one tried; try again later)", field, loc, ErrLeaseHeld)
 }
 
 // free reports whether a current lease can be taken over, or why not.
@@ -167,8 +176,9 @@ func (l *Lease) free(cur *leaseFile) (why string, ok bool) {
 	if time.Now().After(cur.Expires) {
 		return "", true
 	}
-	if cur.Holder.Host == l.holder.Host && cur.Holder.PID > 0 && cur.Holder.PID != l.holder.PID &&
-		syscall.Kill(cur.Holder.PID, 0) == syscall.ESRCH {
+	if cur.Holder.Host == l.holder.Host && cur.Holder.Boot != "" && cur.Holder.Boot == l.holder.Boot &&
+		cur.Holder.PIDNS != "" && cur.Holder.PIDNS == l.holder.PIDNS &&
+		cur.Holder.PID > 0 && cur.Holder.PID != l.holder.PID && syscall.Kill(cur.Holder.PID, 0) == syscall.ESRCH {
 		return "", true // its process is gone from this machine
 	}
 	left := time.Until(cur.Expires).Round(time.Second)
@@ -186,7 +196,7 @@ func readLease(ctx context.Context, path string) (*leaseFile, error) {
 	}
 	var lf leaseFile
 	if err := json.Unmarshal(b, &lf); err != nil || lf.Format != leaseFormat {
-		return nil, fmt.Errorf("%s is not a rekey lease (remove it if no rekey run uses this location)", path)
+		return nil, fmt.Errorf("%s is not a rekey lease (%v): something else wrote it; move it away only if no rekey run uses this location", path, err)
 	}
 	return &lf, nil
 }
@@ -241,13 +251,20 @@ func (l *Lease) renew(ctx context.Context, onLost func(error)) {
 			return
 		case <-t.C:
 		}
+		began := time.Now()
 		err := l.renewOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
-			lastOK = time.Now()
+			lastOK = began
+			l.mu.Lock()
+			l.renewed = began
+			l.mu.Unlock()
 			continue
+		}
+		if !errors.Is(err, ErrLeaseHeld) {
+			err = fmt.Errorf("lease not renewed for %s (last error: %v); another run may take it over", time.Since(lastOK).Round(time.Second), err)
 		}
 		if errors.Is(err, ErrLeaseHeld) || time.Since(lastOK) > l.ttl*2/3 {
 			l.mu.Lock()
@@ -291,6 +308,41 @@ func (l *Lease) Lost() error {
 	return l.lost
 }
 
+// Confirm stops renewing and checks the lease held the whole time: no
+// generation newer than ours appeared, and the last renewal is recent
+// enough that nobody could have taken it over since. A run calls it before
+// it reports its result.
+func (l *Lease) Confirm(ctx context.Context) error {
+	if l.cancel != nil {
+		l.cancel()
+		<-l.done
+		l.cancel = nil
+	}
+	if err := l.Lost(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	since := time.Since(l.renewed)
+	l.mu.Unlock()
+	for _, h := range l.held {
+		ok, err := storage.Exists(ctx, leasePath(h.loc, h.gen+1))
+		if err != nil {
+			return fmt.Errorf("lease on %s %s: cannot confirm it was held throughout: %w", h.field, h.loc, err)
+		}
+		if ok {
+			return fmt.Errorf("lease on %s %s was taken over by another run: %w", h.field, h.loc, ErrLeaseHeld)
+		}
+	}
+	if since > l.ttl {
+		err := fmt.Errorf("lease not renewed for %s, longer than its %s TTL (was this process paused?): another run could have written the same target", since.Round(time.Second), l.ttl)
+		l.mu.Lock()
+		l.lost = err
+		l.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // Release stops renewing and marks every held lease released, so the next
 // run need not wait for it to expire.
 func (l *Lease) Release(ctx context.Context) {
@@ -328,4 +380,22 @@ func (l *Lease) Describe() string {
 		parts = append(parts, h.field)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// bootID identifies this kernel boot ("" where unknown).
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// pidNamespace identifies this process's PID namespace ("" where unknown).
+func pidNamespace() string {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return ""
+	}
+	return ns
 }

@@ -389,7 +389,10 @@ func TestResumeRetriesFailedUnits(t *testing.T) {
 	src := decryptAll(t, d.gen.Data, d.gen.DEKs, d.gen.KEK, d.gen.Encrypted)
 	dst := decryptAll(t, j.Target.Data, j.Target.DEKs, j.Target.KEK, d.gen.Encrypted)
 	checkSameRecords(t, d, src, dst, true)
-	rows, err := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	// The ledger as it stands: the last attempt of each unit.
+	checkLedger(t, j, map[string]int{"record/migrated": 3 * 80, "dek/migrated": 6})
+	// Its history keeps the failed attempts too.
+	rows, err := transforms.ReadLedgerHistory(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,4 +506,47 @@ func TestResumeAfterWrongUnwrapsKeepsMintedDEKs(t *testing.T) {
 	dst := decryptAll(t, j.Target.Data, j.Target.DEKs, j.Target.KEK, d.gen.Encrypted)
 	checkSameRecords(t, d, src, dst, true)
 	t.Logf("%d of %d DEKs failed their proof in the faulty run and were minted by the resume", d.gen.NumDEKs-len(first), d.gen.NumDEKs)
+}
+
+// Review finding on issue 10 item 2: a resume re-resolves the new DEKs by
+// unwrapping them with the target custodian; a target that returns a
+// wrong key without an error must not get cells sealed under it (the
+// verify-before-commit would use the same wrong key). The new DEK's kcv
+// from the target table catches it.
+func TestResumeChecksNewDEKsAgainstTheirKCV(t *testing.T) {
+	bin := buildRekey(t)
+	d := genDataset(t, env.KEK("source", "kek-aes"), "aes-gcm", 2, 40, 4)
+	j := d.job(schemas.ModeReencrypt, "newkcv", env.KEK("target", "kek-aes"), "aes-gcm")
+	files, err := storage.List(context.Background(), d.gen.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not the first file: the preflight reads that one's footer.
+	victim := filepath.Join(d.gen.Data, files[1])
+	orig, _ := os.ReadFile(victim)
+	if err := os.WriteFile(victim, orig[:len(orig)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := runCLI(t, bin, cliArgs(j)...); code != 3 {
+		t.Fatalf("first run: exit %d, want 3\n%s", code, out)
+	}
+	if err := os.WriteFile(victim, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	healthySource, healthyTarget := j.Source.KEK, j.Target.KEK
+	// Every target unwrap after the preflight's round trip is corrupted.
+	j.Source.KEK = faultKEK(t, "kek-aes", faultpkcs11.Config{})
+	j.Target.KEK = fmt.Sprintf("pkcs11:token=target;object=kek-aes?module-path=%s&pin-source=env:REKEY_TARGET_PIN",
+		faultpkcs11.ForTest(t, faultpkcs11.Config{Calls: []string{"C_Decrypt"}, Mode: faultpkcs11.Corrupt, Rate: 1, After: 1}))
+	code, out := runCLI(t, bin, cliArgs(j, "--resume")...)
+	if code != 3 || !strings.Contains(out, "key check value") {
+		t.Fatalf("resume with a target returning wrong keys: exit %d, want 3 naming the key check value:\n%s", code, out)
+	}
+	j.Source.KEK, j.Target.KEK = healthySource, healthyTarget
+	if code, out := runCLI(t, bin, cliArgs(j, "--resume")...); code != 0 {
+		t.Fatalf("resume with a healthy target: exit %d\n%s", code, out)
+	}
+	src := decryptAll(t, d.gen.Data, d.gen.DEKs, d.gen.KEK, d.gen.Encrypted)
+	dst := decryptAll(t, j.Target.Data, j.Target.DEKs, j.Target.KEK, d.gen.Encrypted)
+	checkSameRecords(t, d, src, dst, true)
 }

@@ -28,6 +28,7 @@ type DEKMap struct {
 	SourceWrapped []byte
 	NewID         string
 	NewWrapped    []byte
+	NewKCV        []byte // the new DEK's key check value: checked wherever it is unwrapped again
 	Err           string // why records under this DEK cannot be migrated
 }
 
@@ -128,7 +129,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			}
 			if k, ok := kept[newID]; ok {
 				// Records committed by the earlier attempt use this DEK.
-				mm[i].NewWrapped = k.Wrapped
+				mm[i].NewWrapped, mm[i].NewKCV = k.Wrapped, k.KCV
 				led[i].At, led[i].Status, led[i].Bytes, led[i].Checksum = now(), schemas.StatusMigrated, int64(len(k.Wrapped)), checksum(k.Wrapped)
 				outRows[i] = k
 				return nil
@@ -143,7 +144,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 				}
 				return nil
 			}
-			mm[i].NewWrapped = w
+			mm[i].NewWrapped, mm[i].NewKCV = w, kcv
 			led[i].Status, led[i].Bytes, led[i].Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
 			outRows[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now(), KCV: kcv}
 			return nil
@@ -279,7 +280,7 @@ func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {
 // replay re-emits the DEK pairs of a committed unit from its source and
 // target DEK table files.
 func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit func(DEKMap)) error {
-	target := map[string][]byte{}
+	target := map[string]schemas.DEKRow{}
 	if ok, err := storage.Exists(ctx, dstPath); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	} else if !ok {
@@ -295,7 +296,7 @@ func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit f
 	}
 	if err := readDEKRows(ctx, dstPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
-			target[r.DEKID] = bytes.Clone(r.Wrapped)
+			target[r.DEKID] = schemas.DEKRow{Wrapped: bytes.Clone(r.Wrapped), KCV: bytes.Clone(r.KCV)}
 		}
 		return nil
 	}); err != nil {
@@ -304,8 +305,8 @@ func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit f
 	return readDEKRows(ctx, srcPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			m := DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: NewDEKID(r.DEKID, f.Spec.RunID)}
-			if w, ok := target[m.NewID]; ok {
-				m.NewWrapped = w
+			if t, ok := target[m.NewID]; ok {
+				m.NewWrapped, m.NewKCV = t.Wrapped, t.KCV
 			} else {
 				m.Err = "no new DEK was minted for this dek_id (see its dek ledger row)"
 			}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/snappy"
@@ -271,12 +273,27 @@ func ScanDEKTable(ctx context.Context, root string, fn func(file string, rows []
 	return nil
 }
 
-// ReadLedger reads every row of one run's ledger.
+// ReadLedger reads one run's ledger as it stands: for each unit, the rows
+// of its last attempt (a --resume that retried a unit wrote its rows to
+// the next attempt's part; the earlier rows are kept on disk, see
+// ReadLedgerHistory).
 func ReadLedger(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow, error) {
+	return readLedger(ctx, ledger, runID, false)
+}
+
+// ReadLedgerHistory reads every row of every attempt of one run's ledger.
+func ReadLedgerHistory(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow, error) {
+	return readLedger(ctx, ledger, runID, true)
+}
+
+func readLedger(ctx context.Context, ledger, runID string, history bool) ([]schemas.LedgerRow, error) {
 	dir := RunLedgerDir(ledger, runID)
 	files, err := storage.List(ctx, dir)
 	if err != nil {
 		return nil, fmt.Errorf("ledger of run %q: %w", runID, err)
+	}
+	if !history {
+		files = lastAttempts(files)
 	}
 	var all []schemas.LedgerRow
 	for _, rel := range files {
@@ -290,6 +307,33 @@ func ReadLedger(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow,
 		all = append(all, rows...)
 	}
 	return all, nil
+}
+
+// lastAttempts keeps, of the part files of a run, each unit's highest
+// attempt (see AttemptPart).
+func lastAttempts(files []string) []string {
+	best := map[string]int{}
+	name := map[string]string{}
+	var order []string
+	for _, f := range files {
+		base, n := f, 1
+		if i := strings.LastIndex(f, ".attempt-"); i >= 0 && strings.HasSuffix(f, ".parquet") {
+			if k, err := strconv.Atoi(strings.TrimSuffix(f[i+len(".attempt-"):], ".parquet")); err == nil && k > 1 {
+				base, n = f[:i]+".parquet", k
+			}
+		}
+		if _, seen := best[base]; !seen {
+			order = append(order, base)
+		}
+		if n >= best[base] {
+			best[base], name[base] = n, f
+		}
+	}
+	out := make([]string, 0, len(order))
+	for _, b := range order {
+		out = append(out, name[b])
+	}
+	return out
 }
 
 func readLedgerPart(ctx context.Context, path string) ([]schemas.LedgerRow, error) {

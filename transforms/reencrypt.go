@@ -466,6 +466,14 @@ func (f *ReencryptFn) resolve(ctx context.Context, dekID string) *filePair {
 		}
 		return p
 	}
+	if len(m.NewKCV) > 0 {
+		// The target custodian must give back the key that was minted:
+		// a wrong key would seal cells that verify-before-commit (using
+		// the same wrong key) cannot catch.
+		if err := schemas.CheckKCV(dst.dek.Bytes(), m.NewID, m.NewKCV); err != nil {
+			return &filePair{err: fmt.Sprintf("new DEK %q: the target custodian %s returned a key that does not match its key check value (%v); its records are left for a --resume", m.NewID, redactKEK(f.dst.URI()), err)}
+		}
+	}
 	return &filePair{src: src, dst: dst, newID: m.NewID, newIDBytes: []byte(m.NewID)}
 }
 

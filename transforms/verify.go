@@ -340,6 +340,12 @@ func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []e
 			dek, err = f.kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
 			return err
 		})
+		if errs[i] == nil && len(r.KCV) > 0 {
+			// Unwrapping is not enough: it must give back the right key.
+			if err := schemas.CheckKCV(dek.Bytes(), r.DEKID, r.KCV); err != nil {
+				errs[i] = fmt.Errorf("dek_id %q: the key unwrapped by %s does not match the row's key check value: %w", r.DEKID, f.kek.URI(), err)
+			}
+		}
 		dek.Zero()
 		return nil
 	})

@@ -142,7 +142,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		if errors.Is(err, pipeline.ErrLeaseHeld) {
 			return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
 		}
-		return withCode(exitFatal, fmt.Errorf("take the run's lease: %v", err))
+		// Nothing was touched, and retrying will not help until the store
+		// allows exclusive creates (or the foreign lease file is gone).
+		return withCode(exitPreflight, fmt.Errorf("take the run's lease: %v; nothing was touched", err))
 	}
 	defer lease.Release(context.WithoutCancel(ctx))
 	if _, err := pipeline.CheckRunDefinition(ctx, j); err != nil {
@@ -164,8 +166,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	stop := startProgress(stderr, progress, j.Mode)
 	res, runErr := beam.Run(runCtx, *runners.Runner, p)
 	stop()
-	if lost := lease.Lost(); lost != nil {
-		return withCode(exitFatal, fmt.Errorf("run %s stopped: %v\nAnother run may have written the same target: check it with rekey verify before trusting it", j.RunID, lost))
+	if lost := lease.Confirm(context.WithoutCancel(ctx)); lost != nil {
+		return withCode(exitFatal, fmt.Errorf("run %s: %v\nAnother run may have written the same target: check it with rekey verify before trusting it, and finish with --resume", j.RunID, lost))
 	}
 	if runErr != nil {
 		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {

@@ -18,7 +18,9 @@ func cmdLedger(args []string, stdout, stderr io.Writer) error {
 	defString(&status, "status", "", "only rows with this status: migrated, skipped, failed")
 	defString(&unit, "unit", "", "only rows of this unit: dek, record, file, key")
 	defInt(&limit, "limit", 20, "rows to print (0: all)")
-	if _, err := parseFlags("ledger", "Prints the ledger rows of a run (for SQL, point DuckDB or Spark at the Parquet files:\nSELECT status, count(*) FROM read_parquet('LEDGER/run_id=ID/*.parquet') GROUP BY 1).", args, stdout); err != nil {
+	var history bool
+	defBool(&history, "history", false, "also the rows of earlier attempts of units a --resume tried again (default: each unit's last attempt, the one that counts)")
+	if _, err := parseFlags("ledger", "Prints the ledger rows of a run (for SQL, point DuckDB or Spark at the Parquet files:\nSELECT status, count(*) FROM read_parquet('LEDGER/run_id=ID/*.parquet') GROUP BY 1;\nafter a --resume that retried units, part-X.attempt-N.parquet supersedes part-X.parquet: see docs/FORMAT.md).", args, stdout); err != nil {
 		return err
 	}
 	if ledger == "" || runID == "" {
@@ -26,7 +28,11 @@ func cmdLedger(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	rows, err := transforms.ReadLedger(ctx, ledger, runID)
+	read := transforms.ReadLedger
+	if history {
+		read = transforms.ReadLedgerHistory
+	}
+	rows, err := read(ctx, ledger, runID)
 	if err != nil {
 		return withCode(exitFatal, err)
 	}
