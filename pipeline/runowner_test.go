@@ -550,3 +550,41 @@ func TestResumeChecksNewDEKsAgainstTheirKCV(t *testing.T) {
 	dst := decryptAll(t, j.Target.Data, j.Target.DEKs, j.Target.KEK, d.gen.Encrypted)
 	checkSameRecords(t, d, src, dst, true)
 }
+
+// Issue 10 "Done when": the fault tests also run two concurrent runs on
+// one run id: a source HSM failing a share of its calls (retried) under two
+// `rekey run` processes started together. One works, the other is refused
+// or finds the work done; the target is complete and right.
+func TestConcurrentRunsUnderHSMFaults(t *testing.T) {
+	bin := buildRekey(t)
+	d := genDataset(t, env.KEK("source", "kek-aes"), "aes-gcm", 3, 100, 20)
+	j := d.job(schemas.ModeReencrypt, "faulty-twins", env.KEK("target", "kek-aes"), "aes-gcm")
+	j.Source.KEK = faultKEK(t, "kek-aes", faultpkcs11.Config{Calls: []string{"C_Decrypt"}, Mode: faultpkcs11.Fail, Rate: 0.05, Seed: 7, After: 2})
+	j.Target.KEK = fmt.Sprintf("pkcs11:token=target;object=kek-aes?module-path=%s&pin-source=env:REKEY_TARGET_PIN", faultpkcs11.ForTest(t, faultpkcs11.Config{}))
+	codes := make(chan [2]string, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			cmd := exec.Command(bin, cliArgs(j)...)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			codes <- [2]string{fmt.Sprint(exitCode(cmd.Run())), out.String()}
+		}()
+	}
+	a, b := <-codes, <-codes
+	ok := 0
+	for _, r := range [][2]string{a, b} {
+		switch {
+		case r[0] == "0":
+			ok++
+		case r[0] == "4" && strings.Contains(r[1], "held by another run"):
+		default:
+			t.Fatalf("exit %s, want 0, or 4 naming the holder:\n%s", r[0], r[1])
+		}
+	}
+	if ok == 0 {
+		t.Fatalf("neither run finished:\n%s\n%s", a[1], b[1])
+	}
+	src := decryptAll(t, d.gen.Data, d.gen.DEKs, d.gen.KEK, d.gen.Encrypted)
+	dst := decryptAll(t, j.Target.Data, j.Target.DEKs, env.KEK("target", "kek-aes"), d.gen.Encrypted)
+	checkSameRecords(t, d, src, dst, true)
+}
