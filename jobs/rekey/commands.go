@@ -113,6 +113,24 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	// The run owns its run id and everything it writes until it ends,
+	// from before its preflight: a second run is refused naming the
+	// holder, not by the first run's half-written output.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	lease, err := pipeline.AcquireLease(ctx, j, f.leaseTTL, func(err error) {
+		fmt.Fprintf(stderr, "rekey run %s: %v; stopping\n", j.RunID, err)
+		stopRun()
+	})
+	if err != nil {
+		if errors.Is(err, pipeline.ErrLeaseHeld) {
+			return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
+		}
+		// Nothing was touched, and retrying will not help until the store
+		// allows exclusive creates (or the foreign lease file is gone).
+		return withCode(exitPreflight, fmt.Errorf("take the run's lease: %v; nothing was touched", err))
+	}
+	defer lease.Release(context.WithoutCancel(ctx))
 	// Preflight: the same checks as plan, without the per-file footer scan.
 	r := pipeline.Plan(ctx, j, false)
 	if r.Failed() {
@@ -131,22 +149,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := j.Resolve(ctx); err != nil {
 		return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
 	}
-	// The run owns its run id and everything it writes until it ends.
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
-	lease, err := pipeline.AcquireLease(ctx, j, f.leaseTTL, func(err error) {
-		fmt.Fprintf(stderr, "rekey run %s: %v; stopping\n", j.RunID, err)
-		stopRun()
-	})
-	if err != nil {
-		if errors.Is(err, pipeline.ErrLeaseHeld) {
-			return withCode(exitPreflight, fmt.Errorf("%v; nothing was touched", err))
-		}
-		// Nothing was touched, and retrying will not help until the store
-		// allows exclusive creates (or the foreign lease file is gone).
-		return withCode(exitPreflight, fmt.Errorf("take the run's lease: %v; nothing was touched", err))
-	}
-	defer lease.Release(context.WithoutCancel(ctx))
 	if _, err := pipeline.CheckRunDefinition(ctx, j); err != nil {
 		if errors.Is(err, pipeline.ErrJobChanged) {
 			return withCode(exitUsage, err)

@@ -61,9 +61,13 @@ func TestCLIPlanAndPreflightFailOnPredictedFailures(t *testing.T) {
 	if code != exitPreflight || !strings.Contains(out, "[FAIL] predicted failures") || !strings.Contains(out, "[FAIL] DEK KEKs") {
 		t.Fatalf("run: exit %d, want %d\n%s", code, exitPreflight, out)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "r1")); !os.IsNotExist(err) {
-		t.Fatalf("a refused run wrote its target: %v", err)
-	}
+	// Only its (released) lease objects: no data, DEK or ledger file.
+	_ = filepath.WalkDir(filepath.Join(dir, "r1"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), "_rekey.lease.") {
+			t.Errorf("a refused run wrote %s", p)
+		}
+		return nil
+	})
 	code, out = rekeyBoth(append([]string{"run"}, job("r2", "--max-failures", "5%")...)...)
 	if code != exitPreflight || !strings.Contains(out, "max_failures=5%; predicted: 20% of 105 units") {
 		t.Fatalf("run --max-failures 5%%: exit %d, want %d\n%s", code, exitPreflight, out)
