@@ -390,12 +390,7 @@ func writeJSON(ctx context.Context, path string, v any) error {
 }
 
 func readJSON[T any](ctx context.Context, path string) (*T, error) {
-	f, err := storage.Open(ctx, path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.NewSectionReader(f, 0, f.Size()))
+	b, err := storage.ReadAll(ctx, path, 64<<20)
 	if err != nil {
 		return nil, err
 	}
