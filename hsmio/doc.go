@@ -8,8 +8,9 @@
 // is shared by every DoFn instance: contexts are never closed, because
 // closing the last one finalizes the module under everyone's feet.
 //
-// It also inventories tokens and moves keys between them under wrap
-// (inventory.go, transfer.go: rekey keys).
+// The rekey keys command (inventory of a token, moving keys between tokens
+// under wrap) lives in the subpackage hsmio/inventory, which logs in
+// through OpenRawToken.
 //
 // Limits: tokens are selected by label or serial, keys by label (object) or
 // id; SoftHSM2 supports RSA-OAEP with SHA-1 only, so rsa-oaep-sha256 unwrap

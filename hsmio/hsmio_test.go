@@ -91,14 +91,14 @@ func TestRoundTripEveryMechanism(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w, err := k.Wrap(ctx, "d1", dek)
+			w, err := k.Wrap(ctx, keys.ByID("d1"), dek)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if bytes.Contains(w, dek.Bytes()) {
 				t.Fatal("wrapped key contains the DEK")
 			}
-			got, err := k.Unwrap(ctx, "d1", tc.mech, w)
+			got, err := k.Unwrap(ctx, keys.ByID("d1"), tc.mech, w)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func TestRoundTripEveryMechanism(t *testing.T) {
 				t.Fatal("round trip changed the DEK")
 			}
 			w[len(w)-1] ^= 1
-			if _, err := k.Unwrap(ctx, "d1", tc.mech, w); !errors.Is(err, keys.ErrUnwrapFailed) {
+			if _, err := k.Unwrap(ctx, keys.ByID("d1"), tc.mech, w); !errors.Is(err, keys.ErrUnwrapFailed) {
 				t.Fatalf("tampered wrapped key: got %v, want ErrUnwrapFailed", err)
 			}
 		})
@@ -120,11 +120,11 @@ func TestGCMBindsDEKID(t *testing.T) {
 		t.Fatal(err)
 	}
 	dek, _ := keys.NewDEK(bytes.Repeat([]byte{7}, 32))
-	w, err := k.Wrap(ctx, "tenant-1", dek)
+	w, err := k.Wrap(ctx, keys.ByID("tenant-1"), dek)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := k.Unwrap(ctx, "tenant-2", schemas.WrapAESGCM, w); !errors.Is(err, keys.ErrUnwrapFailed) {
+	if _, err := k.Unwrap(ctx, keys.ByID("tenant-2"), schemas.WrapAESGCM, w); !errors.Is(err, keys.ErrUnwrapFailed) {
 		t.Fatalf("wrapped key moved to another dek_id: got %v, want ErrUnwrapFailed", err)
 	}
 }
@@ -140,11 +140,11 @@ func TestWrappedUnderOtherKEKFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	dek, _ := keys.NewDEK(bytes.Repeat([]byte{9}, 32))
-	w, err := a.Wrap(ctx, "x", dek)
+	w, err := a.Wrap(ctx, keys.ByID("x"), dek)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Unwrap(ctx, "x", schemas.WrapAESKWP, w); !errors.Is(err, keys.ErrUnwrapFailed) {
+	if _, err := b.Unwrap(ctx, keys.ByID("x"), schemas.WrapAESKWP, w); !errors.Is(err, keys.ErrUnwrapFailed) {
 		t.Fatalf("got %v, want ErrUnwrapFailed", err)
 	}
 }

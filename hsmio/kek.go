@@ -22,9 +22,42 @@ import (
 )
 
 func init() {
-	keys.Register("pkcs11", func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
-		return Open(ctx, uri, opts)
+	keys.Register(keys.Scheme{
+		Name: "pkcs11",
+		Open: func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
+			return Open(ctx, uri, opts)
+		},
+		Parse:      parseRef,
+		Same:       SameKey,
+		Mechanisms: schemas.WrapMechanisms,
+		Example:    "pkcs11:token=<label>;object=<key label>?pin-source=env:VAR",
+		Import:     "rekey/hsmio",
 	})
+}
+
+// parseRef is the pkcs11 scheme's reference parser: the canonical form
+// names token and key only; the custodian is the token on its module.
+func parseRef(uri string) (keys.Ref, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return keys.Ref{}, err
+	}
+	return keys.Ref{Scheme: "pkcs11", Canonical: u.KeyURI(), Redacted: u.KeyURI(), Custodian: u.custodian()}, nil
+}
+
+func (u URI) custodian() string { return "pkcs11|" + u.ModulePath + "|" + u.Token + "|" + u.Serial }
+
+// gcmAAD is what an AES-GCM wrap binds: rekey's dek_id label for its own
+// tables (byte for byte what rekey-v1 tables hold), nothing for an unbound
+// key, and a length-prefixed encoding of a context or AAD list otherwise.
+func gcmAAD(b keys.Binding) []byte {
+	if len(b.Context) == 0 && len(b.AAD) == 0 {
+		if b.DEKID == "" {
+			return nil
+		}
+		return schemas.DEKAAD(b.DEKID)
+	}
+	return schemas.BindingAAD(b.DEKID, b.Context, b.AAD)
 }
 
 // KEK is a key-encryption key on a PKCS#11 token.
@@ -129,7 +162,7 @@ func (k *KEK) checkMech(m string) error {
 			return fmt.Errorf("key %s: %w: %s needs an RSA key pair, this is an AES key (use aes-gcm or aes-kwp)", k.URI(), keys.ErrMechanism, m)
 		}
 	default:
-		return fmt.Errorf("key %s: %w: unknown wrap %q (known: %v)", k.URI(), keys.ErrMechanism, m, schemas.WrapMechanisms)
+		return fmt.Errorf("key %s: %w: unknown wrap %q (pkcs11 wraps with: %v)", k.URI(), keys.ErrMechanism, m, schemas.WrapMechanisms)
 	}
 	return nil
 }
@@ -141,8 +174,8 @@ func (k *KEK) URI() string { return k.keyURI }
 func (k *KEK) Mechanism() string { return k.mech }
 
 // Wrap implements keys.KEK.
-func (k *KEK) Wrap(_ context.Context, dekID string, dek *keys.DEK) (out []byte, err error) {
-	what := fmt.Sprintf("wrap DEK %q with %s (%s)", dekID, k.URI(), k.mech)
+func (k *KEK) Wrap(_ context.Context, b keys.Binding, dek *keys.DEK) (out []byte, err error) {
+	what := fmt.Sprintf("wrap DEK (%s) with %s (%s)", b, k.URI(), k.mech)
 	switch k.mech {
 	case schemas.WrapAESGCM:
 		nonce := make([]byte, schemas.NonceSize)
@@ -160,7 +193,7 @@ func (k *KEK) Wrap(_ context.Context, dekID string, dek *keys.DEK) (out []byte, 
 				}
 			}
 		}()
-		return k.gcm.Seal(nonce, nonce, dek.Bytes(), schemas.DEKAAD(dekID)), nil
+		return k.gcm.Seal(nonce, nonce, dek.Bytes(), gcmAAD(b)), nil
 	case schemas.WrapAESKWP:
 		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
 			kek, err := k.aesHandle(sh)
@@ -197,8 +230,8 @@ func (k *KEK) Wrap(_ context.Context, dekID string, dek *keys.DEK) (out []byte, 
 }
 
 // Unwrap implements keys.KEK.
-func (k *KEK) Unwrap(_ context.Context, dekID, mech string, wrapped []byte) (*keys.DEK, error) {
-	what := fmt.Sprintf("unwrap DEK %q with %s (%s)", dekID, k.URI(), mech)
+func (k *KEK) Unwrap(_ context.Context, b keys.Binding, mech string, wrapped []byte) (*keys.DEK, error) {
+	what := fmt.Sprintf("unwrap DEK (%s) with %s (%s)", b, k.URI(), mech)
 	if err := k.checkMech(mech); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -210,10 +243,10 @@ func (k *KEK) Unwrap(_ context.Context, dekID, mech string, wrapped []byte) (*ke
 	var err error
 	switch mech {
 	case schemas.WrapAESGCM:
-		if len(wrapped) != schemas.NonceSize+keys.DEKSize+schemas.TagSize {
-			return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes, want %d", what, keys.ErrUnwrapFailed, len(wrapped), schemas.NonceSize+keys.DEKSize+schemas.TagSize)
+		if n := len(wrapped) - schemas.NonceSize - schemas.TagSize; n < keys.MinSecret || n > keys.MaxSecret {
+			return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes, want %d to %d", what, keys.ErrUnwrapFailed, len(wrapped), schemas.NonceSize+keys.MinSecret+schemas.TagSize, schemas.NonceSize+keys.MaxSecret+schemas.TagSize)
 		}
-		plain, err = k.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], schemas.DEKAAD(dekID))
+		plain, err = k.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
 	case schemas.WrapAESKWP:
 		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
 			kek, err := k.aesHandle(sh)
@@ -346,14 +379,14 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 		return append(out, keys.Check{Name: "round trip", OK: false, Info: err.Error()})
 	}
 	defer test.Zero()
-	w, err := k.Wrap(ctx, "rekey-preflight", test)
+	w, err := k.Wrap(ctx, keys.ByID("rekey-preflight"), test)
 	if err != nil {
 		return append(out, keys.Check{Name: "test wrap with " + ref, OK: false, Info: err.Error()})
 	}
 	if k.isRSA && k.rsaPriv == nil {
 		return append(out, keys.Check{Name: "test wrap with " + ref, OK: true, Info: "public key only: unwrap not tested"})
 	}
-	got, err := k.Unwrap(ctx, "rekey-preflight", k.mech, w)
+	got, err := k.Unwrap(ctx, keys.ByID("rekey-preflight"), k.mech, w)
 	if err != nil {
 		return append(out, keys.Check{Name: "test unwrap with " + ref, OK: false, Info: err.Error()})
 	}
@@ -369,6 +402,4 @@ func (k *KEK) Matches(ref string) bool { return SameKey(ref, k.uri.KeyURI()) }
 
 // CustodianID names the HSM (module and token) this key lives on, so
 // per-HSM budgets are shared by every key on it.
-func (k *KEK) CustodianID() string {
-	return k.uri.ModulePath + "|" + k.uri.Token + "|" + k.uri.Serial
-}
+func (k *KEK) CustodianID() string { return k.uri.custodian() }

@@ -86,7 +86,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 			t.Fatalf("%s: %v", tbl.deks, err)
 		}
 		for _, r := range rows {
-			dek, err := k.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+			dek, err := k.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 			if err != nil {
 				t.Fatal(err)
 			}

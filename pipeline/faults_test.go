@@ -35,14 +35,22 @@ var registerFaulty sync.Once
 
 func faulty(t *testing.T, mode, inner string) string {
 	registerFaulty.Do(func() {
-		keys.Register("fake-faulty", func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
+		keys.Register(keys.Scheme{Name: "fake-faulty", Open: func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
 			parts := strings.SplitN(uri, ":", 3)
 			k, err := keys.Open(ctx, parts[2], opts)
 			if err != nil {
 				return nil, err
 			}
 			return &faultyKEK{KEK: k, mode: parts[1], tries: map[string]int{}}, nil
-		})
+		}, Parse: func(uri string) (keys.Ref, error) {
+			parts := strings.SplitN(uri, ":", 3)
+			if len(parts) < 3 {
+				return keys.Ref{}, keys.ErrBadURI
+			}
+			r, err := keys.ParseRef(parts[2])
+			r.Scheme, r.Canonical, r.Redacted = "fake-faulty", uri, parts[0]+":"+parts[1]+":"+r.Redacted
+			return r, err
+		}})
 	})
 	return "fake-faulty:" + mode + ":" + inner
 }
@@ -53,7 +61,8 @@ func (f *faultyKEK) URI() string { return "fake-faulty:" + f.mode + ":" + f.KEK.
 
 func (f *faultyKEK) Matches(ref string) bool { return transforms.KEKMatches(f.KEK, ref) }
 
-func (f *faultyKEK) Unwrap(ctx context.Context, id, mech string, w []byte) (*keys.DEK, error) {
+func (f *faultyKEK) Unwrap(ctx context.Context, b keys.Binding, mech string, w []byte) (*keys.DEK, error) {
+	id := b.DEKID
 	f.mu.Lock()
 	f.tries[id]++
 	n := f.tries[id]
@@ -64,14 +73,14 @@ func (f *faultyKEK) Unwrap(ctx context.Context, id, mech string, w []byte) (*key
 	case f.mode == "auth":
 		return nil, fmt.Errorf("unwrap %q: %w (fault injected)", id, keys.ErrAuthFailed)
 	}
-	return f.KEK.Unwrap(ctx, id, mech, w)
+	return f.KEK.Unwrap(ctx, b, mech, w)
 }
 
-func (f *faultyKEK) Wrap(ctx context.Context, id string, dek *keys.DEK) ([]byte, error) {
+func (f *faultyKEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) ([]byte, error) {
 	if f.mode == "panic" && f.wraps.Add(1) == 1 {
 		panic("C_EncryptInit: CKR_DEVICE_ERROR (fault injected)")
 	}
-	return f.KEK.Wrap(ctx, id, dek)
+	return f.KEK.Wrap(ctx, b, dek)
 }
 
 func TestTransientHSMErrorsAreRetried(t *testing.T) {
@@ -117,7 +126,7 @@ func TestSealPanicBecomesAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	dek, _ := keys.NewDEK(make([]byte, 32))
-	if _, err := k.Wrap(ctx, "d", dek); err == nil || !errors.Is(err, keys.ErrNotPermitted) {
+	if _, err := k.Wrap(ctx, keys.ByID("d"), dek); err == nil || !errors.Is(err, keys.ErrNotPermitted) {
 		t.Fatalf("want ErrNotPermitted from a key without CKA_ENCRYPT, got %v", err)
 	}
 }

@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+	"maps"
 
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/schemas/format"
 	"rekey/transforms"
 )
 
@@ -25,6 +27,10 @@ type Side struct {
 	DEKs string `yaml:"deks"`           // DEK table folder
 	KEK  string `yaml:"kek"`            // pkcs11: URI with module-path and pin-source
 	Wrap string `yaml:"wrap,omitempty"` // wrap mechanism (target: used to wrap; source: checked)
+	// Format is the cell format of the record files (schemas/format:
+	// rekey-v1, the default, or aes-gcm) and FormatOptions its options.
+	Format        string            `yaml:"format,omitempty"`
+	FormatOptions map[string]string `yaml:"format_options,omitempty"`
 }
 
 // Columns names the record columns rekey reads.
@@ -103,6 +109,21 @@ func (j *Job) Defaults() {
 	if j.RunID == "" {
 		j.RunID = time.Now().UTC().Format("20060102T150405Z")
 	}
+	if j.Mode == schemas.ModeRewrap && j.Target.Format == "" && j.Target.FormatOptions == nil {
+		// A rewrap keeps the format: the data is not touched.
+		j.Target.Format, j.Target.FormatOptions = j.Source.Format, j.Source.FormatOptions
+	}
+}
+
+// formats validates source.format and target.format.
+func (j *Job) formats() (src, dst format.Format, err error) {
+	if src, err = format.New(j.Source.Format, j.Source.FormatOptions); err != nil {
+		return nil, nil, cfgErr("source.format", "%v", err)
+	}
+	if dst, err = format.New(j.Target.Format, j.Target.FormatOptions); err != nil {
+		return nil, nil, cfgErr("target.format", "%v", err)
+	}
+	return src, dst, nil
 }
 
 var runIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -134,20 +155,49 @@ func (j *Job) Validate() error {
 	if !runIDRe.MatchString(j.RunID) {
 		return cfgErr("run_id", "%q: use letters, digits, '.', '_' and '-' (it becomes a folder name)", j.RunID)
 	}
+	srcFmt, dstFmt, err := j.formats()
+	if err != nil {
+		return err
+	}
 	req := map[string]string{"source.deks": j.Source.DEKs, "source.kek": j.Source.KEK, "target.deks": j.Target.DEKs, "target.kek": j.Target.KEK, "ledger": j.Ledger}
-	for _, f := range []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"} {
+	need := []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"}
+	colKeys := srcFmt.Keys() == format.KeyColumn
+	if colKeys {
+		// The wrapped keys are in the records: no source DEK table.
+		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Mode == schemas.ModeRewrap })
+		if j.Source.DEKs != "" {
+			return cfgErr("source.deks", "source.format keeps wrapped keys in column %q: there is no source DEK table; remove source.deks", srcFmt.KeyColumn())
+		}
+		if j.Mode == schemas.ModeRewrap && j.Target.DEKs != "" {
+			return cfgErr("target.deks", "a rewrap of keys kept in column %q rewrites that column in target.data; remove target.deks", srcFmt.KeyColumn())
+		}
+	}
+	for _, f := range need {
 		if req[f] == "" {
 			return cfgErr(f, "missing")
 		}
 	}
-	if j.Mode == schemas.ModeReencrypt {
+	if j.Mode == schemas.ModeRewrap && (j.Target.Format != j.Source.Format || !maps.Equal(j.Target.FormatOptions, j.Source.FormatOptions)) {
+		return cfgErr("target.format", "a rewrap keeps the cell format (the data is not re-encrypted): remove target.format, or use mode: reencrypt to convert %s to %s", srcFmt.Name(), dstFmt.Name())
+	}
+	if dstFmt.Keys() == format.KeyColumn && j.Mode == schemas.ModeReencrypt {
+		return cfgErr("target.format", "reencrypt into a format that keeps wrapped keys in a column is not supported yet: re-encrypt into rekey-v1 or aes-gcm with keys: table")
+	}
+	if j.Mode == schemas.ModeRewrap && colKeys {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: the wrapped keys are in column %q of the records", srcFmt.KeyColumn())
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: a rewrap of keys in column %q writes the records again with only that column changed", srcFmt.KeyColumn())
+		}
+	} else if j.Mode == schemas.ModeReencrypt {
 		if j.Source.Data == "" {
 			return cfgErr("source.data", "missing: reencrypt reads a record dataset")
 		}
 		if j.Target.Data == "" {
 			return cfgErr("target.data", "missing: reencrypt writes a record dataset")
 		}
-	} else if j.Target.Data != "" {
+	} else if j.Target.Data != "" && !colKeys {
 		return cfgErr("target.data", "rewrap does not write records (the data stays as it is); remove target.data or use mode: reencrypt")
 	}
 	for f, k := range map[string]string{"source.kek": j.Source.KEK, "target.kek": j.Target.KEK} {
@@ -160,8 +210,8 @@ func (j *Job) Validate() error {
 		}
 	}
 	for f, w := range map[string]string{"source.wrap": j.Source.Wrap, "target.wrap": j.Target.Wrap} {
-		if w != "" && !schemas.KnownWrap(w) {
-			return cfgErr(f, "%q is not a wrap mechanism (%s)", w, strings.Join(schemas.WrapMechanisms, ", "))
+		if w != "" && !keys.KnownMechanism(w) {
+			return cfgErr(f, "%q is not a wrap mechanism (%s)", w, strings.Join(keys.Mechanisms(), ", "))
 		}
 	}
 	if j.Workers < 0 {
@@ -190,11 +240,17 @@ func (j *Job) Validate() error {
 		return cfgErr("columns", "dek_id column %q, record_id column %q and the encrypted columns must all differ", j.Columns.DEKID, j.Columns.RecordID)
 	}
 	// Nothing rekey writes may be inside what it reads (or contain it).
-	reads := map[string]string{"source.deks": j.Source.DEKs}
+	reads := map[string]string{}
+	if j.Source.DEKs != "" {
+		reads["source.deks"] = j.Source.DEKs
+	}
 	if j.Source.Data != "" {
 		reads["source.data"] = j.Source.Data
 	}
-	writes := map[string]string{"target.deks": j.Target.DEKs, "ledger": j.Ledger}
+	writes := map[string]string{"ledger": j.Ledger}
+	if j.Target.DEKs != "" {
+		writes["target.deks"] = j.Target.DEKs
+	}
 	if j.Target.Data != "" {
 		writes["target.data"] = j.Target.Data
 	}
@@ -205,7 +261,7 @@ func (j *Job) Validate() error {
 			}
 		}
 	}
-	if j.Target.Data != "" && overlaps(j.Target.Data, j.Target.DEKs) {
+	if j.Target.Data != "" && j.Target.DEKs != "" && overlaps(j.Target.Data, j.Target.DEKs) {
 		return cfgErr("target.deks", "%q overlaps target.data %q: keep the DEK table beside the data, not inside it", j.Target.DEKs, j.Target.Data)
 	}
 	for _, loc := range []string{j.Source.DEKs, j.Source.Data, j.Target.DEKs, j.Target.Data, j.Ledger} {
@@ -245,6 +301,8 @@ func (j *Job) Spec() transforms.Spec {
 	budget, _ := transforms.ParseBudget(j.MaxFailures) // checked by Validate
 	return transforms.Spec{
 		RunID: j.RunID, Mode: j.Mode,
+		SourceFormat: j.Source.Format, SourceFormatOptions: j.Source.FormatOptions,
+		TargetFormat: j.Target.Format, TargetFormatOptions: j.Target.FormatOptions,
 		SourceData: j.Source.Data, SourceDEKs: j.Source.DEKs, SourceKEK: j.Source.KEK, SourceWrap: j.Source.Wrap,
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
@@ -253,10 +311,5 @@ func (j *Job) Spec() transforms.Spec {
 	}
 }
 
-// redact drops a key URI's query (module path, PIN source) for messages.
-func redact(uri string) string {
-	if i := strings.IndexByte(uri, '?'); i >= 0 {
-		return uri[:i] + "?..."
-	}
-	return uri
-}
+// redact is a key reference safe for messages.
+func redact(uri string) string { return keys.Redact(uri) }

@@ -132,7 +132,7 @@ func decryptAll(t *testing.T, data, deks, kekURI string, encrypted []string) map
 			if !ok {
 				t.Fatalf("record %d names unknown DEK %q", r.ID, r.DEKID)
 			}
-			dek, err := kek.Unwrap(ctx, d.DEKID, d.Wrap, d.Wrapped)
+			dek, err := kek.Unwrap(ctx, keys.ByID(d.DEKID), d.Wrap, d.Wrapped)
 			if err != nil {
 				t.Fatalf("unwrap %q: %v", d.DEKID, err)
 			}
@@ -241,8 +241,8 @@ func TestRewrapRoundTrip(t *testing.T) {
 				t.Fatalf("%d DEKs in, %d out", len(a), len(b))
 			}
 			for i := range a {
-				x, err1 := srcKEK.Unwrap(ctx, a[i].DEKID, a[i].Wrap, a[i].Wrapped)
-				y, err2 := dstKEK.Unwrap(ctx, b[i].DEKID, b[i].Wrap, b[i].Wrapped)
+				x, err1 := srcKEK.Unwrap(ctx, keys.ByID(a[i].DEKID), a[i].Wrap, a[i].Wrapped)
+				y, err2 := dstKEK.Unwrap(ctx, keys.ByID(b[i].DEKID), b[i].Wrap, b[i].Wrapped)
 				if err1 != nil || err2 != nil || a[i].DEKID != b[i].DEKID || !bytes.Equal(x.Bytes(), y.Bytes()) || b[i].Wrap != tc.dstWrap {
 					t.Fatalf("DEK %q did not survive the rewrap (%v, %v)", a[i].DEKID, err1, err2)
 				}

@@ -216,7 +216,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 		// A real unwrap proves the source KEK is the one these DEKs use.
 		if probe != nil {
-			dek, err := src.Unwrap(ctx, probe.DEKID, probe.Wrap, probe.Wrapped)
+			dek, err := src.Unwrap(ctx, keys.ByID(probe.DEKID), probe.Wrap, probe.Wrapped)
 			if err != nil {
 				r.add(false, "test unwrap", "DEK %q: %v", probe.DEKID, err)
 			} else {

@@ -152,12 +152,12 @@ func checkCommitted(t *testing.T, d *dataset, j *pipeline.Job, failed map[string
 		if _, dup := deks[r.DEKID]; dup {
 			t.Fatalf("DEK %q twice in the target table", r.DEKID)
 		}
-		got, err := dstKEK.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		got, err := dstKEK.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 		if err != nil {
 			t.Fatalf("target DEK %q: %v", r.DEKID, err)
 		}
 		s := srcByID[r.DEKID]
-		want, err := srcKEK.Unwrap(ctx, s.DEKID, s.Wrap, s.Wrapped)
+		want, err := srcKEK.Unwrap(ctx, keys.ByID(s.DEKID), s.Wrap, s.Wrapped)
 		if err != nil {
 			t.Fatalf("source DEK %q: %v", r.DEKID, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"rekey/providers/storage"
+	"rekey/schemas/format"
 	"rekey/transforms"
 )
 
@@ -29,6 +30,8 @@ type RunDefinition struct {
 	TargetDEKs  string    `json:"target_deks"`
 	TargetKEK   string    `json:"target_kek"`
 	TargetWrap  string    `json:"target_wrap"`
+	SourceFmt   string    `json:"source_format,omitempty"`
+	TargetFmt   string    `json:"target_format,omitempty"`
 	Encrypted   []string  `json:"encrypted"`
 	DEKColumn   string    `json:"dek_id_column"`
 	IDColumn    string    `json:"record_id_column"`
@@ -52,7 +55,18 @@ func (j *Job) Definition() RunDefinition {
 		SourceData: j.Source.Data, SourceDEKs: j.Source.DEKs, SourceKEK: redact(j.Source.KEK), SourceWrap: j.Source.Wrap,
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: redact(j.Target.KEK), TargetWrap: j.Target.Wrap,
 		Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID, DEKSource: j.DEKSource,
-		MaxCell: j.MaxCell, Incremental: j.Incremental, Started: time.Now().UTC().Truncate(time.Second)}
+		MaxCell: j.MaxCell, Incremental: j.Incremental, Started: time.Now().UTC().Truncate(time.Second),
+		SourceFmt: describeFormat(j.Source), TargetFmt: describeFormat(j.Target)}
+}
+
+// describeFormat is a side's configured format in one line ("" for the
+// default, so definitions written before formats existed still match).
+func describeFormat(s Side) string {
+	f, err := format.New(s.Format, s.FormatOptions)
+	if err != nil || f.Name() == format.Default {
+		return ""
+	}
+	return f.Describe()
 }
 
 // ErrJobChanged is returned when a run id is used again with a job that
@@ -76,6 +90,8 @@ func (d RunDefinition) Diff(o RunDefinition) (field, was, now string) {
 		{"target.deks", d.TargetDEKs, o.TargetDEKs, true},
 		{"target.kek", d.TargetKEK, o.TargetKEK, false},
 		{"target.wrap", d.TargetWrap, o.TargetWrap, false},
+		{"source.format", d.SourceFmt, o.SourceFmt, false},
+		{"target.format", d.TargetFmt, o.TargetFmt, false},
 		{"columns.encrypted", strings.Join(d.Encrypted, ","), strings.Join(o.Encrypted, ","), false},
 		{"columns.dek_id", d.DEKColumn, o.DEKColumn, false},
 		{"columns.record_id", d.IDColumn, o.IDColumn, false},

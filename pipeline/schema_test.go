@@ -67,7 +67,7 @@ func duckDataset(t *testing.T) *dataset {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w, err := kek.Wrap(ctx, id, dek)
+		w, err := kek.Wrap(ctx, keys.ByID(id), dek)
 		dek.Zero()
 		if err != nil {
 			t.Fatal(err)
@@ -150,7 +150,7 @@ func TestReencryptKeepsSourceSchema(t *testing.T) {
 	}
 	newDEKs := map[string]*keys.DEK{}
 	for _, r := range table {
-		dek, err := kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		dek, err := kek.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 		if err != nil {
 			t.Fatal(err)
 		}

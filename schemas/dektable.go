@@ -6,6 +6,8 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -18,17 +20,39 @@ const (
 	WrapRSAOAEPSHA1   = "rsa-oaep-sha1"
 )
 
-// WrapMechanisms lists every mechanism rekey knows, in documentation order.
+// WrapMechanisms lists the PKCS#11 mechanisms (the pkcs11 scheme's, in
+// documentation order).
 var WrapMechanisms = []string{WrapAESGCM, WrapAESKWP, WrapRSAOAEPSHA256, WrapRSAOAEPSHA1}
 
-// KnownWrap reports whether m is a wrap mechanism rekey supports.
-func KnownWrap(m string) bool {
-	for _, w := range WrapMechanisms {
-		if w == m {
-			return true
+var (
+	wrapMu    sync.RWMutex
+	wrapNames = slices.Clone(WrapMechanisms)
+)
+
+// RegisterWrap adds the mechanisms of a custodian scheme to those a DEK
+// table's wrap column may hold (keys.Register calls it).
+func RegisterWrap(names ...string) {
+	wrapMu.Lock()
+	defer wrapMu.Unlock()
+	for _, n := range names {
+		if !slices.Contains(wrapNames, n) {
+			wrapNames = append(wrapNames, n)
 		}
 	}
-	return false
+}
+
+// KnownWrap reports whether m is a registered wrap mechanism.
+func KnownWrap(m string) bool {
+	wrapMu.RLock()
+	defer wrapMu.RUnlock()
+	return slices.Contains(wrapNames, m)
+}
+
+// KnownWraps lists the registered wrap mechanisms.
+func KnownWraps() []string {
+	wrapMu.RLock()
+	defer wrapMu.RUnlock()
+	return slices.Clone(wrapNames)
 }
 
 // MaxDEKIDBytes caps a dek_id.
@@ -61,7 +85,7 @@ func (r *DEKRow) Validate() error {
 	case r.KEK == "":
 		return fmt.Errorf("%w: dek_id %q has an empty kek", ErrBadDEKRow, r.DEKID)
 	case !KnownWrap(r.Wrap):
-		return fmt.Errorf("%w: dek_id %q has unknown wrap %q (known: %v)", ErrBadDEKRow, r.DEKID, r.Wrap, WrapMechanisms)
+		return fmt.Errorf("%w: dek_id %q has unknown wrap %q (known: %v)", ErrBadDEKRow, r.DEKID, r.Wrap, KnownWraps())
 	case len(r.Wrapped) == 0:
 		return fmt.Errorf("%w: dek_id %q has an empty wrapped key", ErrBadDEKRow, r.DEKID)
 	case len(r.Wrapped) > MaxWrappedDEK:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 )
 
 // Envelope version 1: version byte, 96-bit nonce, AES-256-GCM ciphertext with
@@ -115,3 +116,34 @@ func OpenCell(dst []byte, aead cipher.AEAD, cell, aad []byte) ([]byte, error) {
 
 // CellOverhead is the number of bytes a v1 envelope adds to a plaintext.
 const CellOverhead = 1 + NonceSize + TagSize
+
+const bindAADLabel = "rekey.bind.v1"
+
+// BindingAAD encodes a custodian binding that is more than a dek_id (a KMS
+// encryption context, an AAD list) as AES-GCM additional data for keys
+// wrapped by rekey itself: a label, then length-prefixed fields, context
+// pairs sorted by name, so equal bindings give equal bytes and no two
+// bindings share an encoding.
+func BindingAAD(dekID string, context map[string]string, aad []string) []byte {
+	b := append([]byte(bindAADLabel), 0)
+	field := func(s string) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	field(dekID)
+	names := make([]string, 0, len(context))
+	for k := range context {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(names)))
+	for _, k := range names {
+		field(k)
+		field(context[k])
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(aad)))
+	for _, a := range aad {
+		field(a)
+	}
+	return b
+}

@@ -7,14 +7,13 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 	"github.com/parquet-go/parquet-go"
 
+	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
 )
@@ -107,41 +106,10 @@ func (a *AuditSpec) maxIDs() int {
 // URI scheme; same reports whether ref names the key kek names, and an error
 // when ref is not a valid reference of that scheme (the audit then cannot
 // prove anything about that row, and says so).
-var (
-	refMatchersMu sync.RWMutex
-	refMatchers   = map[string]func(ref, kek string) (bool, error){}
-)
-
-// RegisterKEKRefMatcher installs the comparison of key references for a URI
-// scheme. It panics on a duplicate scheme. Every process that runs the audit
-// DoFns must register it (the rekey binary does so in an init function, so
-// its workers do too).
-func RegisterKEKRefMatcher(scheme string, same func(ref, kek string) (bool, error)) {
-	refMatchersMu.Lock()
-	defer refMatchersMu.Unlock()
-	if _, dup := refMatchers[scheme]; dup {
-		panic(fmt.Sprintf("transforms: KEK reference matcher for scheme %q registered twice", scheme))
-	}
-	refMatchers[scheme] = same
-}
-
-// SameKEKRef reports whether the DEK table reference ref names kek, using
-// the matcher registered for kek's scheme, or exact comparison (query
-// dropped) when there is none.
-func SameKEKRef(ref, kek string) (bool, error) {
-	scheme, _, _ := strings.Cut(kek, ":")
-	rs, _, ok := strings.Cut(ref, ":")
-	if !ok || rs != scheme {
-		return false, nil
-	}
-	refMatchersMu.RLock()
-	same := refMatchers[scheme]
-	refMatchersMu.RUnlock()
-	if same == nil {
-		return redactKEK(ref) == redactKEK(kek), nil
-	}
-	return same(ref, kek)
-}
+// SameKEKRef reports whether the DEK table reference ref names kek, by
+// the scheme's own comparison (keys.SameRef): module paths, PIN sources and
+// credentials do not change which key it is.
+func SameKEKRef(ref, kek string) (bool, error) { return keys.SameRef(ref, kek) }
 
 // AuditDEK is one DEK table row, reduced to what the audit needs (no
 // wrapped key).

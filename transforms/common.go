@@ -25,12 +25,7 @@ var (
 )
 
 // KEKMatches reports whether a DEK table's kek reference names k.
-func KEKMatches(k keys.KEK, ref string) bool {
-	if m, ok := k.(interface{ Matches(string) bool }); ok {
-		return m.Matches(ref)
-	}
-	return k.URI() == ref
-}
+func KEKMatches(k keys.KEK, ref string) bool { return keys.Matches(k, ref) }
 
 func checksum(parts ...[]byte) string {
 	h := sha256.New()
@@ -40,17 +35,13 @@ func checksum(parts ...[]byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// unwrapSource unwraps a DEK table row's key with kek through the cache,
-// with retries for transient HSM errors.
-func unwrapCached(ctx context.Context, c *keyCache, kek keys.KEK, dekID, mech string, wrapped []byte) (*cachedKey, error) {
-	return c.get(cacheKey(kek.URI(), dekID, mech, wrapped), func() (*keys.DEK, error) {
-		var dek *keys.DEK
-		err := withRetry(ctx, func() (err error) {
-			dek, err = kek.Unwrap(ctx, dekID, mech, wrapped)
-			return err
-		})
-		return dek, err
-	})
+// unwrapCached unwraps a DEK table row's key with kek through the cache
+// (kek retries transient custodian errors itself).
+func unwrapCached(ctx context.Context, c *keys.Cache, kek keys.KEK, dekID, mech string, wrapped []byte) (*cachedKey, error) {
+	b := keys.ByID(dekID)
+	return cachedAEAD(c.Get(keys.CacheKey(kek.URI(), b, mech, wrapped), func() (*keys.DEK, error) {
+		return kek.Unwrap(ctx, b, mech, wrapped)
+	}))
 }
 
 // alreadyDone reports whether a unit's ledger part is committed with

@@ -127,7 +127,7 @@ func (f *GenDEKsFn) ProcessElement(ctx context.Context, shard int, emit func(sch
 		}
 		defer dek.Zero()
 		id := GenDEKID(lo + i)
-		w, err := f.kek.Wrap(ctx, id, dek)
+		w, err := f.kek.Wrap(ctx, keys.ByID(id), dek)
 		if err != nil {
 			return err
 		}
@@ -162,7 +162,7 @@ func (f *GenDEKsFn) ProcessElement(ctx context.Context, shard int, emit func(sch
 type GenRecordsFn struct {
 	Spec    GenSpec
 	kek     keys.KEK
-	cache   *keyCache
+	cache   *keys.Cache
 	deks    map[string]*schemas.DEKRow
 	checked sync.Map // dek_id -> error of its kcv check (nil: right key)
 }

@@ -1,15 +1,10 @@
 package transforms
 
 import (
-	"container/list"
 	"context"
 	"crypto/cipher"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
-	"time"
 
 	"rekey/providers/keys"
 )
@@ -27,7 +22,9 @@ func (s *Spec) openKEK(ctx context.Context, uri, wrap string) (keys.KEK, error) 
 	if err != nil {
 		return nil, err
 	}
-	return withRate(k, s.HSMRate), nil
+	// Transient custodian errors are retried per operation, inside the
+	// custodian's rate budget.
+	return keys.WithRetry(keys.WithRate(k, s.HSMRate), keys.RetryPolicy{}), nil
 }
 
 // openPair opens the source and target KEKs of a migrating DoFn.
@@ -62,140 +59,34 @@ func OpenKEK(ctx context.Context, uri, wrap string, sessions int) (keys.KEK, err
 	return k, nil
 }
 
-// cachedKey is an unwrapped DEK and its AES-GCM instance.
+// cachedKey is an unwrapped DEK (its AEAD is built once, by the DEK).
 type cachedKey struct {
 	dek  *keys.DEK
 	aead cipher.AEAD
 }
 
-type cacheEntry struct {
-	key   string
-	ready chan struct{}
-	val   *cachedKey
-	err   error
-	elem  *list.Element
-}
-
-// keyCache is a bounded LRU of unwrapped DEKs, with one unwrap in flight per
-// key however many goroutines ask (so HSM work scales with DEKs, not
-// records). Evicted keys are zeroed.
-type keyCache struct {
-	mu      sync.Mutex
-	max     int
-	entries map[string]*cacheEntry
-	lru     *list.List
-	unwraps int64
-}
-
-func newKeyCache(max int) *keyCache {
-	if max <= 0 {
-		max = 4096
-	}
-	return &keyCache{max: max, entries: map[string]*cacheEntry{}, lru: list.New()}
-}
-
 var (
 	sharedCacheOnce sync.Once
-	sharedCache     *keyCache
+	sharedCache     *keys.Cache
 )
 
 // processCache is the DEK cache of this worker process.
-func processCache(size int) *keyCache {
-	sharedCacheOnce.Do(func() { sharedCache = newKeyCache(size) })
+func processCache(size int) *keys.Cache {
+	sharedCacheOnce.Do(func() { sharedCache = keys.NewCache(size) })
 	return sharedCache
 }
 
-func cacheKey(kekURI, dekID, mech string, wrapped []byte) string {
-	h := sha256.New()
-	for _, s := range []string{kekURI, dekID, mech} {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
-	}
-	h.Write(wrapped)
-	return string(h.Sum(nil))
-}
-
-// get returns the unwrapped key, calling load at most once per key while it
-// stays cached. Errors are not cached, except permanent ones for the life of
-// the entry's waiters.
-func (c *keyCache) get(key string, load func() (*keys.DEK, error)) (*cachedKey, error) {
-	c.mu.Lock()
-	if e := c.entries[key]; e != nil {
-		if e.elem != nil {
-			c.lru.MoveToFront(e.elem)
-		}
-		c.mu.Unlock()
-		<-e.ready
-		return e.val, e.err
-	}
-	e := &cacheEntry{key: key, ready: make(chan struct{})}
-	c.entries[key] = e
-	c.mu.Unlock()
-
-	dek, err := func() (d *keys.DEK, err error) {
-		defer recoverTo(&err) // a panicking load must not leave waiters hanging
-		return load()
-	}()
-	var val *cachedKey
-	if err == nil {
-		aead, aerr := dek.AEAD()
-		if aerr != nil {
-			dek.Zero()
-			err = aerr
-		} else {
-			val = &cachedKey{dek: dek, aead: aead}
-		}
-	}
-	c.mu.Lock()
-	e.val, e.err = val, err
+// cachedAEAD returns d with its AES-GCM instance.
+func cachedAEAD(d *keys.DEK, err error) (*cachedKey, error) {
 	if err != nil {
-		delete(c.entries, key)
-	} else {
-		c.unwraps++
-		e.elem = c.lru.PushFront(e)
-		for c.lru.Len() > c.max {
-			old := c.lru.Remove(c.lru.Back()).(*cacheEntry)
-			delete(c.entries, old.key)
-			old.val.dek.Zero()
-		}
+		return nil, err
 	}
-	c.mu.Unlock()
-	close(e.ready)
-	return val, err
-}
-
-// put inserts a key this process created (a fresh DEK), so it is not
-// unwrapped again. The cache takes ownership of dek.
-func (c *keyCache) put(key string, dek *keys.DEK) {
-	_, _ = c.get(key, func() (*keys.DEK, error) { return dek, nil })
+	aead, err := d.AEAD()
+	if err != nil {
+		return nil, err
+	}
+	return &cachedKey{dek: d, aead: aead}, nil
 }
 
 // Unwraps is the number of unwraps this process's cache performed.
-func Unwraps() int64 {
-	c := processCache(0)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.unwraps
-}
-
-// withRetry runs op, retrying errors marked retryable with exponential
-// backoff and full jitter. Permanent errors return at once.
-func withRetry(ctx context.Context, op func() error) error {
-	const attempts = 5
-	backoff := 50 * time.Millisecond
-	var err error
-	for i := 0; i < attempts; i++ {
-		err = op()
-		if err == nil || !keys.IsRetryable(err) {
-			return err
-		}
-		sleep := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(sleep):
-		}
-		backoff *= 2
-	}
-	return fmt.Errorf("gave up after %d attempts: %w", attempts, err)
-}
+func Unwraps() int64 { return processCache(0).Loads() }

@@ -1,97 +1,11 @@
 package transforms
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
-
-	"golang.org/x/time/rate"
-
-	"rekey/providers/keys"
 )
-
-// Rate limiting: production HSMs are shared, so --hsm-rate caps the
-// operations per second this process sends to each HSM (module + token),
-// whatever KEKs on it are used. On a distributed runner every worker
-// process has its own budget: set the per-worker rate to the cluster budget
-// divided by the number of workers (docs/OPERATIONS.md).
-
-var (
-	limitersMu sync.Mutex
-	limiters   = map[string]*rate.Limiter{}
-)
-
-func limiterFor(k keys.KEK, perSecond float64) *rate.Limiter {
-	id := k.URI()
-	if c, ok := k.(interface{ CustodianID() string }); ok {
-		id = c.CustodianID()
-	}
-	limitersMu.Lock()
-	defer limitersMu.Unlock()
-	l := limiters[id]
-	if l == nil {
-		burst := int(perSecond / 10)
-		if burst < 1 {
-			burst = 1
-		}
-		l = rate.NewLimiter(rate.Limit(perSecond), burst)
-		limiters[id] = l
-	}
-	return l
-}
-
-// limitedKEK waits for its HSM's rate budget before every operation.
-type limitedKEK struct {
-	keys.KEK
-	lim *rate.Limiter
-}
-
-func (k limitedKEK) Wrap(ctx context.Context, dekID string, dek *keys.DEK) ([]byte, error) {
-	if err := k.lim.Wait(ctx); err != nil {
-		return nil, keys.Retryable(fmt.Errorf("HSM rate limit: %w", err))
-	}
-	return k.KEK.Wrap(ctx, dekID, dek)
-}
-
-func (k limitedKEK) Unwrap(ctx context.Context, dekID, mech string, wrapped []byte) (*keys.DEK, error) {
-	if err := k.lim.Wait(ctx); err != nil {
-		return nil, keys.Retryable(fmt.Errorf("HSM rate limit: %w", err))
-	}
-	return k.KEK.Unwrap(ctx, dekID, mech, wrapped)
-}
-
-func (k limitedKEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
-	if err := k.lim.Wait(ctx); err != nil {
-		return nil, keys.Retryable(fmt.Errorf("HSM rate limit: %w", err))
-	}
-	return k.KEK.(keys.Generator).GenerateDEK(ctx)
-}
-
-// generatorOf returns k's random generator, if its custodian has one: the
-// rate limiter offers GenerateDEK only when the key behind it does.
-func generatorOf(k keys.KEK) (keys.Generator, bool) {
-	if l, ok := k.(limitedKEK); ok {
-		if _, ok := l.KEK.(keys.Generator); !ok {
-			return nil, false
-		}
-		return l, true
-	}
-	g, ok := k.(keys.Generator)
-	return g, ok
-}
-
-func (k limitedKEK) Matches(ref string) bool { return KEKMatches(k.KEK, ref) }
-
-// withRate wraps k with the per-HSM limiter when a rate is set.
-func withRate(k keys.KEK, perSecond float64) keys.KEK {
-	if perSecond <= 0 {
-		return k
-	}
-	return limitedKEK{KEK: k, lim: limiterFor(k, perSecond)}
-}
 
 // ErrFailureBudget stops a run that has failed more than --max-failures
 // allows.

@@ -9,6 +9,7 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 
+	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
 )
@@ -228,15 +229,8 @@ func (rep *VerifyReport) add(r *VerifyResult) {
 	}
 }
 
-// redactKEK drops the query part (module path, pin source) of a key URI.
-func redactKEK(uri string) string {
-	for i := 0; i < len(uri); i++ {
-		if uri[i] == '?' {
-			return uri[:i]
-		}
-	}
-	return uri
-}
+// redactKEK is a key reference safe for reports (keys.Redact).
+func redactKEK(uri string) string { return keys.Redact(uri) }
 
 // WriteManifest is the last step of every run.
 func WriteManifest(s beam.Scope, spec Spec, results beam.PCollection) {

@@ -41,7 +41,7 @@ type MintDEKsFn struct {
 	Spec Spec
 
 	src, dst keys.KEK
-	cache    *keyCache
+	cache    *keys.Cache
 }
 
 // Setup opens both KEKs (once per process).
@@ -196,18 +196,18 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	if len(newID) > schemas.MaxDEKIDBytes {
 		return nil, nil, "", fmt.Errorf("new dek_id %q would be longer than %d bytes (shorten the run id)", newID, schemas.MaxDEKIDBytes)
 	}
-	if !KEKMatches(f.src, r.KEK) {
+	if !keys.Matches(f.src, r.KEK) {
 		return nil, nil, "", fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	// The source DEK must unwrap to the right key; keep it cached for the
 	// record stage. The proof runs inside the load, so a wrong key never
 	// enters the cache, and again on a cached key (cheap).
-	src, err := f.cache.get(cacheKey(f.src.URI(), r.DEKID, r.Wrap, r.Wrapped), func() (*keys.DEK, error) {
+	src, err := cachedAEAD(f.cache.Get(keys.CacheKey(f.src.URI(), keys.ByID(r.DEKID), r.Wrap, r.Wrapped), func() (*keys.DEK, error) {
 		var d *keys.DEK
-		if err := withRetry(ctx, func() (err error) {
-			d, err = f.src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		if err := func() (err error) {
+			d, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 			return err
-		}); err != nil {
+		}(); err != nil {
 			return nil, err
 		}
 		if _, err := proveDEK(ctx, &f.Spec, f.src, r, d, nil); err != nil {
@@ -215,7 +215,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 			return nil, err
 		}
 		return d, nil
-	})
+	}))
 	if err != nil {
 		if len(r.KCV) > 0 && errorsIs(err, schemas.ErrKCVMismatch) {
 			proof = schemas.ProofKCV
@@ -226,28 +226,28 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 		return nil, nil, proof, err
 	}
 	var dek *keys.DEK
-	err = withRetry(ctx, func() (err error) {
+	err = func() (err error) {
 		dek, err = f.newDEK(ctx)
 		return err
-	})
+	}()
 	if err != nil {
 		return nil, nil, proof, err
 	}
 	kcv = schemas.KCV(dek.Bytes(), newID)
 	var w []byte
-	if err := withRetry(ctx, func() (err error) {
-		w, err = f.dst.Wrap(ctx, newID, dek)
+	if err := func() (err error) {
+		w, err = f.dst.Wrap(ctx, keys.ByID(newID), dek)
 		return err
-	}); err != nil {
+	}(); err != nil {
 		dek.Zero()
 		return nil, nil, proof, err
 	}
 	if !f.Spec.SkipVerify {
 		var back *keys.DEK
-		if err := withRetry(ctx, func() (err error) {
-			back, err = f.dst.Unwrap(ctx, newID, f.dst.Mechanism(), w)
+		if err := func() (err error) {
+			back, err = f.dst.Unwrap(ctx, keys.ByID(newID), f.dst.Mechanism(), w)
 			return err
-		}); err != nil {
+		}(); err != nil {
 			dek.Zero()
 			return nil, nil, proof, fmt.Errorf("verify before commit: %w", err)
 		}
@@ -259,14 +259,14 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 		}
 	}
 	// The cache owns dek from here.
-	f.cache.put(cacheKey(f.dst.URI(), newID, f.dst.Mechanism(), w), dek)
+	f.cache.Put(keys.CacheKey(f.dst.URI(), keys.ByID(newID), f.dst.Mechanism(), w), dek)
 	return w, kcv, proof, nil
 }
 
 func (f *MintDEKsFn) newDEK(ctx context.Context) (*keys.DEK, error) {
 	if f.Spec.DEKSource != "crypto-rand" {
-		if g, ok := generatorOf(f.dst); ok {
-			return g.GenerateDEK(ctx)
+		if keys.CanGenerate(f.dst) {
+			return keys.Generate(ctx, f.dst)
 		}
 	}
 	b := make([]byte, keys.DEKSize)

@@ -38,7 +38,7 @@ type ReencryptFn struct {
 	Spec Spec
 
 	src, dst keys.KEK
-	cache    *keyCache
+	cache    *keys.Cache
 	maps     map[string]*DEKMap
 }
 

@@ -167,14 +167,14 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 	case "conflict":
 		return nil, nil, "", fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
 	}
-	if !KEKMatches(f.src, r.KEK) {
+	if !keys.Matches(f.src, r.KEK) {
 		return nil, nil, "", fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	var dek *keys.DEK
-	err = withRetry(ctx, func() (err error) {
-		dek, err = f.src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+	err = func() (err error) {
+		dek, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 		return err
-	})
+	}()
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -184,20 +184,20 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 	}
 	kcv = schemas.KCV(dek.Bytes(), r.DEKID)
 	var w []byte
-	if err := withRetry(ctx, func() (err error) {
-		w, err = f.dst.Wrap(ctx, r.DEKID, dek)
+	if err := func() (err error) {
+		w, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek)
 		return err
-	}); err != nil {
+	}(); err != nil {
 		return nil, nil, proof, err
 	}
 	if f.Spec.SkipVerify {
 		return w, kcv, proof, nil
 	}
 	var back *keys.DEK
-	if err := withRetry(ctx, func() (err error) {
-		back, err = f.dst.Unwrap(ctx, r.DEKID, f.dst.Mechanism(), w)
+	if err := func() (err error) {
+		back, err = f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), w)
 		return err
-	}); err != nil {
+	}(); err != nil {
 		return nil, nil, proof, fmt.Errorf("verify before commit: %w", err)
 	}
 	defer back.Zero()
@@ -209,10 +209,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string)
 
 // isFatalKeyErr reports errors that no other DEK or record would escape:
 // the custodian is unreachable or refuses us. The run stops at once.
-func isFatalKeyErr(err error) bool {
-	return errorsIs(err, keys.ErrAuthFailed, keys.ErrModule, keys.ErrTokenNotFound, keys.ErrNotPermitted, keys.ErrMechanism, keys.ErrKeyNotFound) ||
-		(keys.IsRetryable(err))
-}
+func isFatalKeyErr(err error) bool { return keys.IsFatal(err) }
 
 // RewrapDEKTables is the rewrap composite; samples is SampleCells's output.
 func RewrapDEKTables(s beam.Scope, spec Spec, files, samples beam.PCollection) beam.PCollection {

@@ -1,11 +1,13 @@
 package transforms
 
 import (
+	"fmt"
 	"runtime"
 
 	"rekey/providers/storage"
 
 	"rekey/schemas"
+	"rekey/schemas/format"
 )
 
 // Spec is the serialisable configuration every DoFn carries: locations, key
@@ -26,6 +28,12 @@ type Spec struct {
 
 	Ledger string
 
+	// Cell formats (schemas/format) and their options; "" is rekey-v1.
+	SourceFormat        string
+	SourceFormatOptions map[string]string
+	TargetFormat        string
+	TargetFormatOptions map[string]string
+
 	Encrypted []string
 	DEKColumn string
 	IDColumn  string
@@ -41,6 +49,24 @@ type Spec struct {
 	RowBatch     int
 	SkipVerify   bool   // verify-before-commit off (benchmarks only)
 	VerifyReport string // verify mode: where the JSON report goes
+}
+
+// Formats configures the source and target cell formats.
+func (s *Spec) Formats() (src, dst format.Format, err error) {
+	if src, err = format.New(s.SourceFormat, s.SourceFormatOptions); err != nil {
+		return nil, nil, fmt.Errorf("source.format: %w", err)
+	}
+	if dst, err = format.New(s.TargetFormat, s.TargetFormatOptions); err != nil {
+		return nil, nil, fmt.Errorf("target.format: %w", err)
+	}
+	return src, dst, nil
+}
+
+// ColumnKeys reports whether the source keeps its wrapped keys in a column
+// of the record files (no source DEK table).
+func (s *Spec) ColumnKeys() bool {
+	f, err := format.New(s.SourceFormat, s.SourceFormatOptions)
+	return err == nil && f.Keys() == format.KeyColumn
 }
 
 func (s *Spec) workers() int {

@@ -331,15 +331,15 @@ func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []e
 			errs[i] = err
 			return nil
 		}
-		if !KEKMatches(f.kek, r.KEK) {
+		if !keys.Matches(f.kek, r.KEK) {
 			errs[i] = fmt.Errorf("dek_id %q is wrapped by %s, not by %s", r.DEKID, r.KEK, f.kek.URI())
 			return nil
 		}
 		var dek *keys.DEK
-		errs[i] = withRetry(ctx, func() (err error) {
-			dek, err = f.kek.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		errs[i] = func() (err error) {
+			dek, err = f.kek.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 			return err
-		})
+		}()
 		if errs[i] == nil && len(r.KCV) > 0 {
 			// Unwrapping is not enough: it must give back the right key.
 			if err := schemas.CheckKCV(dek.Bytes(), r.DEKID, r.KCV); err != nil {
@@ -387,7 +387,7 @@ type VerifyFn struct {
 	Spec Spec
 
 	kek   keys.KEK
-	cache *keyCache
+	cache *keys.Cache
 	deks  map[string]*schemas.DEKRow
 	bad   map[string]string
 }
@@ -612,7 +612,7 @@ func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
 	if d == nil {
 		return &verifyKey{err: fmt.Errorf("names dek_id %q, which is not in the target DEK table", dekID)}
 	}
-	if !KEKMatches(f.kek, d.KEK) {
+	if !keys.Matches(f.kek, d.KEK) {
 		return &verifyKey{err: fmt.Errorf("DEK %q is wrapped by %s, not by %s", dekID, d.KEK, f.kek.URI())}
 	}
 	key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)

@@ -93,11 +93,11 @@ func TestPassThrough(t *testing.T) {
 	for _, tc := range []struct{ object, wrap string }{{"kek-aes", schemas.WrapAESGCM}, {"kek-aes", schemas.WrapAESKWP}, {"kek-rsa", schemas.WrapRSAOAEPSHA1}} {
 		k := ref(t, tc.object, tc.wrap)
 		dek := testDEK(t, 1)
-		w, err := k.Wrap(ctx, "d1", dek)
+		w, err := k.Wrap(ctx, keys.ByID("d1"), dek)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.wrap, err)
 		}
-		back, err := k.Unwrap(ctx, "d1", tc.wrap, w)
+		back, err := k.Unwrap(ctx, keys.ByID("d1"), tc.wrap, w)
 		if err != nil || !bytes.Equal(back.Bytes(), dek.Bytes()) {
 			t.Fatalf("%s: round trip through the module: %v", tc.wrap, err)
 		}
@@ -118,11 +118,11 @@ func TestCorruptUnwrapReturnsAWrongKeyWithoutError(t *testing.T) {
 			good := ref(t, tc.object, tc.wrap)
 			bad := open(t, faultpkcs11.Config{Calls: []string{tc.call}, Mode: faultpkcs11.Corrupt, Rate: 1, Log: log}, tc.object, tc.wrap)
 			dek := testDEK(t, 2)
-			w, err := good.Wrap(ctx, "d2", dek)
+			w, err := good.Wrap(ctx, keys.ByID("d2"), dek)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := bad.Unwrap(ctx, "d2", tc.wrap, w)
+			got, err := bad.Unwrap(ctx, keys.ByID("d2"), tc.wrap, w)
 			if err != nil {
 				t.Fatalf("corrupt mode returned an error: %v", err)
 			}
@@ -148,13 +148,13 @@ func TestFailIsTransientAndLeavesTheSessionUsable(t *testing.T) {
 			dek := testDEK(t, 3)
 			var err error
 			if tc.call == "C_Encrypt" {
-				_, err = bad.Wrap(ctx, "d3", dek)
+				_, err = bad.Wrap(ctx, keys.ByID("d3"), dek)
 			} else {
 				var w []byte
-				if w, err = good.Wrap(ctx, "d3", dek); err != nil {
+				if w, err = good.Wrap(ctx, keys.ByID("d3"), dek); err != nil {
 					t.Fatal(err)
 				}
-				_, err = bad.Unwrap(ctx, "d3", tc.wrap, w)
+				_, err = bad.Unwrap(ctx, keys.ByID("d3"), tc.wrap, w)
 			}
 			if err == nil || !keys.IsRetryable(err) || !strings.Contains(err.Error(), "CKR_DEVICE_ERROR") {
 				t.Fatalf("want a retryable CKR_DEVICE_ERROR, got %v", err)
@@ -162,11 +162,11 @@ func TestFailIsTransientAndLeavesTheSessionUsable(t *testing.T) {
 			// Max 1: from now on the module is transparent, and the session
 			// the failed call used has no operation left active.
 			for i := 0; i < 3; i++ {
-				w, err := bad.Wrap(ctx, "d3", dek)
+				w, err := bad.Wrap(ctx, keys.ByID("d3"), dek)
 				if err != nil {
 					t.Fatalf("call %d after the fault: %v", i, err)
 				}
-				back, err := bad.Unwrap(ctx, "d3", tc.wrap, w)
+				back, err := bad.Unwrap(ctx, keys.ByID("d3"), tc.wrap, w)
 				if err != nil || !bytes.Equal(back.Bytes(), dek.Bytes()) {
 					t.Fatalf("call %d after the fault: %v", i, err)
 				}
@@ -181,7 +181,7 @@ func TestChoiceIsDeterministic(t *testing.T) {
 	ctx := context.Background()
 	good := ref(t, "kek-aes", schemas.WrapAESGCM)
 	dek := testDEK(t, 4)
-	w, err := good.Wrap(ctx, "d4", dek)
+	w, err := good.Wrap(ctx, keys.ByID("d4"), dek)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestChoiceIsDeterministic(t *testing.T) {
 		k := open(t, c, "kek-aes", schemas.WrapAESGCM)
 		var b strings.Builder
 		for i := 0; i < n; i++ {
-			got, err := k.Unwrap(ctx, "d4", schemas.WrapAESGCM, w)
+			got, err := k.Unwrap(ctx, keys.ByID("d4"), schemas.WrapAESGCM, w)
 			switch {
 			case err != nil:
 				t.Fatal(err)

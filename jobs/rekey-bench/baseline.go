@@ -66,7 +66,7 @@ func baseline(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID st
 		if r == nil {
 			return nil, fmt.Errorf("dek_id %q not in the DEK table", dekID)
 		}
-		old, err := src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+		old, err := src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 		hsmOps++
 		if err != nil {
 			return nil, err
@@ -83,7 +83,7 @@ func baseline(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID st
 		}
 		zero = append(zero, fresh)
 		p := &pair{newID: transforms.NewDEKID(dekID, runID)}
-		w, err := dst.Wrap(ctx, p.newID, fresh)
+		w, err := dst.Wrap(ctx, keys.ByID(p.newID), fresh)
 		hsmOps++
 		if err != nil {
 			return nil, err

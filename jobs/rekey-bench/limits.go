@@ -133,17 +133,17 @@ func hsmRate(ctx context.Context, src, dst keys.KEK, rows []schemas.DEKRow, g in
 			for time.Now().Before(deadline) {
 				r := &rows[int(next.Add(1)-1)%len(rows)]
 				err := func() error {
-					dek, err := src.Unwrap(ctx, r.DEKID, r.Wrap, r.Wrapped)
+					dek, err := src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 					if err != nil {
 						return err
 					}
 					defer dek.Zero()
-					wrapped, err := dst.Wrap(ctx, r.DEKID, dek)
+					wrapped, err := dst.Wrap(ctx, keys.ByID(r.DEKID), dek)
 					if err != nil {
 						return err
 					}
 					if verify {
-						back, err := dst.Unwrap(ctx, r.DEKID, dst.Mechanism(), wrapped)
+						back, err := dst.Unwrap(ctx, keys.ByID(r.DEKID), dst.Mechanism(), wrapped)
 						if err != nil {
 							return err
 						}

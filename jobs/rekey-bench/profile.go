@@ -38,14 +38,14 @@ type countedKEK struct {
 	keys.KEK
 }
 
-func (k countedKEK) Wrap(ctx context.Context, dekID string, dek *keys.DEK) ([]byte, error) {
+func (k countedKEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) ([]byte, error) {
 	hsmCalls.wrap.Add(1)
-	return k.KEK.Wrap(ctx, dekID, dek)
+	return k.KEK.Wrap(ctx, b, dek)
 }
 
-func (k countedKEK) Unwrap(ctx context.Context, dekID, mech string, wrapped []byte) (*keys.DEK, error) {
+func (k countedKEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped []byte) (*keys.DEK, error) {
 	hsmCalls.unwrap.Add(1)
-	return k.KEK.Unwrap(ctx, dekID, mech, wrapped)
+	return k.KEK.Unwrap(ctx, b, mech, wrapped)
 }
 
 // GenerateDEK forwards to the HSM's RNG when the inner KEK has one, as the
@@ -64,13 +64,15 @@ func (k countedKEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
 func (k countedKEK) Matches(ref string) bool { return transforms.KEKMatches(k.KEK, ref) }
 
 func init() {
-	keys.Register(countScheme, func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
+	keys.Register(keys.Scheme{Name: countScheme, Open: func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
 		inner, err := keys.Open(ctx, strings.TrimPrefix(uri, countScheme+":"), opts)
 		if err != nil {
 			return nil, err
 		}
 		return countedKEK{inner}, nil
-	})
+	}, Parse: func(uri string) (keys.Ref, error) {
+		return keys.ParseRef(strings.TrimPrefix(uri, countScheme+":"))
+	}})
 }
 
 // profileResult is what `rekey-bench profile` prints and writes as JSON.

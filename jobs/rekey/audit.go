@@ -20,18 +20,6 @@ import (
 
 func init() {
 	commands["audit"] = cmdAudit
-	// Registered in every process of this binary, remote workers included:
-	// the audit DoFns compare DEK table references with it.
-	transforms.RegisterKEKRefMatcher("pkcs11", samePKCS11Key)
-}
-
-// samePKCS11Key compares two pkcs11: references by token, serial, object
-// and id (module path and PIN source do not change which key it is).
-func samePKCS11Key(ref, kek string) (bool, error) {
-	if _, err := hsmio.ParseURI(ref); err != nil {
-		return false, err
-	}
-	return hsmio.SameKey(ref, kek), nil
 }
 
 const auditSynopsis = `Reports every DEK and every record that still depends on a KEK, from data alone:

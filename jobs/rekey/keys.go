@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"rekey/hsmio"
+	"rekey/hsmio/inventory"
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
@@ -64,14 +64,14 @@ func cmdKeys(args []string, stdout, stderr io.Writer) error {
 var keysRunIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // openKeyTokens opens --from and, if given, --to.
-func openKeyTokens(ctx context.Context, from, to string) (src, dst *hsmio.KeyToken, err error) {
-	if src, err = hsmio.OpenKeyToken(ctx, from); err != nil {
+func openKeyTokens(ctx context.Context, from, to string) (src, dst *inventory.KeyToken, err error) {
+	if src, err = inventory.OpenKeyToken(ctx, from); err != nil {
 		return nil, nil, withCode(exitFatal, fmt.Errorf("--from: %w", err))
 	}
 	if to == "" {
 		return src, nil, nil
 	}
-	if dst, err = hsmio.OpenKeyToken(ctx, to); err != nil {
+	if dst, err = inventory.OpenKeyToken(ctx, to); err != nil {
 		_ = src.Close()
 		return nil, nil, withCode(exitFatal, fmt.Errorf("--to: %w", err))
 	}
@@ -80,12 +80,12 @@ func openKeyTokens(ctx context.Context, from, to string) (src, dst *hsmio.KeyTok
 
 // keysPlanOut is the JSON form of keys plan.
 type keysPlanOut struct {
-	Source         string           `json:"source"`
-	Target         string           `json:"target,omitempty"`
-	Transport      string           `json:"transport,omitempty"`
-	TransportError string           `json:"transport_error,omitempty"`
-	Keys           []hsmio.KeyEntry `json:"keys"`
-	Totals         map[string]int   `json:"totals"`
+	Source         string               `json:"source"`
+	Target         string               `json:"target,omitempty"`
+	Transport      string               `json:"transport,omitempty"`
+	TransportError string               `json:"transport_error,omitempty"`
+	Keys           []inventory.KeyEntry `json:"keys"`
+	Totals         map[string]int       `json:"totals"`
 }
 
 func keysPlan(args []string, stdout io.Writer) error {
@@ -93,7 +93,7 @@ func keysPlan(args []string, stdout io.Writer) error {
 	var asJSON bool
 	defString(&from, "from", "", "source token: pkcs11:token=<label>?pin-source=env:VAR (required)")
 	defString(&to, "to", "", "target token: checks that keys can travel to it")
-	defString(&transport, "transport", hsmio.TransportAuto, "key transport: auto, aes-kwp or rsa-oaep")
+	defString(&transport, "transport", inventory.TransportAuto, "key transport: auto, aes-kwp or rsa-oaep")
 	defBool(&asJSON, "json", false, "print JSON instead of a table")
 	if _, err := parseFlags("keys plan", "Lists the keys of a token and what keys copy and export-public would do with each.\nTouches nothing. Exit 4 when keys are transferable but the tokens share no transport.", args, stdout); err != nil {
 		return err
@@ -112,7 +112,7 @@ func keysPlan(args []string, stdout io.Writer) error {
 	if err != nil {
 		return withCode(exitFatal, err)
 	}
-	out := keysPlanOut{Source: src.URI(), Keys: inv, Totals: map[string]int{hsmio.Transferable: 0, hsmio.Recreate: 0, hsmio.PublicOnly: 0}}
+	out := keysPlanOut{Source: src.URI(), Keys: inv, Totals: map[string]int{inventory.Transferable: 0, inventory.Recreate: 0, inventory.PublicOnly: 0}}
 	for _, e := range inv {
 		out.Totals[e.Disposition]++
 	}
@@ -120,7 +120,7 @@ func keysPlan(args []string, stdout io.Writer) error {
 	if dst != nil {
 		defer dst.Close()
 		out.Target = dst.URI()
-		out.Transport, terr = hsmio.PlanTransport(ctx, src, dst, transport)
+		out.Transport, terr = inventory.PlanTransport(ctx, src, dst, transport)
 		if terr != nil {
 			out.TransportError = terr.Error()
 		}
@@ -132,7 +132,7 @@ func keysPlan(args []string, stdout io.Writer) error {
 	} else {
 		printKeysPlan(stdout, &out)
 	}
-	if terr != nil && out.Totals[hsmio.Transferable] > 0 {
+	if terr != nil && out.Totals[inventory.Transferable] > 0 {
 		return withCode(exitPreflight, terr)
 	}
 	return nil
@@ -170,7 +170,7 @@ func printKeysPlan(w io.Writer, p *keysPlanOut) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\n", e.Label, e.ID, e.Kind, e.Type, size, usage, e.Extractable, e.Disposition)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d transferable, %d re-create, %d public-only\n", p.Totals[hsmio.Transferable], p.Totals[hsmio.Recreate], p.Totals[hsmio.PublicOnly])
+	fmt.Fprintf(w, "\n%d transferable, %d re-create, %d public-only\n", p.Totals[inventory.Transferable], p.Totals[inventory.Recreate], p.Totals[inventory.PublicOnly])
 	seen := map[string]bool{}
 	for _, e := range p.Keys {
 		if !seen[e.Disposition+e.Why] {
@@ -284,7 +284,7 @@ func keysCopy(args []string, stdout io.Writer) error {
 	var lf keysLedgerFlags
 	defString(&from, "from", "", "source token URI (required)")
 	defString(&to, "to", "", "target token URI (required)")
-	defString(&transport, "transport", hsmio.TransportAuto, "key transport: auto (aes-kwp if both tokens offer it, else rsa-oaep), aes-kwp or rsa-oaep")
+	defString(&transport, "transport", inventory.TransportAuto, "key transport: auto (aes-kwp if both tokens offer it, else rsa-oaep), aes-kwp or rsa-oaep")
 	defBool(&extractable, "target-extractable", false, "create the copies extractable (default: sensitive and not extractable)")
 	defBool(&asJSON, "json", false, "print JSON instead of a table")
 	lf.register()
@@ -305,8 +305,8 @@ func keysCopy(args []string, stdout io.Writer) error {
 	}
 	defer src.Close()
 	defer dst.Close()
-	rep, err := hsmio.Copy(ctx, src, dst, hsmio.CopyOptions{Transport: transport, Extractable: extractable})
-	if errors.Is(err, hsmio.ErrNoTransport) {
+	rep, err := inventory.Copy(ctx, src, dst, inventory.CopyOptions{Transport: transport, Extractable: extractable})
+	if errors.Is(err, inventory.ErrNoTransport) {
 		return withCode(exitPreflight, err)
 	}
 	if err != nil {
@@ -317,7 +317,7 @@ func keysCopy(args []string, stdout io.Writer) error {
 	for _, r := range rep.Results {
 		row := schemas.LedgerRow{RunID: lf.runID, Mode: "keys-copy", Unit: schemas.UnitKey, Source: r.Key.URI, Target: r.Target,
 			SourceKEK: src.URI(), TargetKEK: dst.URI(), Status: r.Status, Checksum: r.CheckValue, At: keysNow()}
-		if r.Status == schemas.StatusMigrated && r.Key.Kind == hsmio.KindSecret {
+		if r.Status == schemas.StatusMigrated && r.Key.Kind == inventory.KindSecret {
 			row.Bytes = int64(r.Key.Bits / 8)
 		}
 		if r.Err != nil {
@@ -336,9 +336,9 @@ func keysCopy(args []string, stdout io.Writer) error {
 			kt.Failed++
 		}
 		switch r.Key.Disposition {
-		case hsmio.Recreate:
+		case inventory.Recreate:
 			kt.Recreate++
-		case hsmio.PublicOnly:
+		case inventory.PublicOnly:
 			kt.PublicOnly++
 		}
 	}
@@ -401,17 +401,17 @@ func keysCopy(args []string, stdout io.Writer) error {
 
 // keysExportEntry is one entry of index.json in the export folder.
 type keysExportEntry struct {
-	Label       string           `json:"label"`
-	ID          string           `json:"id"`
-	Kind        string           `json:"kind"`
-	Algorithm   string           `json:"algorithm,omitempty"`
-	Fingerprint string           `json:"fingerprint,omitempty"`
-	KeyID       string           `json:"kid,omitempty"`
-	PEM         string           `json:"pem,omitempty"`
-	JWK         string           `json:"jwk,omitempty"`
-	Source      string           `json:"source"`
-	Successor   *hsmio.Successor `json:"successor,omitempty"`
-	Error       string           `json:"error,omitempty"`
+	Label       string               `json:"label"`
+	ID          string               `json:"id"`
+	Kind        string               `json:"kind"`
+	Algorithm   string               `json:"algorithm,omitempty"`
+	Fingerprint string               `json:"fingerprint,omitempty"`
+	KeyID       string               `json:"kid,omitempty"`
+	PEM         string               `json:"pem,omitempty"`
+	JWK         string               `json:"jwk,omitempty"`
+	Source      string               `json:"source"`
+	Successor   *inventory.Successor `json:"successor,omitempty"`
+	Error       string               `json:"error,omitempty"`
 }
 
 var keysUnsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]`)
@@ -489,7 +489,7 @@ func keysExportPublic(args []string, stdout io.Writer) error {
 		if err == nil {
 			base := keysFileBase(e.Label, e.ID, used)
 			ext := ".pub.pem"
-			if e.Kind == hsmio.KindCertificate {
+			if e.Kind == inventory.KindCertificate {
 				ext = ".crt.pem"
 			}
 			ix.PEM, ix.JWK = base+ext, base+".jwk.json"
@@ -498,8 +498,8 @@ func keysExportPublic(args []string, stdout io.Writer) error {
 				err = keysPut(ctx, storage.Join(out, ix.JWK), x.JWK)
 			}
 		}
-		if err == nil && suffix != "" && e.Disposition == hsmio.PublicOnly && (e.Kind == hsmio.KindKeyPair || e.Kind == hsmio.KindPrivate) {
-			s, serr := hsmio.CreateSuccessor(ctx, e, dst, suffix)
+		if err == nil && suffix != "" && e.Disposition == inventory.PublicOnly && (e.Kind == inventory.KindKeyPair || e.Kind == inventory.KindPrivate) {
+			s, serr := inventory.CreateSuccessor(ctx, e, dst, suffix)
 			if serr != nil {
 				err = serr
 			} else {

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"rekey/hsmio"
+	"rekey/hsmio/inventory"
 	"rekey/hsmio/softhsm"
 	"rekey/schemas"
 	"rekey/transforms"
@@ -170,13 +170,13 @@ func planOf(t *testing.T, e *keysEnv, args ...string) keysPlanOut {
 	return p
 }
 
-func planEntry(p keysPlanOut, label string) (hsmio.KeyEntry, bool) {
+func planEntry(p keysPlanOut, label string) (inventory.KeyEntry, bool) {
 	for _, k := range p.Keys {
 		if k.Label == label {
 			return k, true
 		}
 	}
-	return hsmio.KeyEntry{}, false
+	return inventory.KeyEntry{}, false
 }
 
 func TestKeysCLI(t *testing.T) {
@@ -192,7 +192,7 @@ func TestKeysCLI(t *testing.T) {
 		}
 	}
 	p := planOf(t, e, "--from", ktSrc, "--to", ktDst)
-	if p.Transport != hsmio.TransportAESKWP || p.Totals[hsmio.Transferable] != 5 {
+	if p.Transport != inventory.TransportAESKWP || p.Totals[inventory.Transferable] != 5 {
 		t.Errorf("plan: transport %q, totals %v (want aes-kwp, 5 transferable incl. clash)", p.Transport, p.Totals)
 	}
 
@@ -312,7 +312,7 @@ func TestKeysCLI(t *testing.T) {
 			t.Errorf("%s: successor %+v", l, s)
 		}
 		d, ok := planEntry(planOf(t, e, "--from", ktDst), l+"-2026")
-		if !ok || d.Extractable || !d.Sensitive || d.Kind != hsmio.KindKeyPair {
+		if !ok || d.Extractable || !d.Sensitive || d.Kind != inventory.KindKeyPair {
 			t.Errorf("successor %s-2026 on the target: %+v", l, d)
 		}
 	}

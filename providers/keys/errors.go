@@ -39,3 +39,20 @@ func IsRetryable(err error) bool {
 	var r interface{ Retryable() bool }
 	return errors.As(err, &r) && r.Retryable()
 }
+
+// ErrThrottled is a custodian asking rekey to slow down (HTTP 429, a
+// PKCS#11 busy device). It is retryable: a run at too high a rate finishes
+// slower, it does not fail records.
+var ErrThrottled = errors.New("custodian throttled the request")
+
+// IsFatal reports whether err stops a run rather than failing one record
+// or DEK: the custodian refuses this process (authentication, a missing or
+// unusable key or module), or stays unavailable after retries.
+func IsFatal(err error) bool {
+	for _, t := range []error{ErrAuthFailed, ErrModule, ErrTokenNotFound, ErrNotPermitted, ErrMechanism, ErrKeyNotFound} {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return IsRetryable(err)
+}

@@ -1,12 +1,22 @@
-// Package keys is the interface between rekey's pipeline and the custodians
-// of key-encryption keys (KEKs): PKCS#11 HSMs today (package hsmio), cloud
-// KMS APIs later. A KEK is opened from its URI through a registry keyed by
-// URI scheme; the pipeline never imports a backend directly.
+// Package keys is the seam between rekey's pipeline and the custodians of
+// key-encryption keys (KEKs): PKCS#11 HSMs (package hsmio), and KMS APIs as
+// further providers/<name> packages. A custodian scheme registers once
+// (Register) with an opener, a parser for its key references and the wrap
+// mechanisms it owns; the pipeline never imports a backend directly.
 //
-// Unwrapped DEKs are held in *DEK values whose String method never prints
-// the key, and which callers zero with Zero when done.
+// A wrapped key is an opaque blob owned by its scheme, plus a Binding: what
+// the custodian bound it to (rekey's dek_id, a KMS encryption context, an AAD
+// list). Unwrapped secrets are held in *DEK values (16 to 64 bytes: an AES
+// key, a serialized library key, a key and an IV) whose String method never
+// prints them, and which are zeroed when dropped.
 //
-// Limits: only 256-bit AES DEKs are supported.
+// Retry, rate limiting, failure classification and the DEK cache are
+// written once here (decorate.go, cache.go) for every scheme. Optional
+// abilities are separate interfaces found by type assertion through the
+// decorators: Generator, Preflighter, Rewrapper.
+//
+// Limits: a DEK's AEAD is AES-GCM over the whole secret; formats whose
+// secret is something else (a serialized key, key‖IV) derive their own.
 package keys
 
 import (
@@ -19,20 +29,30 @@ import (
 	"sync"
 )
 
-// DEKSize is the size of a data-encryption key: AES-256.
+// DEKSize is the size of the DEKs rekey creates: AES-256.
 const DEKSize = 32
 
-// DEK is an unwrapped data-encryption key. It exists only in memory.
+// Bounds of an unwrapped secret a custodian may hand back.
+const (
+	MinSecret = 16
+	MaxSecret = 64
+)
+
+// DEK is an unwrapped data-encryption key (or another wrapped secret). It
+// exists only in memory.
 type DEK struct {
-	b []byte
+	b    []byte
+	once sync.Once
+	aead cipher.AEAD
+	err  error
 }
 
 // NewDEK copies b into a new DEK. The caller should zero b afterwards.
 func NewDEK(b []byte) (*DEK, error) {
-	if len(b) != DEKSize {
-		return nil, fmt.Errorf("%w: DEK is %d bytes, want %d", ErrBadKey, len(b), DEKSize)
+	if len(b) < MinSecret || len(b) > MaxSecret {
+		return nil, fmt.Errorf("%w: unwrapped secret is %d bytes, rekey takes %d to %d", ErrBadKey, len(b), MinSecret, MaxSecret)
 	}
-	d := &DEK{b: make([]byte, DEKSize)}
+	d := &DEK{b: make([]byte, len(b))}
 	copy(d.b, b)
 	return d, nil
 }
@@ -41,16 +61,31 @@ func NewDEK(b []byte) (*DEK, error) {
 // written anywhere.
 func (d *DEK) Bytes() []byte { return d.b }
 
-// AEAD returns a software AES-256-GCM instance keyed with d.
+// Len is the secret's length in bytes.
+func (d *DEK) Len() int { return len(d.b) }
+
+// AEAD returns a software AES-GCM instance keyed with d (AES-128, -192 or
+// -256 by the secret's length), built once per DEK.
 func (d *DEK) AEAD() (cipher.AEAD, error) {
-	block, err := aes.NewCipher(d.b)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	d.once.Do(func() {
+		switch len(d.b) {
+		case 16, 24, 32:
+		default:
+			d.err = fmt.Errorf("%w: a %d-byte secret is not an AES key (16, 24 or 32 bytes)", ErrBadKey, len(d.b))
+			return
+		}
+		block, err := aes.NewCipher(d.b)
+		if err != nil {
+			d.err = err
+			return
+		}
+		d.aead, d.err = cipher.NewGCM(block)
+	})
+	return d.aead, d.err
 }
 
-// Zero overwrites the key bytes.
+// Zero overwrites the key bytes. The AEAD built from them must not be used
+// afterwards.
 func (d *DEK) Zero() {
 	if d == nil {
 		return
@@ -67,24 +102,82 @@ func (d *DEK) GoString() string { return "DEK(***)" }
 // Format never prints the key, whatever the verb.
 func (d *DEK) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte("DEK(***)")) }
 
+// Binding is what a wrapped key is bound to, so it cannot be moved to
+// another record or context. Each scheme maps it onto what its custodian
+// binds: PKCS#11 AES-GCM uses it as AAD (rekey's own: the dek_id), a KMS
+// as its encryption context, Key Protect as its AAD list.
+type Binding struct {
+	// DEKID is rekey's own binding: the DEK table's dek_id.
+	DEKID string
+	// Context is a KMS encryption context (string pairs).
+	Context map[string]string
+	// AAD is an ordered list of strings (Key Protect's additional
+	// authentication data).
+	AAD []string
+}
+
+// ByID is the binding of a DEK table row written by rekey.
+func ByID(dekID string) Binding { return Binding{DEKID: dekID} }
+
+// IsZero reports whether b binds nothing.
+func (b Binding) IsZero() bool { return b.DEKID == "" && len(b.Context) == 0 && len(b.AAD) == 0 }
+
+// String names the binding for messages (values are not secret).
+func (b Binding) String() string {
+	switch {
+	case b.IsZero():
+		return "unbound"
+	case len(b.Context) == 0 && len(b.AAD) == 0:
+		return fmt.Sprintf("dek_id %q", b.DEKID)
+	}
+	var parts []string
+	if b.DEKID != "" {
+		parts = append(parts, fmt.Sprintf("dek_id=%q", b.DEKID))
+	}
+	ks := make([]string, 0, len(b.Context))
+	for k := range b.Context {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	for _, k := range ks {
+		parts = append(parts, fmt.Sprintf("%s=%q", k, b.Context[k]))
+	}
+	for _, a := range b.AAD {
+		parts = append(parts, fmt.Sprintf("aad=%q", a))
+	}
+	return strings.Join(parts, " ")
+}
+
 // KEK is a key-encryption key held by a custodian.
 type KEK interface {
-	// URI is the key's reference without secrets: what the DEK table's kek
-	// column holds.
+	// URI is the key's canonical reference without secrets: what DEK
+	// tables and ledgers record.
 	URI() string
-	// Mechanism is the wrap mechanism this KEK uses to wrap (a schemas.Wrap*).
+	// Mechanism is the wrap mechanism this KEK wraps with (one its scheme
+	// registered).
 	Mechanism() string
-	// Wrap wraps dek. dekID is bound to the result where the mechanism allows
-	// (AES-GCM).
-	Wrap(ctx context.Context, dekID string, dek *DEK) ([]byte, error)
-	// Unwrap unwraps a DEK wrapped with mechanism mech.
-	Unwrap(ctx context.Context, dekID, mech string, wrapped []byte) (*DEK, error)
+	// Wrap wraps dek, bound to b where the mechanism allows.
+	Wrap(ctx context.Context, b Binding, dek *DEK) ([]byte, error)
+	// Unwrap unwraps a key wrapped with mechanism mech and bound to b.
+	Unwrap(ctx context.Context, b Binding, mech string, wrapped []byte) (*DEK, error)
 }
 
 // Generator is implemented by KEKs whose custodian can produce random DEKs
-// (an HSM's RNG).
+// (an HSM's RNG, a KMS's GenerateDataKey).
 type Generator interface {
 	GenerateDEK(ctx context.Context) (*DEK, error)
+}
+
+// Rewrapper is implemented by KEKs whose custodian can move a wrapped key to
+// another of its keys without the DEK leaving it (KMS ReEncrypt, Key
+// Protect rewrap, a PKCS#11 token holding both keys).
+type Rewrapper interface {
+	// CanRewrapTo reports whether Rewrap can reach dst (same custodian,
+	// mechanisms it can do inside).
+	CanRewrapTo(dst KEK, srcMech string) bool
+	// Rewrap returns wrapped (mechanism srcMech, bound to src) re-wrapped
+	// under dst with dst's mechanism, bound to dstB.
+	Rewrap(ctx context.Context, src Binding, srcMech string, wrapped []byte, dst KEK, dstB Binding) ([]byte, error)
 }
 
 // Check is one preflight finding.
@@ -104,56 +197,9 @@ type Preflighter interface {
 
 // Options tune how a KEK is opened.
 type Options struct {
-	// Wrap is the mechanism Wrap uses (a schemas.Wrap* name); empty picks
+	// Wrap is the mechanism Wrap uses (one of the scheme's); empty picks
 	// the backend's default for the key type.
 	Wrap string
 	// Sessions caps concurrent sessions to the custodian; 0 picks a default.
 	Sessions int
-}
-
-// Opener opens a KEK from its URI. Secrets (PINs) are resolved by the
-// backend from references inside the URI, never passed in clear.
-type Opener func(ctx context.Context, uri string, opts Options) (KEK, error)
-
-var (
-	regMu    sync.RWMutex
-	registry = map[string]Opener{}
-)
-
-// Register makes a backend available for a URI scheme. It panics on a
-// duplicate scheme: two backends for one scheme is a build mistake.
-func Register(scheme string, o Opener) {
-	regMu.Lock()
-	defer regMu.Unlock()
-	if _, dup := registry[scheme]; dup {
-		panic(fmt.Sprintf("keys: backend for scheme %q registered twice", scheme))
-	}
-	registry[scheme] = o
-}
-
-// Open resolves uri with the backend registered for its scheme.
-func Open(ctx context.Context, uri string, opts Options) (KEK, error) {
-	scheme, _, ok := strings.Cut(uri, ":")
-	if !ok || scheme == "" {
-		return nil, fmt.Errorf("%w: %q has no scheme (expected e.g. pkcs11:token=...;object=...)", ErrBadURI, uri)
-	}
-	regMu.RLock()
-	o := registry[scheme]
-	regMu.RUnlock()
-	if o == nil {
-		return nil, fmt.Errorf("%w: no key backend for scheme %q (registered: %s); for pkcs11: import _ \"rekey/hsmio\"", ErrBadURI, scheme, strings.Join(Schemes(), ", "))
-	}
-	return o(ctx, uri, opts)
-}
-
-// Schemes lists the registered schemes.
-func Schemes() []string {
-	regMu.RLock()
-	defer regMu.RUnlock()
-	var s []string
-	for k := range registry {
-		s = append(s, k)
-	}
-	sort.Strings(s)
-	return s
 }

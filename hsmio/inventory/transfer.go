@@ -1,4 +1,4 @@
-package hsmio
+package inventory
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"rekey/hsmio"
 	"rekey/providers/keys"
 	"rekey/schemas"
 )
@@ -240,7 +241,7 @@ func newTransport(src, dst *KeyToken, kind string) (*transport, error) {
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		})
 		if err != nil {
-			return t, classify(err, fmt.Sprintf("generate the AES transport key on target token %q", dst.Label()))
+			return t, hsmio.Classify(err, fmt.Sprintf("generate the AES transport key on target token %q", dst.Label()))
 		}
 		t.made = append(t.made, madeObj{dst, aes, "AES transport key"})
 		var tries []string
@@ -317,7 +318,7 @@ func (t *transport) genRSA(k *KeyToken) (pub, priv pkcs11.ObjectHandle, err erro
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
 		})
 	if err != nil {
-		return 0, 0, classify(err, fmt.Sprintf("generate the RSA transport key pair on token %q", k.Label()))
+		return 0, 0, hsmio.Classify(err, fmt.Sprintf("generate the RSA transport key pair on token %q", k.Label()))
 	}
 	t.made = append(t.made, madeObj{k, pub, "RSA transport public key"}, madeObj{k, priv, "RSA transport private key"})
 	return pub, priv, nil
@@ -353,7 +354,7 @@ func (t *transport) importRSA(from *KeyToken, pub pkcs11.ObjectHandle, to *KeyTo
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
 	})
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("import the RSA transport public key of %q into token %q", from.Label(), to.Label()))
+		return 0, hsmio.Classify(err, fmt.Sprintf("import the RSA transport public key of %q into token %q", from.Label(), to.Label()))
 	}
 	t.made = append(t.made, madeObj{to, h, "imported RSA transport public key"})
 	return h, nil
@@ -380,12 +381,12 @@ func (t *transport) probeOAEP(h uint) error {
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, t.label+"-probe"),
 	})
 	if err != nil {
-		return classify(err, fmt.Sprintf("generate a probe key on source token %q", t.src.Label()))
+		return hsmio.Classify(err, fmt.Sprintf("generate a probe key on source token %q", t.src.Label()))
 	}
 	defer func() { _ = t.src.api.DestroyObject(ssh, probe) }()
 	blob, err := t.src.api.WrapKey(ssh, oaep(h), t.wrapper, probe)
 	if err != nil {
-		return classify(err, fmt.Sprintf("wrap on source token %q", t.src.Label()))
+		return hsmio.Classify(err, fmt.Sprintf("wrap on source token %q", t.src.Label()))
 	}
 	got, err := t.dst.api.UnwrapKey(dsh, oaep(h), t.unwraper, blob, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -396,7 +397,7 @@ func (t *transport) probeOAEP(h uint) error {
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, t.label+"-probe"),
 	})
 	if err != nil {
-		return classify(err, fmt.Sprintf("unwrap on target token %q", t.dst.Label()))
+		return hsmio.Classify(err, fmt.Sprintf("unwrap on target token %q", t.dst.Label()))
 	}
 	_ = t.dst.api.DestroyObject(dsh, got)
 	return nil
@@ -415,7 +416,7 @@ func (t *transport) deliverAES(h uint, imp, aes, priv pkcs11.ObjectHandle) (pkcs
 	}
 	blob, err := t.dst.api.WrapKey(dsh, oaep(h), imp, aes)
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("wrap the AES transport key on target token %q", t.dst.Label()))
+		return 0, hsmio.Classify(err, fmt.Sprintf("wrap the AES transport key on target token %q", t.dst.Label()))
 	}
 	got, err := t.src.api.UnwrapKey(ssh, oaep(h), priv, blob, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -431,7 +432,7 @@ func (t *transport) deliverAES(h uint, imp, aes, priv pkcs11.ObjectHandle) (pkcs
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 	})
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("unwrap the AES transport key on source token %q", t.src.Label()))
+		return 0, hsmio.Classify(err, fmt.Sprintf("unwrap the AES transport key on source token %q", t.src.Label()))
 	}
 	t.made = append(t.made, madeObj{t.src, got, "AES transport key (source copy)"})
 	return got, nil
@@ -453,7 +454,7 @@ func (t *transport) move(key pkcs11.ObjectHandle, label string, tmpl []*pkcs11.A
 	}
 	blob, err := t.src.api.WrapKey(ssh, mech, t.wrapper, key)
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("wrap key %q on source token %q", label, t.src.Label()))
+		return 0, hsmio.Classify(err, fmt.Sprintf("wrap key %q on source token %q", label, t.src.Label()))
 	}
 	h, err := t.dst.api.UnwrapKey(dsh, mech, t.unwraper, blob, tmpl)
 	var p pkcs11.Error
@@ -464,7 +465,7 @@ func (t *transport) move(key pkcs11.ObjectHandle, label string, tmpl []*pkcs11.A
 	}
 	clear(blob)
 	if err != nil {
-		return 0, classify(err, fmt.Sprintf("unwrap key %q on target token %q", label, t.dst.Label()))
+		return 0, hsmio.Classify(err, fmt.Sprintf("unwrap key %q on target token %q", label, t.dst.Label()))
 	}
 	return h, nil
 }
@@ -562,14 +563,6 @@ func (t *transport) clash(r *CopyResult, class uint, same func(pkcs11.ObjectHand
 	t.fail(r, fmt.Errorf("label clash: target token %q already holds %d object(s) labelled %q with another check value (target %s, source %s); not overwritten: rename or delete the target object, or copy into another token",
 		t.dst.Label(), len(hs), r.Key.Label, strings.Join(seen, ", "), r.CheckValue))
 	return true
-}
-
-func (k *KeyToken) destroy(h pkcs11.ObjectHandle) error {
-	sh, err := k.session()
-	if err != nil {
-		return err
-	}
-	return k.api.DestroyObject(sh, h)
 }
 
 // copyPrivate moves one private key (and recreates its public key object)
@@ -688,7 +681,7 @@ func (t *transport) copyPublic(e *KeyEntry) error {
 		return err
 	}
 	_, err = t.dst.api.CreateObject(sh, tmpl)
-	return classify(err, fmt.Sprintf("create public key %q on target token %q", e.Label, t.dst.Label()))
+	return hsmio.Classify(err, fmt.Sprintf("create public key %q on target token %q", e.Label, t.dst.Label()))
 }
 
 // Key check values. The message is fixed so that both HSMs compute the same

@@ -1,4 +1,4 @@
-package hsmio
+package inventory
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/miekg/pkcs11"
+
+	"rekey/hsmio"
 )
 
 // PublicExport is the exported public key of one inventory entry.
@@ -262,7 +264,7 @@ func CreateSuccessor(_ context.Context, e KeyEntry, dst *KeyToken, suffix string
 	}
 	ph, _, err := dst.api.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubT, privT)
 	if err != nil {
-		return s, classify(err, "generate "+what)
+		return s, hsmio.Classify(err, "generate "+what)
 	}
 	s.Created = true
 	pe, err := dst.describe(ph, pkcs11.CKO_PUBLIC_KEY)
