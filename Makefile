@@ -7,12 +7,17 @@ export CGO_ENABLED := 1
 
 all: build
 
-# System packages the HSM tests and the demo need (SoftHSM2 and its tools).
+# System packages the HSM tests and the demo need (SoftHSM2 and its tools),
+# and the third-party writers of the interop tests (testdata/interop: Ruby's
+# lockbox, Python's cryptography).
 deps:
-	@if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null; then \
-	  echo "installing softhsm2 (Debian package)"; \
+	@if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null || \
+	   [ ! -x /usr/bin/ruby ] || [ ! -d /usr/share/rubygems-integration/all/gems/lockbox-0.6.4 ] || \
+	   ! /usr/bin/python3 -c 'import cryptography' 2>/dev/null; then \
+	  echo "installing softhsm2, ruby-lockbox and python3-cryptography (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq softhsm2 >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    softhsm2 ruby ruby-lockbox python3 python3-cryptography >/dev/null; \
 	fi
 	@command -v $(GO) >/dev/null || { echo "Go is required (https://go.dev/dl/)"; exit 1; }
 
@@ -56,6 +61,7 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzDEKRow$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas/format -run '^$$' -fuzz '^FuzzAESGCMOpen$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hsmio -run '^$$' -fuzz '^FuzzParseURI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz '^FuzzParseJob$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./providers/objstore -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)

@@ -25,7 +25,11 @@ func init() {
 	keys.Register(keys.Scheme{
 		Name: "pkcs11",
 		Open: func(ctx context.Context, uri string, opts keys.Options) (keys.KEK, error) {
-			return Open(ctx, uri, opts)
+			k, err := Open(ctx, uri, opts)
+			if err != nil {
+				return nil, err // not a typed nil inside a non-nil interface
+			}
+			return k, nil
 		},
 		Parse:      parseRef,
 		Same:       SameKey,
@@ -195,6 +199,11 @@ func (k *KEK) Wrap(_ context.Context, b keys.Binding, dek *keys.DEK) (out []byte
 		}()
 		return k.gcm.Seal(nonce, nonce, dek.Bytes(), gcmAAD(b)), nil
 	case schemas.WrapAESKWP:
+		if dek.Len()%8 != 0 {
+			// RFC 5649 pads other lengths, and the padding does not
+			// always come off again on unwrap (SoftHSM returns it).
+			return nil, fmt.Errorf("%s: %w: aes-kwp wraps secrets whose length is a multiple of 8 bytes; this one is %d (use aes-gcm)", what, keys.ErrMechanism, dek.Len())
+		}
 		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
 			kek, err := k.aesHandle(sh)
 			if err != nil {
@@ -248,6 +257,11 @@ func (k *KEK) Unwrap(_ context.Context, b keys.Binding, mech string, wrapped []b
 		}
 		plain, err = k.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
 	case schemas.WrapAESKWP:
+		// RFC 5649: an 8-byte integrity block plus the padded key, in
+		// 8-byte blocks.
+		if len(wrapped) < 8+keys.MinSecret || len(wrapped)%8 != 0 {
+			return nil, fmt.Errorf("%s: %w: an aes-kwp wrapped key is a multiple of 8 bytes and at least %d; this one is %d", what, keys.ErrUnwrapFailed, 8+keys.MinSecret, len(wrapped))
+		}
 		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
 			kek, err := k.aesHandle(sh)
 			if err != nil {

@@ -125,9 +125,8 @@ func findSlot(p11 *pkcs11.Ctx, u URI) (uint, error) {
 
 // withSession runs f on a raw logged-in session, reopening it once if the
 // HSM dropped it.
-func (t *token) withSession(f func(pkcs11.SessionHandle) error) error {
+func (t *token) withSession(f func(pkcs11.SessionHandle) error) (err error) {
 	sh := <-t.sessions
-	var err error
 	if sh == 0 {
 		sh, err = t.p11.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 		if err != nil {
@@ -135,13 +134,17 @@ func (t *token) withSession(f func(pkcs11.SessionHandle) error) error {
 			return classify(err, "open HSM session")
 		}
 	}
+	// The session goes back to the pool however f ends (a panic in the
+	// PKCS#11 binding included), or the pool drains.
+	defer func() {
+		var p pkcs11.Error
+		if errors.As(err, &p) && (p == pkcs11.CKR_SESSION_HANDLE_INVALID || p == pkcs11.CKR_SESSION_CLOSED || p == pkcs11.CKR_DEVICE_ERROR) {
+			_ = t.p11.CloseSession(sh)
+			sh = 0
+		}
+		t.sessions <- sh
+	}()
 	err = f(sh)
-	var p pkcs11.Error
-	if errors.As(err, &p) && (p == pkcs11.CKR_SESSION_HANDLE_INVALID || p == pkcs11.CKR_SESSION_CLOSED || p == pkcs11.CKR_DEVICE_ERROR) {
-		_ = t.p11.CloseSession(sh)
-		sh = 0
-	}
-	t.sessions <- sh
 	return err
 }
 

@@ -11,8 +11,20 @@ import (
 // ending with the run manifest.
 func Build(s beam.Scope, spec transforms.Spec) {
 	s = s.Scope("rekey")
-	dekFiles := transforms.ListFiles(s.Scope("DEKTable"), spec.SourceDEKs)
 	var results beam.PCollection
+	if spec.ColumnKeys() {
+		// The wrapped keys are in the records: no DEK table to read.
+		files := transforms.ListFiles(s.Scope("Records"), spec.SourceData)
+		switch spec.Mode {
+		case schemas.ModeRewrap:
+			results = transforms.RewrapKeyColumn(s, spec, files)
+		case schemas.ModeReencrypt:
+			results = transforms.Reencrypt(s, spec, files, beam.CreateList(s, []transforms.DEKMap{}))
+		}
+		transforms.WriteManifest(s, spec, results)
+		return
+	}
+	dekFiles := transforms.ListFiles(s.Scope("DEKTable"), spec.SourceDEKs)
 	switch spec.Mode {
 	case schemas.ModeRewrap:
 		// DEKs without a kcv are proven by opening a cell of source.data

@@ -84,8 +84,12 @@ type schemaKeeper struct {
 	storage.Writer
 	path string
 	src  []format.SchemaElement
-	hold bool
-	tail bytes.Buffer
+	// changed names source columns the target format writes differently
+	// on purpose (a text cell column becoming binary, a wrapped-key column
+	// becoming the dek_id column): their written elements are kept.
+	changed map[string]bool
+	hold    bool
+	tail    bytes.Buffer
 }
 
 // keepSchema wraps out, the pending object at path written from src.
@@ -109,7 +113,7 @@ func (k *schemaKeeper) Commit() error {
 	if !k.hold {
 		return fmt.Errorf("write %s: the footer was not held back (closing was not called before the Parquet writer's Close); nothing committed", k.path)
 	}
-	tail, err := withSchema(k.tail.Bytes(), k.src)
+	tail, err := withSchema(k.tail.Bytes(), k.src, k.changed)
 	if err != nil {
 		return fmt.Errorf("write %s: keep the source's schema: %w", k.path, err)
 	}
@@ -125,7 +129,7 @@ func (k *schemaKeeper) Commit() error {
 // written schema must have src's shape: the same elements in the same order
 // with the same names, physical types, repetitions and children; only their
 // annotations are taken from src.
-func withSchema(tail []byte, src []format.SchemaElement) ([]byte, error) {
+func withSchema(tail []byte, src []format.SchemaElement, changed map[string]bool) ([]byte, error) {
 	if len(tail) < 8 || string(tail[len(tail)-4:]) != "PAR1" {
 		return nil, errors.New("the written file does not end with a Parquet footer")
 	}
@@ -139,10 +143,16 @@ func withSchema(tail []byte, src []format.SchemaElement) ([]byte, error) {
 	if err := thrift.Unmarshal(&proto, tail[start:len(tail)-8], &md); err != nil {
 		return nil, fmt.Errorf("read the written footer: %w", err)
 	}
-	if err := sameShape(md.Schema, src); err != nil {
+	if err := sameShape(md.Schema, src, changed); err != nil {
 		return nil, err
 	}
-	md.Schema = slices.Clone(src)
+	keep := slices.Clone(src)
+	for i := range keep {
+		if changed[keep[i].Name] && keep[i].NumChildren.V == 0 {
+			keep[i] = md.Schema[i]
+		}
+	}
+	md.Schema = keep
 	footer, err := thrift.Marshal(&proto, &md)
 	if err != nil {
 		return nil, fmt.Errorf("encode the footer: %w", err)
@@ -156,7 +166,7 @@ func withSchema(tail []byte, src []format.SchemaElement) ([]byte, error) {
 
 // sameShape checks that schema elements written describe the same columns as
 // src, so that taking src's annotations cannot change how the data reads.
-func sameShape(written, src []format.SchemaElement) error {
+func sameShape(written, src []format.SchemaElement, changed map[string]bool) error {
 	if len(written) != len(src) {
 		return fmt.Errorf("%d schema elements written, the source has %d", len(written), len(src))
 	}
@@ -169,7 +179,7 @@ func sameShape(written, src []format.SchemaElement) error {
 	for i := range src {
 		w, s := &written[i], &src[i]
 		switch {
-		case w.Name != s.Name:
+		case w.Name != s.Name && !changed[s.Name]:
 			return fmt.Errorf("schema element %d is %q, the source's is %q", i, w.Name, s.Name)
 		case w.Type != s.Type || w.NumChildren.V != s.NumChildren.V:
 			return fmt.Errorf("column %q: written as %v with %d children, the source has %v with %d", s.Name, w.Type, w.NumChildren.V, s.Type, s.NumChildren.V)

@@ -226,10 +226,10 @@ func TestWithSchemaRefusesAnotherShape(t *testing.T) {
 	if err := pw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := withSchema(buf.Bytes(), src.Metadata().Schema); err == nil {
+	if _, err := withSchema(buf.Bytes(), src.Metadata().Schema, nil); err == nil {
 		t.Fatal("a footer of other columns took the source's schema")
 	}
-	if _, err := withSchema([]byte("not a footer"), src.Metadata().Schema); err == nil {
+	if _, err := withSchema([]byte("not a footer"), src.Metadata().Schema, nil); err == nil {
 		t.Fatal("bytes without a footer were accepted")
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"rekey/providers/keys"
 	"rekey/schemas"
+	"rekey/schemas/format"
 )
 
 // Proof before commit. A custodian can return a wrong key without an error
@@ -77,15 +78,15 @@ func proveDEK(ctx context.Context, spec *Spec, src keys.KEK, r *schemas.DEKRow, 
 				r.DEKID, sc.RecordID, sc.Column, sc.File, err)
 		}
 	}
-	aead, err := dek.AEAD()
+	sf, _, err := spec.Formats()
 	if err != nil {
 		return schemas.ProofCell, err
 	}
-	aad, err := schemas.CellAAD(nil, sc.Column, sc.RecordID, r.DEKID)
+	aead, err := sf.Cipher(dek.Bytes())
 	if err != nil {
-		return schemas.ProofCell, err
+		return schemas.ProofCell, fmt.Errorf("dek_id %q: %w", r.DEKID, err)
 	}
-	pt, err := schemas.OpenCell(nil, aead, cell, aad)
+	pt, err := sf.Open(nil, aead, cell, &format.Cell{Column: sc.Column, RecordID: sc.RecordID, DEKID: r.DEKID, Fields: sc.Fields})
 	clear(pt)
 	if err != nil {
 		return schemas.ProofCell, fmt.Errorf("dek_id %q: the key the source custodian %s returned does not open record %q, column %q of %s: %w. "+

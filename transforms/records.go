@@ -7,14 +7,82 @@ import (
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress"
 	"github.com/parquet-go/parquet-go/encoding"
+
+	"rekey/schemas/format"
 )
 
 // recordLayout locates rekey's columns in a record file's schema.
 type recordLayout struct {
 	enc     []int    // leaf column indexes of the encrypted columns
 	encName []string // their names, for the AAD
-	dek     int
+	dek     int      // the dek_id column, or the wrapped-key column (keyCol)
 	id      int
+	keyCol  bool  // dek is a wrapped-key column (format keys: column)
+	needs   []int // columns the source format's templates read (format.Needs)
+	tneeds  []int // the same for the target format
+}
+
+// layoutFor locates the columns of a record file for source format sf and
+// target format tf (tf nil: no target).
+func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (recordLayout, error) {
+	dekCol := spec.DEKColumn
+	if sf.Keys() == format.KeyColumn {
+		dekCol = sf.KeyColumn()
+	}
+	l, err := layoutOf(schema, spec.Encrypted, dekCol, spec.IDColumn)
+	if err != nil {
+		return l, err
+	}
+	l.keyCol = sf.Keys() == format.KeyColumn
+	if l.keyCol && tf != nil && tf.Keys() == format.KeyTable {
+		if _, clash := schema.Lookup(spec.DEKColumn); clash {
+			return l, fmt.Errorf("the target's dek_id column %q replaces wrapped-key column %q, but the file already has a column %q: set columns.dek_id to a new name", spec.DEKColumn, dekCol, spec.DEKColumn)
+		}
+	}
+	lookup := func(f format.Format, side string) ([]int, error) {
+		var out []int
+		for _, name := range f.Needs() {
+			c, ok := schema.Lookup(name)
+			if !ok {
+				return nil, fmt.Errorf("%s.format reads column %q (in its aad or binding), which this file does not have: fix the template in %s.format_options", side, name, side)
+			}
+			if c.MaxRepetitionLevel > 0 || !idKinds[c.Node.Type().Kind()] {
+				return nil, fmt.Errorf("%s.format reads column %q, which is %s: templates read flat INT32, INT64 or BYTE_ARRAY columns", side, name, c.Node.Type())
+			}
+			if l.keyCol && c.ColumnIndex == l.dek {
+				return nil, fmt.Errorf("%s.format reads the wrapped-key column %q in a template", side, name)
+			}
+			out = append(out, c.ColumnIndex)
+		}
+		return out, nil
+	}
+	if l.needs, err = lookup(sf, "source"); err != nil {
+		return l, err
+	}
+	if tf != nil {
+		if l.tneeds, err = lookup(tf, "target"); err != nil {
+			return l, err
+		}
+	}
+	return l, nil
+}
+
+// rowFields renders the values of columns cols of row for a format's
+// templates, into dst.
+func rowFields(dst []string, row parquet.Row, cols []int, schema func(int) string) ([]string, error) {
+	dst = dst[:0]
+	for _, c := range cols {
+		vi := findValue(row, c)
+		if vi < 0 || row[vi].IsNull() {
+			return dst, fmt.Errorf("column %q is null, and the format's aad or binding template reads it", schema(c))
+		}
+		s, err := recordID(row[vi])
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, s)
+	}
+	return dst, nil
 }
 
 func layoutOf(schema *parquet.Schema, encrypted []string, dekCol, idCol string) (recordLayout, error) {
@@ -94,6 +162,14 @@ func findValue(row parquet.Row, col int) int {
 // repeats, so both would only cost CPU. Every other column keeps the
 // source's codec and encoding, and the field order is kept.
 func outputSchema(src *parquet.Schema, encrypted []string) *parquet.Schema {
+	return outputSchemaFor(src, encrypted, nil, "", "")
+}
+
+// outputSchemaFor is outputSchema for a target format: text formats store
+// their cells in string columns, binary ones in binary columns; and a
+// wrapped-key column keyCol becomes the dek_id column dekCol (rekey
+// writes a dek_id there).
+func outputSchemaFor(src *parquet.Schema, encrypted []string, tf format.Format, keyCol, dekCol string) *parquet.Schema {
 	enc := map[string]bool{}
 	for _, c := range encrypted {
 		enc[c] = true
@@ -101,19 +177,48 @@ func outputSchema(src *parquet.Schema, encrypted []string) *parquet.Schema {
 	fields := src.Fields()
 	out := make([]parquet.Field, len(fields))
 	for i, f := range fields {
-		if enc[f.Name()] && f.Leaf() {
-			out[i] = ciphertextField{f}
-		} else {
+		switch {
+		case enc[f.Name()] && f.Leaf():
+			cf := ciphertextField{Field: f}
+			if tf != nil {
+				cf.typ = parquet.ByteArrayType
+				if tf.Text() {
+					cf.typ = parquet.String().Type()
+				}
+			}
+			out[i] = cf
+		case keyCol != "" && f.Name() == keyCol && f.Leaf():
+			out[i] = renamedField{Field: f, name: dekCol, typ: parquet.String().Type()}
+		default:
 			out[i] = f
 		}
 	}
 	return parquet.NewSchema(src.Name(), rootNode{Node: src, fields: out})
 }
 
-type ciphertextField struct{ parquet.Field }
+type ciphertextField struct {
+	parquet.Field
+	typ parquet.Type // nil: the source's
+}
 
 func (ciphertextField) Compression() compress.Codec { return &parquet.Uncompressed }
 func (ciphertextField) Encoding() encoding.Encoding { return &parquet.Plain }
+func (c ciphertextField) Type() parquet.Type {
+	if c.typ != nil {
+		return c.typ
+	}
+	return c.Field.Type()
+}
+
+// renamedField is a source column written under another name and type.
+type renamedField struct {
+	parquet.Field
+	name string
+	typ  parquet.Type
+}
+
+func (r renamedField) Name() string       { return r.name }
+func (r renamedField) Type() parquet.Type { return r.typ }
 
 type rootNode struct {
 	parquet.Node

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -22,6 +24,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/schemas/format"
 )
 
 func init() {
@@ -38,6 +41,7 @@ type ReencryptFn struct {
 	Spec Spec
 
 	src, dst keys.KEK
+	sf, tf   format.Format // source and target cell formats
 	cache    *keys.Cache
 	maps     map[string]*DEKMap
 }
@@ -46,6 +50,9 @@ type ReencryptFn struct {
 func (f *ReencryptFn) Setup(ctx context.Context) error {
 	var err error
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
+		return err
+	}
+	if f.sf, f.tf, err = f.Spec.Formats(); err != nil {
 		return err
 	}
 	f.cache = processCache(f.Spec.CacheSize)
@@ -72,12 +79,14 @@ func (f *ReencryptFn) loadMaps(iter func(*DEKMap) bool) {
 
 // cellScratch is one worker goroutine's reusable buffers.
 type cellScratch struct {
-	aad, aad2, pt, back []byte
-	sum                 [sha256.Size]byte
-	nonces              io.Reader
-	hash                hash.Hash // the ledger checksum, reset per record
-	cells               [][]byte
-	arena               []byte // new ciphertexts of the current batch
+	pt, back        []byte
+	cell, cell2     format.Cell
+	fields, tfields []string
+	sum             [sha256.Size]byte
+	nonces          io.Reader
+	hash            hash.Hash // the ledger checksum, reset per record
+	cells           [][]byte
+	arena           []byte // new ciphertexts of the current batch
 }
 
 // alloc returns an empty slice with room for n bytes, carved from the
@@ -156,10 +165,11 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		return res, err
 	}
 	defer in.Close()
-	layout, err := layoutOf(pf.Schema(), spec.Encrypted, spec.DEKColumn, spec.IDColumn)
+	layout, err := layoutFor(pf.Schema(), spec, f.sf, f.tf)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", srcPath, err)
 	}
+	colNames := leafNames(pf.Schema())
 	out, err := storage.Create(ctx, dstPath)
 	if err != nil {
 		return res, outputErr(dstPath, err)
@@ -175,7 +185,18 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 	if err != nil {
 		return res, err
 	}
-	opts := []parquet.WriterOption{outputSchema(pf.Schema(), spec.Encrypted), parquet.Compression(&snappy.Codec{})}
+	keyCol := ""
+	kept.changed = map[string]bool{}
+	if layout.keyCol {
+		keyCol = f.sf.KeyColumn()
+		kept.changed[keyCol] = true
+	}
+	if f.sf.Text() != f.tf.Text() {
+		for _, c := range spec.Encrypted {
+			kept.changed[c] = true
+		}
+	}
+	opts := []parquet.WriterOption{outputSchemaFor(pf.Schema(), spec.Encrypted, f.tf, keyCol, spec.DEKColumn), parquet.Compression(&snappy.Codec{})}
 	for _, kv := range pf.Metadata().KeyValueMetadata {
 		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
 			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
@@ -194,6 +215,10 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		}
 	}()
 	keysOf := map[string]*filePair{}
+	var minted *fileDEKs // keys in a column: this file's new DEKs
+	if layout.keyCol {
+		minted = &fileDEKs{rel: strings.TrimPrefix(srcPath, spec.SourceData)}
+	}
 	workers := spec.workers()
 	scratch := make([]cellScratch, workers)
 	for i := range scratch {
@@ -214,12 +239,17 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		for {
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
-				pairs := f.pairsFor(ctx, keysOf, rows[:n], &layout)
+				var pairs map[string]*filePair
+				if minted != nil {
+					pairs = f.columnPairsFor(ctx, keysOf, rows[:n], &layout, colNames, minted)
+				} else {
+					pairs = f.pairsFor(ctx, keysOf, rows[:n], &layout)
+				}
 				for i := range scratch {
 					scratch[i].arena = nil // the writer still holds the last batch's cells
 				}
 				fatal := parallel(n, workers, func(w, i int) error {
-					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w], pairs)
+					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w], pairs, colNames)
 					return outcomes[i].fatal
 				})
 				if fatal != nil {
@@ -236,6 +266,11 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 					if m := f.maps[o.dekID]; m != nil {
 						l.NewDEKID = m.NewID
 						l.SourceKEK = m.SourceKEK
+					} else if layout.keyCol && o.dekID != "" {
+						l.DEKID = keyName(o.dekID)
+						if p := pairs[o.dekID]; p != nil {
+							l.NewDEKID = p.newID
+						}
 					}
 					if o.ok {
 						l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, o.bytes, o.sum
@@ -288,6 +323,12 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		clear(scratch[i].pt[:cap(scratch[i].pt)])
 		clear(scratch[i].back[:cap(scratch[i].back)])
 	}
+	if minted != nil {
+		// The new DEKs are committed before the records that need them.
+		if err := minted.commit(ctx, spec); err != nil {
+			return res, err
+		}
+	}
 	kept.closing()
 	if err := pw.Close(); err != nil {
 		return res, outputErr(dstPath, err)
@@ -317,7 +358,7 @@ func sumBytes(o []rowOutcome) int64 {
 
 // reencryptRow rewrites row in place. A fatal key error (the HSM refuses
 // us) is reported in o.fatal so the pool stops the run.
-func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch, pairs map[string]*filePair) (o rowOutcome) {
+func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch, pairs map[string]*filePair, names []string) (o rowOutcome) {
 	defer func() {
 		if r := recover(); r != nil {
 			o.ok, o.err = false, fmt.Sprintf("record %q: internal error (panic): %v", o.id, r)
@@ -338,9 +379,27 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	}
 	o.id = id
 	if row[dv].IsNull() {
+		if l.keyCol {
+			return fail("record %q has a null wrapped key in column %q", id, names[l.dek])
+		}
 		return fail("record %q has a null dek_id", id)
 	}
-	o.dekID = string(row[dv].ByteArray())
+	nameOf := func(c int) string { return names[c] }
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, nameOf); err != nil {
+		return fail("record %q: %v", id, err)
+	}
+	if sc.tfields, err = rowFields(sc.tfields, row, l.tneeds, nameOf); err != nil {
+		return fail("record %q: %v", id, err)
+	}
+	if l.keyCol {
+		key, _, _, err := f.rowKey(row[dv].ByteArray(), sc.fields)
+		if err != nil {
+			return fail("record %q: column %q: %v (is key_encoding right?)", id, names[l.dek], err)
+		}
+		o.dekID = key
+	} else {
+		o.dekID = string(row[dv].ByteArray())
+	}
 	p := pairs[o.dekID]
 	if p == nil || p.err != "" {
 		why := "its DEK was not resolved"
@@ -360,34 +419,34 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	newCells := sc.cells[:len(l.enc)]
 	clear(newCells)
 	maxCell := f.Spec.maxCell()
+	srcDEKID := o.dekID
+	if l.keyCol {
+		srcDEKID = ""
+	}
+	sc.cell = format.Cell{Column: "", RecordID: id, DEKID: srcDEKID, Fields: sc.fields, AAD: sc.cell.AAD}
+	sc.cell2 = format.Cell{Column: "", RecordID: id, DEKID: p.newID, Fields: sc.tfields, AAD: sc.cell2.AAD}
 	for k, col := range l.enc {
 		vi := findValue(row, col)
 		if vi < 0 || row[vi].IsNull() {
 			continue // nulls stay null
 		}
 		cell := row[vi].ByteArray()
-		if len(cell) > maxCell+schemas.CellOverhead {
+		if f.sf.MaxPlaintext(len(cell)) > maxCell {
 			return fail("record %q column %q: cell is %d bytes, over the %d-byte limit (raise max_cell_bytes if this is expected)", id, l.encName[k], len(cell), maxCell)
 		}
-		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], id, o.dekID); err != nil {
-			return fail("record %q: %v", id, err)
-		}
-		pt, err := schemas.OpenCell(sc.pt[:0], p.src.aead, cell, sc.aad)
+		sc.cell.Column, sc.cell2.Column = l.encName[k], l.encName[k]
+		pt, err := f.sf.Open(sc.pt[:0], p.srcAEAD, cell, &sc.cell)
 		sc.pt = pt
 		if err != nil {
 			return fail("record %q column %q: %v", id, l.encName[k], err)
 		}
-		if sc.aad2, err = schemas.CellAAD(sc.aad2[:0], l.encName[k], id, p.newID); err != nil {
-			clear(pt)
-			return fail("record %q: %v", id, err)
-		}
-		ct, err := schemas.SealCell(sc.alloc(len(pt)+schemas.CellOverhead), p.dst.aead, sc.nonces, pt, sc.aad2)
+		ct, err := f.tf.Seal(sc.alloc(f.tf.CellLen(len(pt))), p.dstAEAD, sc.nonces, pt, &sc.cell2)
 		if err != nil {
 			clear(pt)
 			return fail("record %q column %q: encrypt: %v", id, l.encName[k], err)
 		}
 		if !f.Spec.SkipVerify {
-			back, err := schemas.OpenCell(sc.back[:0], p.dst.aead, ct, sc.aad2)
+			back, err := f.tf.Open(sc.back[:0], p.dstAEAD, ct, &sc.cell2)
 			sc.back = back
 			same := err == nil && bytes.Equal(back, pt)
 			clear(back)
@@ -420,6 +479,9 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 // cache lookup per DEK, not per row).
 type filePair struct {
 	src, dst   *cachedKey
+	srcAEAD    cipher.AEAD // the cell ciphers of the source and target formats
+	dstAEAD    cipher.AEAD
+	srcName    string // keys in a column: the source key's name in the ledger
 	newID      string
 	newIDBytes []byte
 	err        string
@@ -474,7 +536,31 @@ func (f *ReencryptFn) resolve(ctx context.Context, dekID string) *filePair {
 			return &filePair{err: fmt.Sprintf("new DEK %q: the target custodian %s returned a key that does not match its key check value (%v); its records are left for a --resume", m.NewID, redactKEK(f.dst.URI()), err)}
 		}
 	}
-	return &filePair{src: src, dst: dst, newID: m.NewID, newIDBytes: []byte(m.NewID)}
+	p := &filePair{src: src, dst: dst, newID: m.NewID, newIDBytes: []byte(m.NewID)}
+	if err := f.ciphers(p); err != nil {
+		return &filePair{err: err.Error()}
+	}
+	return p
+}
+
+// ciphers builds p's cell ciphers for the two formats (rekey-v1 reuses the
+// DEK's own AES-256-GCM instance).
+func (f *ReencryptFn) ciphers(p *filePair) error {
+	var err error
+	if p.srcAEAD, err = cellCipher(f.sf, p.src); err != nil {
+		return fmt.Errorf("source DEK: %w", err)
+	}
+	if p.dstAEAD, err = cellCipher(f.tf, p.dst); err != nil {
+		return fmt.Errorf("new DEK: %w", err)
+	}
+	return nil
+}
+
+func cellCipher(fm format.Format, k *cachedKey) (cipher.AEAD, error) {
+	if _, v1 := fm.(format.RekeyV1); v1 && k.aead != nil && k.dek.Len() == keys.DEKSize {
+		return k.aead, nil
+	}
+	return fm.Cipher(k.dek.Bytes())
 }
 
 // Reencrypt is the record stage of a re-encrypt run.

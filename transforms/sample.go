@@ -42,9 +42,10 @@ type SampleCell struct {
 	File     string // relative to source.data
 	Row      int64  // row index in the file
 	Column   string
-	RecordID string // canonical text, as in the AAD
-	Size     int    // bytes of the cell
-	Cell     []byte // the cell, when Size <= MaxSampleCellBytes
+	RecordID string   // canonical text, as in the AAD
+	Fields   []string // values of the source format's template columns (format.Needs)
+	Size     int      // bytes of the cell
+	Cell     []byte   // the cell, when Size <= MaxSampleCellBytes
 	Problem  string
 }
 
@@ -156,11 +157,15 @@ func sampleFile(ctx context.Context, spec *Spec, rel string) (map[string]*Sample
 		return nil, err
 	}
 	defer in.Close()
-	layout, err := layoutOf(pf.Schema(), spec.Encrypted, spec.DEKColumn, spec.IDColumn)
+	sf, _, err := spec.Formats()
 	if err != nil {
 		return nil, err
 	}
-	maxCell := spec.maxCell() + schemas.CellOverhead
+	layout, err := layoutFor(pf.Schema(), spec, sf, nil)
+	if err != nil {
+		return nil, err
+	}
+	names := leafNames(pf.Schema())
 	best := map[string]*SampleCell{}
 	var base int64
 	for _, rg := range pf.RowGroups() {
@@ -174,6 +179,12 @@ func sampleFile(ctx context.Context, spec *Spec, rel string) (map[string]*Sample
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", spec.IDColumn, err)
 		}
+		needs := make([][]parquet.Value, len(layout.needs))
+		for k, c := range layout.needs {
+			if needs[k], err = columnValues(chunks[c], n); err != nil {
+				return nil, fmt.Errorf("column %s: %w", names[c], err)
+			}
+		}
 		for ci, col := range layout.enc {
 			var i int64
 			err := eachValue(chunks[col], func(v parquet.Value) error {
@@ -186,7 +197,7 @@ func sampleFile(ctx context.Context, spec *Spec, rel string) (map[string]*Sample
 					return nil
 				}
 				size := len(v.ByteArray())
-				if size < schemas.EnvelopeV1Min || size > maxCell {
+				if size < sf.CellLen(0) || sf.MaxPlaintext(size) > spec.maxCell() {
 					return nil // not a cell a DEK could open
 				}
 				cand := SampleCell{File: rel, Row: base + row, Column: layout.encName[ci], Size: size}
@@ -199,6 +210,13 @@ func sampleFile(ctx context.Context, spec *Spec, rel string) (map[string]*Sample
 					return nil
 				}
 				cand.DEKID, cand.RecordID = string(deks[row].ByteArray()), rid
+				for k := range needs {
+					fv, err := recordID(needs[k][row])
+					if err != nil {
+						return nil // a row without its template values proves nothing
+					}
+					cand.Fields = append(cand.Fields, fv)
+				}
 				if size <= MaxSampleCellBytes {
 					cand.Cell = bytes.Clone(v.ByteArray())
 				}

@@ -3,6 +3,7 @@ package transforms
 import (
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/schemas/format"
 )
 
 func init() {
@@ -387,6 +389,7 @@ type VerifyFn struct {
 	Spec Spec
 
 	kek   keys.KEK
+	tf    format.Format // the target's cell format
 	cache *keys.Cache
 	deks  map[string]*schemas.DEKRow
 	bad   map[string]string
@@ -395,6 +398,9 @@ type VerifyFn struct {
 // Setup opens the KEK (once per process).
 func (f *VerifyFn) Setup(ctx context.Context) error {
 	var err error
+	if _, f.tf, err = f.Spec.Formats(); err != nil {
+		return err
+	}
 	if f.kek, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
@@ -544,10 +550,11 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 		return err
 	}
 	defer in.Close()
-	l, err := layoutOf(pf.Schema(), f.Spec.Encrypted, f.Spec.DEKColumn, f.Spec.IDColumn)
+	l, err := layoutFor(pf.Schema(), &f.Spec, f.tf, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
+	names := leafNames(pf.Schema())
 	workers := f.Spec.workers()
 	scratch := make([]cellScratch, workers)
 	rows := make([]parquet.Row, f.Spec.rowBatch())
@@ -573,7 +580,7 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 				}
 				_ = parallel(n, workers, func(w, i int) error {
 					out[i] = rowCheck{}
-					if e := f.verifyRow(&l, rows[i], &scratch[w], &out[i], keysOf); e != nil {
+					if e := f.verifyRow(&l, rows[i], &scratch[w], &out[i], keysOf, names); e != nil {
 						out[i].err = e.Error()
 					}
 					return nil
@@ -600,6 +607,7 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 // its records cannot verify.
 type verifyKey struct {
 	key   *cachedKey
+	aead  cipher.AEAD // the format's cell cipher
 	err   error
 	fatal bool // the custodian refuses us: stop
 }
@@ -619,10 +627,14 @@ func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
 	if err != nil {
 		return &verifyKey{err: fmt.Errorf("unwrap DEK %q: %w", dekID, err), fatal: isFatalKeyErr(err)}
 	}
-	return &verifyKey{key: key}
+	aead, err := cellCipher(f.tf, key)
+	if err != nil {
+		return &verifyKey{err: fmt.Errorf("DEK %q: %w", dekID, err)}
+	}
+	return &verifyKey{key: key, aead: aead}
 }
 
-func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, keysOf map[string]*verifyKey) error {
+func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, keysOf map[string]*verifyKey, names []string) error {
 	iv, dv := findValue(row, l.id), findValue(row, l.dek)
 	if iv < 0 || dv < 0 {
 		return fmt.Errorf("row has no value for the record id or dek_id column")
@@ -640,16 +652,17 @@ func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, 
 	if vk.err != nil {
 		return fmt.Errorf("record %q: %w", o.id, vk.err)
 	}
-	key := vk.key
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+		return fmt.Errorf("record %q: %w", o.id, err)
+	}
+	sc.cell = format.Cell{RecordID: o.id, DEKID: o.dekID, Fields: sc.fields, AAD: sc.cell.AAD}
 	for k, col := range l.enc {
 		vi := findValue(row, col)
 		if vi < 0 || row[vi].IsNull() {
 			continue
 		}
-		if sc.aad, err = schemas.CellAAD(sc.aad[:0], l.encName[k], o.id, o.dekID); err != nil {
-			return err
-		}
-		pt, err := schemas.OpenCell(sc.pt[:0], key.aead, row[vi].ByteArray(), sc.aad)
+		sc.cell.Column = l.encName[k]
+		pt, err := f.tf.Open(sc.pt[:0], vk.aead, row[vi].ByteArray(), &sc.cell)
 		sc.pt = pt
 		clear(pt)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"rekey/pipeline"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/schemas/format"
 	"rekey/transforms"
 )
 
@@ -79,6 +80,10 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	if set["wrap"] {
 		spec.TargetWrap = wrap
+	}
+	if _, tf, err := spec.Formats(); err == nil && tf.Keys() == format.KeyColumn {
+		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
+			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
 	}
 	if spec.TargetDEKs == "" || spec.TargetKEK == "" {
 		return withCode(exitUsage, errors.New("need a DEK table and its KEK: --job with target.deks/target.kek, or --deks and --kek"))

@@ -190,6 +190,7 @@ func (f *AESGCM) KeyText() bool     { return f.keyEnc.text }
 func (f *AESGCM) Describe() string  { return f.desc }
 func (f *AESGCM) rawOverhead() int  { return len(f.prefix) + f.nonceSize + f.tagSize }
 func (f *AESGCM) Overhead() int     { return f.enc.encodedLen(f.rawOverhead()) }
+func (f *AESGCM) CellLen(n int) int { return f.enc.encodedLen(f.rawOverhead() + n) }
 func (f *AESGCM) MaxPlaintext(n int) int {
 	return max(f.enc.decodedLen(n)-f.rawOverhead(), 0)
 }

@@ -70,6 +70,8 @@ type Format interface {
 	Seal(dst []byte, aead cipher.AEAD, rand io.Reader, pt []byte, c *Cell) ([]byte, error)
 	// Overhead is the most bytes a cell adds to its plaintext.
 	Overhead() int
+	// CellLen is the size of the cell of an n-byte plaintext.
+	CellLen(n int) int
 	// MaxPlaintext is the largest plaintext a cell of n bytes can hold.
 	MaxPlaintext(n int) int
 	// Binding is what the custodian bound the row's wrapped key to, from

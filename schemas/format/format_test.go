@@ -63,7 +63,7 @@ func TestAESGCMLayouts(t *testing.T) {
 		}},
 		{map[string]string{"prefix": "v1:", "encoding": "raw", "layout": "nonce,tag,ciphertext"}, func(n, s []byte) []byte {
 			ct, tag := s[:len(s)-16], s[len(s)-16:]
-			return append(append(append(append([]byte("v1:"), n...), tag...), ct...))
+			return append(append(append([]byte("v1:"), n...), tag...), ct...)
 		}},
 	} {
 		f := mustNew(t, "aes-gcm", tc.opts)

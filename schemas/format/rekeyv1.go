@@ -28,6 +28,7 @@ func (RekeyV1) Needs() []string        { return nil }
 func (RekeyV1) Text() bool             { return false }
 func (RekeyV1) KeyText() bool          { return false }
 func (RekeyV1) Overhead() int          { return schemas.CellOverhead }
+func (RekeyV1) CellLen(n int) int      { return n + schemas.CellOverhead }
 func (RekeyV1) Describe() string       { return "rekey-v1" }
 func (RekeyV1) MaxPlaintext(n int) int { return max(n-schemas.CellOverhead, 0) }
 

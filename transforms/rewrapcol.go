@@ -1,0 +1,368 @@
+package transforms
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/snappy"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+	"rekey/schemas/format"
+)
+
+func init() {
+	register.DoFn3x1[context.Context, string, func(UnitResult), error](&RewrapKeyColumnFn{})
+}
+
+// RewrapKeyColumnFn rewraps the wrapped keys a record file keeps in a
+// column (format keys: column): each distinct wrapped key of the file is
+// unwrapped by the source, proven by opening a cell of a row that uses it,
+// wrapped by the target with the same binding, unwrapped again and
+// compared; the file is written to target.data with only that column
+// changed (every other value as read, cells untouched). Rows whose key
+// fails are left out of the output with a failed ledger row.
+type RewrapKeyColumnFn struct {
+	Spec Spec
+
+	src, dst keys.KEK
+	sf       format.Format
+}
+
+// Setup opens both KEKs (once per process).
+func (f *RewrapKeyColumnFn) Setup(ctx context.Context) error {
+	var err error
+	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
+		return err
+	}
+	f.sf, _, err = f.Spec.Formats()
+	return err
+}
+
+// ProcessElement rewraps the key column of record file rel.
+func (f *RewrapKeyColumnFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
+	markStarted()
+	spec := &f.Spec
+	srcPath := storage.Join(spec.SourceData, rel)
+	dstPath := storage.Join(spec.TargetData, rel)
+	part := spec.LedgerPart("data", rel)
+	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
+		return err
+	} else if done {
+		emit(res)
+		return nil
+	}
+	if same, fp, err := unchanged(ctx, spec, srcPath, dstPath); err == nil && same {
+		res, err := skipUnchanged(ctx, spec, part, srcPath, dstPath, fp)
+		if err != nil {
+			return err
+		}
+		emit(res)
+		return nil
+	}
+	res, err := f.rewrapFile(ctx, srcPath, dstPath, part)
+	if err != nil {
+		if isFatalKeyErr(err) || isOutputErr(err) {
+			return err
+		}
+		row, fres := fileFailure(spec, srcPath, 0, err)
+		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+			return err
+		}
+		Progress.Failed.Add(1)
+		cntFailed.Inc(ctx, 1)
+		emit(fres)
+		return spec.MaxFailures.check()
+	}
+	Progress.Files.Add(1)
+	cntFiles.Inc(ctx, 1)
+	emit(res)
+	return spec.MaxFailures.check()
+}
+
+// colRewrap is one distinct wrapped key of a file and what became of it.
+type colRewrap struct {
+	name   string // keyName of the source key
+	blob   []byte
+	b      keys.Binding
+	proof  cellRef // a cell under this key, to prove the unwrapped key
+	value  []byte  // the new column value (encoded)
+	sum    string
+	proofs string // schemas.Proof*
+	err    string
+	fatal  error
+}
+
+type cellRef struct {
+	column, recordID string
+	fields           []string
+	cell             []byte
+}
+
+func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, part string) (UnitResult, error) {
+	spec := &f.Spec
+	res := UnitResult{Unit: srcPath}
+	res.Totals.Files = 1
+	pf, in, err := openParquet(ctx, srcPath)
+	if err != nil {
+		return res, err
+	}
+	defer in.Close()
+	l, err := layoutFor(pf.Schema(), spec, f.sf, nil)
+	if err != nil {
+		return res, fmt.Errorf("%s: %w", srcPath, err)
+	}
+	names := leafNames(pf.Schema())
+	fp, err := Fingerprint(in)
+	if err != nil {
+		return res, err
+	}
+	out, err := storage.Create(ctx, dstPath)
+	if err != nil {
+		return res, outputErr(dstPath, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = out.Abort()
+		}
+	}()
+	kept := keepSchema(out, dstPath, pf)
+	opts := []parquet.WriterOption{outputSchema(pf.Schema(), nil), parquet.Compression(&snappy.Codec{})}
+	for _, kv := range pf.Metadata().KeyValueMetadata {
+		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
+			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+		}
+	}
+	opts = append(opts, outputMeta(spec, fp)...)
+	pw := parquet.NewWriter(kept, opts...)
+	led, err := createRows[schemas.LedgerRow](ctx, part)
+	if err != nil {
+		return res, err
+	}
+	ledgerDone := false
+	defer func() {
+		if !ledgerDone {
+			led.abort()
+		}
+	}()
+	known := map[string]*colRewrap{}
+	rows := make([]parquet.Row, spec.rowBatch())
+	keyOf := make([]string, len(rows))
+	whyNot := make([]string, len(rows))
+	ids := make([]string, len(rows))
+	nameOf := func(c int) string { return names[c] }
+	for _, rg := range pf.RowGroups() {
+		rr := rg.Rows()
+		for {
+			n, rerr := rr.ReadRows(rows)
+			if n > 0 {
+				var fresh []*colRewrap
+				var fields []string
+				for i := 0; i < n; i++ {
+					keyOf[i], whyNot[i], ids[i] = "", "", ""
+					row := rows[i]
+					iv, dv := findValue(row, l.id), findValue(row, l.dek)
+					if iv < 0 || dv < 0 {
+						whyNot[i] = "row has no value for the record id or wrapped-key column"
+						continue
+					}
+					if ids[i], err = recordID(row[iv]); err != nil {
+						whyNot[i] = err.Error()
+						continue
+					}
+					if row[dv].IsNull() {
+						whyNot[i] = fmt.Sprintf("record %q has a null wrapped key in column %q", ids[i], names[l.dek])
+						continue
+					}
+					if fields, err = rowFields(fields, row, l.needs, nameOf); err != nil {
+						whyNot[i] = fmt.Sprintf("record %q: %v", ids[i], err)
+						continue
+					}
+					key, blob, b, err := columnKey(f.sf, row[dv].ByteArray(), fields)
+					if err != nil {
+						whyNot[i] = fmt.Sprintf("record %q: column %q: %v (is key_encoding right?)", ids[i], names[l.dek], err)
+						continue
+					}
+					keyOf[i] = key
+					k := known[key]
+					if k == nil {
+						k = &colRewrap{name: keyName(key), blob: blob, b: b}
+						known[key] = k
+						fresh = append(fresh, k)
+					}
+					if k.proof.cell == nil {
+						for c, col := range l.enc {
+							vi := findValue(row, col)
+							if vi >= 0 && !row[vi].IsNull() {
+								k.proof = cellRef{column: l.encName[c], recordID: ids[i], fields: append([]string(nil), fields...), cell: bytes.Clone(row[vi].ByteArray())}
+								break
+							}
+						}
+					}
+				}
+				fatal := parallel(len(fresh), spec.workers(), func(_, i int) error {
+					f.rewrapKey(ctx, fresh[i])
+					return fresh[i].fatal
+				})
+				if fatal != nil {
+					rr.Close()
+					return res, fatal
+				}
+				keep := make([]parquet.Row, 0, n)
+				ledger := make([]schemas.LedgerRow, 0, n)
+				at := now()
+				for i := 0; i < n; i++ {
+					lr := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitRecord, Source: srcPath, Target: dstPath,
+						RecordID: ids[i], SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(), At: at}
+					k := known[keyOf[i]]
+					switch {
+					case whyNot[i] != "":
+						lr.Status, lr.Error = schemas.StatusFailed, whyNot[i]
+					case k.err != "":
+						lr.DEKID, lr.Status, lr.Error, lr.Proof = k.name, schemas.StatusFailed, fmt.Sprintf("record %q: %s", ids[i], k.err), k.proofs
+					default:
+						lr.DEKID, lr.NewDEKID, lr.Status, lr.Proof = k.name, keyName(string(k.value)), schemas.StatusMigrated, k.proofs
+						lr.Bytes, lr.Checksum = int64(len(k.value)), k.sum
+						keep = append(keep, withKey(rows[i], l.dek, k.value))
+					}
+					res.add(&lr)
+					ledger = append(ledger, lr)
+				}
+				if err := led.write(ledger); err != nil {
+					rr.Close()
+					return res, err
+				}
+				if len(keep) > 0 {
+					if _, err := pw.WriteRows(keep); err != nil {
+						rr.Close()
+						return res, outputErr(dstPath, err)
+					}
+				}
+				Progress.Records.Add(int64(n))
+				cntRecords.Inc(ctx, int64(n))
+			}
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			if rerr != nil {
+				rr.Close()
+				return res, fmt.Errorf("read %s: %w (truncated or corrupt file?)", srcPath, rerr)
+			}
+		}
+		rr.Close()
+		if err := pw.Flush(); err != nil {
+			return res, outputErr(dstPath, err)
+		}
+	}
+	Progress.DEKs.Add(int64(len(known)))
+	cntDEKs.Inc(ctx, int64(len(known)))
+	if res.Totals.Failed > 0 {
+		pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+	}
+	kept.closing()
+	if err := pw.Close(); err != nil {
+		return res, outputErr(dstPath, err)
+	}
+	if err := kept.Commit(); err != nil {
+		return res, outputErr(dstPath, err)
+	}
+	committed = true
+	if err := led.commit(); err != nil {
+		return res, err
+	}
+	ledgerDone = true
+	Progress.Failed.Add(res.Totals.Failed)
+	cntFailed.Inc(ctx, res.Totals.Failed)
+	return res, nil
+}
+
+// withKey is a copy of row (its values no longer alias the reader's
+// buffers) with the value of column col replaced by v.
+func withKey(row parquet.Row, col int, v []byte) parquet.Row {
+	out := make(parquet.Row, len(row))
+	for i, x := range row {
+		if x.Column() == col {
+			out[i] = parquet.ByteArrayValue(v).Level(x.RepetitionLevel(), x.DefinitionLevel(), col)
+		} else {
+			out[i] = x.Clone()
+		}
+	}
+	return out
+}
+
+// rewrapKey unwraps k with the source, proves it on its cell, wraps it with
+// the target under the same binding and checks the target gives it back.
+func (f *RewrapKeyColumnFn) rewrapKey(ctx context.Context, k *colRewrap) {
+	defer func() {
+		if r := recover(); r != nil {
+			k.err = fmt.Sprintf("internal error (panic): %v", r)
+		}
+	}()
+	fail := func(err error, format string, a ...any) {
+		k.err = fmt.Sprintf(format, a...) + ": " + err.Error()
+		if isFatalKeyErr(err) {
+			k.fatal = err
+		}
+	}
+	mech := f.Spec.SourceWrap
+	if mech == "" {
+		mech = f.src.Mechanism()
+	}
+	dek, err := f.src.Unwrap(ctx, k.b, mech, k.blob)
+	if err != nil {
+		fail(err, "unwrap %s (%s) with %s", k.name, k.b, redactKEK(f.src.URI()))
+		return
+	}
+	defer dek.Zero()
+	k.proofs = schemas.ProofNone
+	if k.proof.cell != nil {
+		k.proofs = schemas.ProofCell
+		aead, err := f.sf.Cipher(dek.Bytes())
+		if err != nil {
+			fail(err, "%s", k.name)
+			return
+		}
+		pt, err := f.sf.Open(nil, aead, k.proof.cell, &format.Cell{Column: k.proof.column, RecordID: k.proof.recordID, Fields: k.proof.fields})
+		clear(pt)
+		if err != nil {
+			k.err = fmt.Sprintf("the key %s unwrapped by %s does not open record %q, column %q: %v. Either the custodian returned a wrong key, the format options (layout, aad) do not match the data, or that cell is corrupt; nothing was committed for it",
+				k.name, redactKEK(f.src.URI()), k.proof.recordID, k.proof.column, err)
+			return
+		}
+	}
+	w, err := f.dst.Wrap(ctx, k.b, dek)
+	if err != nil {
+		fail(err, "wrap %s with %s", k.name, redactKEK(f.dst.URI()))
+		return
+	}
+	if !f.Spec.SkipVerify {
+		back, err := f.dst.Unwrap(ctx, k.b, f.dst.Mechanism(), w)
+		if err != nil {
+			fail(err, "verify before commit: unwrap the new wrap of %s", k.name)
+			return
+		}
+		same := bytes.Equal(back.Bytes(), dek.Bytes())
+		back.Zero()
+		if !same {
+			k.err = fmt.Sprintf("verify before commit: the target returned another key for %s", k.name)
+			return
+		}
+	}
+	k.value = f.sf.EncodeKey(w)
+	k.sum = checksum(k.value)
+}
+
+// RewrapKeyColumn is the rewrap of a dataset whose wrapped keys are in a
+// column of its record files.
+func RewrapKeyColumn(s beam.Scope, spec Spec, files beam.PCollection) beam.PCollection {
+	s = s.Scope("RewrapKeyColumn")
+	return beam.ParDo(s, &RewrapKeyColumnFn{Spec: spec}, files)
+}
