@@ -3,6 +3,8 @@ package pipeline_test
 import (
 	"bufio"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -34,6 +36,52 @@ type appRow struct {
 	Tenant     string `parquet:"tenant"`
 	Email      string `parquet:"email"`
 	WrappedKey string `parquet:"wrapped_key"`
+}
+
+// cellCodec seals and opens cells the way one application or library
+// does.
+type cellCodec interface {
+	encrypt(key []byte, aad *string, pt []byte) string
+	decrypt(key []byte, aad *string, cell string) ([]byte, error)
+}
+
+// goApp is hand-written Go application code: gcm.Seal(nonce, nonce, pt,
+// aad), raw bytes stored as they are.
+type goApp struct{}
+
+func (goApp) encrypt(key []byte, aad *string, pt []byte) string {
+	gcm := newGCM(key)
+	nonce := make([]byte, gcm.NonceSize())
+	_, _ = rand.Read(nonce)
+	var a []byte
+	if aad != nil {
+		a = []byte(*aad)
+	}
+	return string(gcm.Seal(nonce, nonce, pt, a))
+}
+
+func (goApp) decrypt(key []byte, aad *string, cell string) ([]byte, error) {
+	gcm := newGCM(key)
+	if len(cell) < gcm.NonceSize() {
+		return nil, fmt.Errorf("short cell")
+	}
+	var a []byte
+	if aad != nil {
+		a = []byte(*aad)
+	}
+	return gcm.Open(nil, []byte(cell[:12]), []byte(cell[12:]), a)
+}
+
+func newGCM(key []byte) cipher.AEAD {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err)
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		panic(err)
+	}
+	return g
 }
 
 // cellTool is one of the interop scripts, running for the whole test.
@@ -121,7 +169,7 @@ type appDataset struct {
 
 // writeAppDataset has tool seal records 1..n under nKeys random DEKs, each
 // wrapped (unbound) by the source KEK and stored base64 in wrapped_key.
-func writeAppDataset(t *testing.T, tool *cellTool, kekURI string, keyLen, files, n, nKeys int, opts map[string]string, aad func(r appRow) *string) *appDataset {
+func writeAppDataset(t *testing.T, tool cellCodec, kekURI string, keyLen, files, n, nKeys int, opts map[string]string, aad func(r appRow) *string) *appDataset {
 	t.Helper()
 	ctx := context.Background()
 	kek, err := keys.Open(ctx, kekURI, keys.Options{})
@@ -168,7 +216,7 @@ func writeAppDataset(t *testing.T, tool *cellTool, kekURI string, keyLen, files,
 
 // readBack has tool open every email cell under data with the wrapped key
 // of its row, unwrapped by kekURI: what the application would do.
-func readBack(t *testing.T, tool *cellTool, ds *appDataset, data, kekURI string) {
+func readBack(t *testing.T, tool cellCodec, ds *appDataset, data, kekURI string) {
 	t.Helper()
 	ctx := context.Background()
 	kek, err := keys.Open(ctx, kekURI, keys.Options{})
@@ -206,6 +254,10 @@ func readBack(t *testing.T, tool *cellTool, ds *appDataset, data, kekURI string)
 
 func idAAD(r appRow) *string { s := fmt.Sprint(r.ID); return &s }
 func noAAD(appRow) *string   { return nil }
+func tenantAAD(r appRow) *string {
+	s := fmt.Sprintf("%s:%d", r.Tenant, r.ID)
+	return &s
+}
 
 func foreignJob(t *testing.T, mode, runID string, ds *appDataset, targetKEK string) *pipeline.Job {
 	root := t.TempDir()
@@ -223,17 +275,22 @@ func foreignJob(t *testing.T, mode, runID string, ds *appDataset, targetKEK stri
 func TestForeignLockboxAndPython(t *testing.T) {
 	lockboxOpts := map[string]string{"encoding": "base64", "aad": "{id}", "keys": "column", "key_column": "wrapped_key", "key_encoding": "base64"}
 	pycaOpts := map[string]string{"encoding": "hex", "layout": "ciphertext,tag,nonce", "keys": "column", "key_column": "wrapped_key", "key_encoding": "base64"}
+	goOpts := map[string]string{"aad": "{tenant}:{id}", "keys": "column", "key_column": "wrapped_key", "key_encoding": "base64"}
 	for _, tc := range []struct {
 		name, interp, script string
 		keyLen               int
 		opts                 map[string]string
 		aad                  func(appRow) *string
 	}{
+		{"go-app", "", "", 32, goOpts, tenantAAD},
 		{"lockbox", "/usr/bin/ruby", "lockbox_cells.rb", 32, lockboxOpts, idAAD},
 		{"pyca", "/usr/bin/python3", "pyca_cells.py", 16, pycaOpts, noAAD},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tool := startCellTool(t, tc.interp, tc.script)
+			var tool cellCodec = goApp{}
+			if tc.script != "" {
+				tool = startCellTool(t, tc.interp, tc.script)
+			}
 			ds := writeAppDataset(t, tool, env.KEK("source", "kek-aes"), tc.keyLen, 2, 60, 3, tc.opts, tc.aad)
 
 			t.Run("rewrap", func(t *testing.T) {

@@ -66,6 +66,9 @@ type Job struct {
 	// the target and decrypts every new cell again before committing.
 	// Turning it off is for measuring what it costs, not for production.
 	VerifyBeforeCommit *bool `yaml:"verify_before_commit,omitempty"`
+	// PlanSamples is how many cells of each record file `rekey plan` opens
+	// with the source keys before a run (default 3; negative: none).
+	PlanSamples int `yaml:"plan_samples,omitempty"`
 }
 
 // MaxJobFileBytes caps a job file.

@@ -15,6 +15,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/schemas/format"
 	"rekey/transforms"
 )
 
@@ -150,7 +151,13 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 	}
 	var findings []int // indexes in r.Checks of the findings that predict failures
-	err := transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
+	scan := transforms.ScanDEKTable
+	if spec.ColumnKeys() {
+		// The wrapped keys are in the records: no table to read; the
+		// cell samples below unwrap some of them.
+		scan = func(context.Context, string, func(string, []schemas.DEKRow) error, *int) error { return nil }
+	}
+	err := scan(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
 		fi, ok := fileIdx[file]
 		if !ok {
 			fi = int32(len(fileIdx))
@@ -191,6 +198,9 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	}, &r.DEKFiles)
 	if err != nil {
 		r.add(false, "source DEK table", "%v", err)
+	} else if spec.ColumnKeys() {
+		sf, _, _ := spec.Formats()
+		r.add(true, "source keys", "wrapped keys in column %q of the records (%s)", sf.KeyColumn(), sf.Describe())
 	} else {
 		r.add(true, "source DEK table", "%d DEKs in %d files", r.DEKs, r.DEKFiles)
 		if r.DEKs == 0 {
@@ -227,10 +237,13 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	}
 
 	r.Predicted.Units = int64(r.DEKs)
-	if j.Mode == schemas.ModeReencrypt {
+	if j.Mode == schemas.ModeReencrypt || spec.ColumnKeys() {
 		if i := planData(ctx, j, r, scanData, failing); i >= 0 {
 			findings = append(findings, i)
 		}
+	}
+	if src != nil && j.Source.Data != "" {
+		planSamples(ctx, j, &spec, r, src)
 	}
 
 	// A re-encrypt run replaces a target DEK table's files; records an
@@ -349,7 +362,11 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 		r.Records += pf.NumRows()
 		r.DataBytes += f.Size()
 		missing := ""
-		for _, c := range append(append([]string{}, j.Columns.Encrypted...), j.Columns.DEKID, j.Columns.RecordID) {
+		dekCol := j.Columns.DEKID
+		if sf, err := format.New(j.Source.Format, j.Source.FormatOptions); err == nil && sf.Keys() == format.KeyColumn {
+			dekCol = sf.KeyColumn()
+		}
+		for _, c := range append(append([]string{}, j.Columns.Encrypted...), dekCol, j.Columns.RecordID) {
 			if _, ok := pf.Schema().Lookup(c); !ok {
 				missing = c
 				break
@@ -532,4 +549,73 @@ func keysOf(m map[string]int) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// planSamples opens a few cells of every record file with the source keys,
+// as the run would (j.PlanSamples per file, default 3): a layout, encoding,
+// AAD or key mistake refuses the plan, naming file, column, record and the
+// likely cause, instead of failing every record of the run.
+func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, src keys.KEK) {
+	n := j.PlanSamples
+	if n == 0 {
+		n = 3
+	}
+	if n < 0 {
+		r.warn("cell samples", "off (plan_samples < 0)")
+		return
+	}
+	files, err := storage.List(ctx, j.Source.Data)
+	if err != nil {
+		return // planData reports it
+	}
+	var samples []transforms.PlanSample
+	want := map[string]*schemas.DEKRow{}
+	for _, rel := range files {
+		if !strings.HasSuffix(rel, ".parquet") {
+			continue
+		}
+		s, err := transforms.SampleRecords(ctx, spec, rel, n)
+		if err != nil {
+			r.add(false, "cell samples", "%s: %v", storage.Join(j.Source.Data, rel), err)
+			return
+		}
+		for _, x := range s {
+			if x.DEKID != "" {
+				want[x.DEKID] = nil
+			}
+		}
+		samples = append(samples, s...)
+	}
+	if len(want) > 0 {
+		_ = transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(_ string, rows []schemas.DEKRow) error {
+			for i := range rows {
+				if v, ok := want[rows[i].DEKID]; ok && v == nil {
+					c := rows[i]
+					c.Wrapped = bytes.Clone(c.Wrapped)
+					want[c.DEKID] = &c
+				}
+			}
+			return nil
+		}, new(int))
+	}
+	bad, first := 0, ""
+	for i := range samples {
+		s := &samples[i]
+		if err := transforms.OpenSample(ctx, spec, src, s, want[s.DEKID]); err != nil {
+			bad++
+			if first == "" {
+				first = fmt.Sprintf("%s, column %q, record %q: %v", storage.Join(j.Source.Data, s.File), s.Column, s.RecordID, err)
+			}
+		}
+	}
+	switch {
+	case len(samples) == 0:
+		r.warn("cell samples", "no encrypted cell found to try")
+	case bad == len(samples):
+		r.add(false, "cell samples", "none of %d sampled cells opens with the source keys; first: %s", len(samples), first)
+	case bad > 0:
+		r.add(false, "cell samples", "%d of %d sampled cells do not open with the source keys; first: %s", bad, len(samples), first)
+	default:
+		r.add(true, "cell samples", "%d cells of %d files opened with the source keys", len(samples), r.DataFiles)
+	}
 }

@@ -63,6 +63,9 @@ func keyName(key string) string {
 type fileDEKs struct {
 	rel  string
 	rows []schemas.DEKRow
+	used map[string]bool // new dek_ids a committed record is sealed under
+	// source names the source key (keyName) each new dek_id replaces.
+	source map[string]string
 }
 
 func (m *fileDEKs) path(spec *Spec) string {
@@ -76,6 +79,14 @@ func (m *fileDEKs) commit(ctx context.Context, spec *Spec) error {
 	if err != nil {
 		return outputErr(m.path(spec), err)
 	}
+	// A DEK whose every record failed is not kept: nothing depends on it.
+	keep := m.rows[:0]
+	for _, r := range m.rows {
+		if m.used[r.DEKID] {
+			keep = append(keep, r)
+		}
+	}
+	m.rows = keep
 	if err := w.write(m.rows); err != nil {
 		w.abort()
 		return outputErr(m.path(spec), err)
@@ -126,6 +137,10 @@ func (f *ReencryptFn) columnPairsFor(ctx context.Context, known map[string]*file
 		known[w.key] = resolved[i]
 		if rowsOut[i] != nil {
 			minted.rows = append(minted.rows, *rowsOut[i])
+			if minted.source == nil {
+				minted.source = map[string]string{}
+			}
+			minted.source[rowsOut[i].DEKID] = keyName(w.key)
 		}
 	}
 	return known
@@ -134,7 +149,7 @@ func (f *ReencryptFn) columnPairsFor(ctx context.Context, known map[string]*file
 func (f *ReencryptFn) resolveColumn(ctx context.Context, rel, key string, blob []byte, b keys.Binding) (p *filePair, row *schemas.DEKRow) {
 	name := keyName(key)
 	failed := func(err error, what string) *filePair {
-		p := &filePair{srcName: name, err: fmt.Sprintf("%s %s: %v", what, name, err)}
+		p := &filePair{srcName: name, err: fmt.Sprintf("column %q: %s %s: %v (is it wrapped by source.kek, with the configured key_encoding and binding?)", f.sf.KeyColumn(), what, name, err)}
 		if isFatalKeyErr(err) {
 			p.fatal = err
 		}
@@ -190,7 +205,7 @@ func (f *ReencryptFn) resolveColumn(ctx context.Context, rel, key string, blob [
 	}
 	p = &filePair{src: src, dst: dst, srcName: name, newID: newID, newIDBytes: []byte(newID)}
 	if err := f.ciphers(p); err != nil {
-		return &filePair{srcName: name, err: err.Error()}, nil
+		return &filePair{srcName: name, err: fmt.Sprintf("column %q: %s: %v", f.sf.KeyColumn(), name, err)}, nil
 	}
 	return p, &schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now(), KCV: kcv}
 }

@@ -47,7 +47,7 @@ func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (record
 				return nil, fmt.Errorf("%s.format reads column %q (in its aad or binding), which this file does not have: fix the template in %s.format_options", side, name, side)
 			}
 			if c.MaxRepetitionLevel > 0 || !idKinds[c.Node.Type().Kind()] {
-				return nil, fmt.Errorf("%s.format reads column %q, which is %s: templates read flat INT32, INT64 or BYTE_ARRAY columns", side, name, c.Node.Type())
+				return nil, fmt.Errorf("%s.format reads column %q, which is %s: templates read flat INT32, INT64, BYTE_ARRAY or FIXED_LEN_BYTE_ARRAY columns", side, name, c.Node.Type())
 			}
 			if l.keyCol && c.ColumnIndex == l.dek {
 				return nil, fmt.Errorf("%s.format reads the wrapped-key column %q in a template", side, name)

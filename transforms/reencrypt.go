@@ -13,7 +13,6 @@ import (
 	"hash"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -133,7 +132,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(res)
 		return nil
 	}
-	res, err := f.reencryptFile(ctx, srcPath, dstPath, part)
+	res, err := f.reencryptFile(ctx, rel, srcPath, dstPath, part)
 	if err != nil {
 		if isFatalKeyErr(err) || isOutputErr(err) {
 			return err
@@ -156,7 +155,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 // reencryptFile re-encrypts one file and commits it, then its ledger part
 // (streamed batch by batch into a pending part, so memory does not grow
 // with the records of a file).
-func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part string) (UnitResult, error) {
+func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, part string) (UnitResult, error) {
 	spec := &f.Spec
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
@@ -217,7 +216,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 	keysOf := map[string]*filePair{}
 	var minted *fileDEKs // keys in a column: this file's new DEKs
 	if layout.keyCol {
-		minted = &fileDEKs{rel: strings.TrimPrefix(srcPath, spec.SourceData)}
+		minted = &fileDEKs{rel: rel, used: map[string]bool{}}
 	}
 	workers := spec.workers()
 	scratch := make([]cellScratch, workers)
@@ -270,6 +269,9 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 						l.DEKID = keyName(o.dekID)
 						if p := pairs[o.dekID]; p != nil {
 							l.NewDEKID = p.newID
+							if o.ok {
+								minted.used[p.newID] = true
+							}
 						}
 					}
 					if o.ok {
@@ -328,6 +330,20 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, srcPath, dstPath, part 
 		if err := minted.commit(ctx, spec); err != nil {
 			return res, err
 		}
+		// The ledger names every DEK minted for the file (unit dek), as
+		// for DEKs minted from a table.
+		dekRows := make([]schemas.LedgerRow, 0, len(minted.rows))
+		for _, d := range minted.rows {
+			l := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: minted.path(spec),
+				DEKID: minted.source[d.DEKID], NewDEKID: d.DEKID, SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(),
+				Status: schemas.StatusMigrated, Bytes: int64(len(d.Wrapped)), Checksum: checksum(d.Wrapped), Proof: schemas.ProofCell, At: now()}
+			res.add(&l)
+			dekRows = append(dekRows, l)
+		}
+		if err := led.write(dekRows); err != nil {
+			return res, err
+		}
+		Progress.DEKs.Add(int64(len(dekRows)))
 	}
 	kept.closing()
 	if err := pw.Close(); err != nil {

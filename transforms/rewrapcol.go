@@ -89,15 +89,17 @@ func (f *RewrapKeyColumnFn) ProcessElement(ctx context.Context, rel string, emit
 
 // colRewrap is one distinct wrapped key of a file and what became of it.
 type colRewrap struct {
-	name   string // keyName of the source key
-	blob   []byte
-	b      keys.Binding
-	proof  cellRef // a cell under this key, to prove the unwrapped key
-	value  []byte  // the new column value (encoded)
-	sum    string
-	proofs string // schemas.Proof*
-	err    string
-	fatal  error
+	name    string // keyName of the source key
+	blob    []byte
+	b       keys.Binding
+	proof   []cellRef         // cells under this key (up to maxProofCells), to prove the unwrapped key
+	bad     map[string]string // records whose tried cell did not open with it: why
+	value   []byte            // the new column value (encoded)
+	newName string            // keyName of the new wrapped key
+	sum     string
+	proofs  string // schemas.Proof*
+	err     string
+	fatal   error
 }
 
 type cellRef struct {
@@ -198,11 +200,11 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 						known[key] = k
 						fresh = append(fresh, k)
 					}
-					if k.proof.cell == nil {
+					if k.value == nil && k.err == "" && len(k.proof) < maxProofCells {
 						for c, col := range l.enc {
 							vi := findValue(row, col)
 							if vi >= 0 && !row[vi].IsNull() {
-								k.proof = cellRef{column: l.encName[c], recordID: ids[i], fields: append([]string(nil), fields...), cell: bytes.Clone(row[vi].ByteArray())}
+								k.proof = append(k.proof, cellRef{column: l.encName[c], recordID: ids[i], fields: append([]string(nil), fields...), cell: bytes.Clone(row[vi].ByteArray())})
 								break
 							}
 						}
@@ -228,8 +230,10 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 						lr.Status, lr.Error = schemas.StatusFailed, whyNot[i]
 					case k.err != "":
 						lr.DEKID, lr.Status, lr.Error, lr.Proof = k.name, schemas.StatusFailed, fmt.Sprintf("record %q: %s", ids[i], k.err), k.proofs
+					case k.bad[ids[i]] != "":
+						lr.DEKID, lr.Status, lr.Error, lr.Proof = k.name, schemas.StatusFailed, k.bad[ids[i]], k.proofs
 					default:
-						lr.DEKID, lr.NewDEKID, lr.Status, lr.Proof = k.name, keyName(string(k.value)), schemas.StatusMigrated, k.proofs
+						lr.DEKID, lr.NewDEKID, lr.Status, lr.Proof = k.name, k.newName, schemas.StatusMigrated, k.proofs
 						lr.Bytes, lr.Checksum = int64(len(k.value)), k.sum
 						keep = append(keep, withKey(rows[i], l.dek, k.value))
 					}
@@ -284,6 +288,9 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 	return res, nil
 }
 
+// maxProofCells is how many cells a key of a key column is tried on.
+const maxProofCells = 4
+
 // withKey is a copy of row (its values no longer alias the reader's
 // buffers) with the value of column col replaced by v.
 func withKey(row parquet.Row, col int, v []byte) parquet.Row {
@@ -318,23 +325,42 @@ func (f *RewrapKeyColumnFn) rewrapKey(ctx context.Context, k *colRewrap) {
 	}
 	dek, err := f.src.Unwrap(ctx, k.b, mech, k.blob)
 	if err != nil {
-		fail(err, "unwrap %s (%s) with %s", k.name, k.b, redactKEK(f.src.URI()))
+		fail(err, "column %q: unwrap %s (%s) with %s (is it wrapped by source.kek, with the configured key_encoding and binding?)", f.sf.KeyColumn(), k.name, k.b, redactKEK(f.src.URI()))
 		return
 	}
 	defer dek.Zero()
 	k.proofs = schemas.ProofNone
-	if k.proof.cell != nil {
+	if len(k.proof) > 0 {
+		// The key is proven when a cell under it opens; the records whose
+		// tried cell does not open fail on their own (a corrupt cell
+		// must not fail the other records of its key).
 		k.proofs = schemas.ProofCell
 		aead, err := f.sf.Cipher(dek.Bytes())
 		if err != nil {
-			fail(err, "%s", k.name)
+			fail(err, "column %q: %s", f.sf.KeyColumn(), k.name)
 			return
 		}
-		pt, err := f.sf.Open(nil, aead, k.proof.cell, &format.Cell{Column: k.proof.column, RecordID: k.proof.recordID, Fields: k.proof.fields})
-		clear(pt)
-		if err != nil {
-			k.err = fmt.Sprintf("the key %s unwrapped by %s does not open record %q, column %q: %v. Either the custodian returned a wrong key, the format options (layout, aad) do not match the data, or that cell is corrupt; nothing was committed for it",
-				k.name, redactKEK(f.src.URI()), k.proof.recordID, k.proof.column, err)
+		opened := false
+		var firstErr error
+		for _, c := range k.proof {
+			pt, err := f.sf.Open(nil, aead, c.cell, &format.Cell{Column: c.column, RecordID: c.recordID, Fields: c.fields})
+			clear(pt)
+			if err == nil {
+				opened = true
+				continue
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+			if k.bad == nil {
+				k.bad = map[string]string{}
+			}
+			k.bad[c.recordID] = fmt.Sprintf("record %q column %q: %v (check format_options: layout, nonce_size, tag_size, encoding, aad); the record is left out", c.recordID, c.column, err)
+		}
+		if !opened {
+			r := k.proof[0]
+			k.err = fmt.Sprintf("column %q: the key %s unwrapped by %s opens none of the %d cells tried (first: record %q, column %q: %v). Either the format options (layout, nonce_size, tag_size, encoding, aad) do not match the data, the cells are corrupt, or the custodian returned a wrong key; nothing was committed for it",
+				f.sf.KeyColumn(), k.name, redactKEK(f.src.URI()), len(k.proof), r.recordID, r.column, firstErr)
 			return
 		}
 	}
@@ -357,6 +383,7 @@ func (f *RewrapKeyColumnFn) rewrapKey(ctx context.Context, k *colRewrap) {
 		}
 	}
 	k.value = f.sf.EncodeKey(w)
+	k.newName = keyName(k.b.String() + "\x00" + string(w))
 	k.sum = checksum(k.value)
 }
 

@@ -24,7 +24,7 @@ var (
 	ErrCellEncoding = errors.New("cell is not in the configured encoding")
 	ErrCellPrefix   = errors.New("cell does not start with the configured prefix")
 	ErrCellShort    = errors.New("cell too short for the configured layout")
-	ErrCellAuth     = errors.New("cell failed authentication (wrong key, wrong AAD or layout, or corrupt)")
+	ErrCellAuth     = errors.New("cell failed authentication (a wrong key, or a format option that does not match the data: layout, nonce_size, tag_size, encoding, aad; or a corrupt cell)")
 )
 
 type part int
@@ -152,6 +152,12 @@ func newAESGCM(m map[string]string) (Format, error) {
 	}
 	if f.keys == KeyTable && f.bindMode != "dek_id" {
 		return nil, bad("binding", "%q: DEK table rows are bound to their dek_id; binding applies to keys: column", f.bindMode)
+	}
+	if f.keys == KeyColumn && f.bindMode == "dek_id" {
+		return nil, bad("binding", "dek_id: with keys: column there is no DEK table; bind to a column's value with a template such as {key_id}")
+	}
+	if f.keys == KeyTable && (o.m["key_encoding"] != "" || o.m["binding_context"] != "") {
+		return nil, bad("key_encoding", "key_encoding and binding_context apply to keys: column (a DEK table holds raw wrapped keys bound to their dek_id)")
 	}
 	if v := o.get("binding_context", ""); v != "" {
 		for _, kv := range strings.Split(v, ",") {
@@ -347,7 +353,7 @@ func (f *AESGCM) DecodeKey(v []byte) ([]byte, error) {
 	}
 	b, err := f.keyEnc.decode(v)
 	if err != nil {
-		return nil, fmt.Errorf("wrapped key: %w", err)
+		return nil, fmt.Errorf("wrapped key is not in the configured key_encoding %s", f.keyEnc.name)
 	}
 	if len(b) == 0 {
 		return nil, fmt.Errorf("wrapped key is empty")

@@ -1,0 +1,97 @@
+package pipeline_test
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+
+	"rekey/pipeline"
+	"rekey/schemas"
+)
+
+// cellCheck returns the plan's cell-sample finding.
+func cellCheck(t *testing.T, r *pipeline.Report) (ok bool, info string) {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Name == "cell samples" {
+			return c.OK, c.Info
+		}
+	}
+	t.Fatalf("the plan has no cell-sample check: %+v", r.Checks)
+	return false, ""
+}
+
+func TestPlanOpensSampleCells(t *testing.T) {
+	goOpts := map[string]string{"aad": "{tenant}:{id}", "keys": "column", "key_column": "wrapped_key", "key_encoding": "base64"}
+	ds := writeAppDataset(t, goApp{}, env.KEK("source", "kek-aes"), 32, 2, 20, 2, goOpts, tenantAAD)
+	with := func(change map[string]string) map[string]string {
+		o := maps.Clone(goOpts)
+		for k, v := range change {
+			if v == "" {
+				delete(o, k)
+			} else {
+				o[k] = v
+			}
+		}
+		return o
+	}
+	for _, tc := range []struct {
+		name string
+		opts map[string]string
+		want []string // words the finding must hold
+	}{
+		{"right", goOpts, nil},
+		{"wrong aad", with(map[string]string{"aad": "{id}"}), []string{"email", "part-", "aad", "did not authenticate"}},
+		{"no aad", with(map[string]string{"aad": ""}), []string{"email", "aad"}},
+		{"base64 expected", with(map[string]string{"encoding": "base64"}), []string{"email", "encoding"}},
+		{"nonce after", with(map[string]string{"layout": "ciphertext,tag,nonce"}), []string{"layout"}},
+		{"key encoding", with(map[string]string{"key_encoding": "hex"}), []string{"wrapped_key", "key_encoding"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds.keyOpts = tc.opts
+			j := foreignJob(t, schemas.ModeReencrypt, "plan", ds, env.KEK("target", "kek-aes"))
+			if err := j.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r := pipeline.Plan(context.Background(), j, false)
+			ok, info := cellCheck(t, r)
+			if tc.want == nil {
+				if !ok || r.Failed() {
+					t.Fatalf("a right configuration is refused: %s (%+v)", info, r.Checks)
+				}
+				return
+			}
+			if ok || !r.Failed() {
+				t.Fatalf("plan passes a job whose cells do not open: %s", info)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(info, w) {
+					t.Errorf("finding does not say %q: %s", w, info)
+				}
+			}
+		})
+	}
+}
+
+// The case that used to pass plan and then fail every record: base64 text
+// cells read as rekey's own envelope.
+func TestPlanRefusesForeignCellsAsRekeyV1(t *testing.T) {
+	d := genDataset(t, env.KEK("source", "kek-aes"), "aes-gcm", 1, 20, 2)
+	j := d.job(schemas.ModeReencrypt, "plan-fmt", env.KEK("target", "kek-aes"), "aes-gcm")
+	j.Source.Format = "aes-gcm"
+	j.Source.FormatOptions = map[string]string{"encoding": "base64"}
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ok, info := cellCheck(t, pipeline.Plan(context.Background(), j, false))
+	if ok || !strings.Contains(info, "encoding") || !strings.Contains(info, "payload") {
+		t.Fatalf("rekey-v1 cells read as base64 aes-gcm: plan says %v: %s", ok, info)
+	}
+	j.Source.Format, j.Source.FormatOptions = "", nil
+	j.Target.Format, j.Target.FormatOptions = "", nil
+	ok, info = cellCheck(t, pipeline.Plan(context.Background(), j, false))
+	if !ok {
+		t.Fatalf("rekey-v1 cells with the default format: %s", info)
+	}
+}
