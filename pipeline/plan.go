@@ -363,20 +363,29 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 		r.DataBytes += f.Size()
 		missing := ""
 		dekCol := j.Columns.DEKID
-		if sf, err := format.New(j.Source.Format, j.Source.FormatOptions); err == nil && sf.Keys() == format.KeyColumn {
-			dekCol = sf.KeyColumn()
+		var needs []string
+		if sf, err := format.New(j.Source.Format, j.Source.FormatOptions); err == nil {
+			if sf.Keys() == format.KeyColumn {
+				dekCol = sf.KeyColumn()
+			}
+			needs = sf.Needs()
 		}
 		for _, c := range append(append([]string{}, j.Columns.Encrypted...), dekCol, j.Columns.RecordID) {
 			if _, ok := pf.Schema().Lookup(c); !ok {
-				missing = c
+				missing = fmt.Sprintf("%q", c)
 				break
+			}
+		}
+		for _, c := range needs {
+			if _, ok := pf.Schema().Lookup(c); !ok && missing == "" {
+				missing = fmt.Sprintf("%q (read by source.format's aad or binding template: fix source.format_options)", c)
 			}
 		}
 		switch {
 		case missing != "":
 			p.NoColumn++
 			if firstBad == "" {
-				firstBad = fmt.Sprintf("%s: no column %q", path, missing)
+				firstBad = fmt.Sprintf("%s: no column %s", path, missing)
 			}
 		case p.RecordsCounted && len(failing) > 0:
 			n, err := recordsUnder(pf, j.Columns.DEKID, failing)
@@ -576,8 +585,7 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 		}
 		s, err := transforms.SampleRecords(ctx, spec, rel, n)
 		if err != nil {
-			r.add(false, "cell samples", "%s: %v", storage.Join(j.Source.Data, rel), err)
-			return
+			continue // a whole-file failure (unreadable, a column missing): planData predicts it
 		}
 		for _, x := range s {
 			if x.DEKID != "" {

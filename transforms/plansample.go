@@ -29,8 +29,13 @@ type PlanSample struct {
 	Problem  string // a row that cannot even be sampled (a null or missing value)
 }
 
+// ErrUnreadableFile is returned by SampleRecords for a file that does not
+// open as Parquet: the run fails it as a whole file (the plan predicts that
+// from the footers, not from samples).
+var ErrUnreadableFile = errors.New("record file does not open")
+
 // SampleRecords takes up to n rows of record file rel that have an
-// encrypted cell, spread over the file's first row group.
+// encrypted cell, from its first row groups.
 func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSample, error) {
 	sf, _, err := spec.Formats()
 	if err != nil {
@@ -38,7 +43,7 @@ func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSa
 	}
 	pf, in, err := openParquet(ctx, storage.Join(spec.SourceData, rel))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrUnreadableFile, err)
 	}
 	defer in.Close()
 	l, err := layoutFor(pf.Schema(), spec, sf, nil)
@@ -90,7 +95,7 @@ func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSa
 			}
 			if rerr != nil {
 				rr.Close()
-				return out, rerr
+				return out, fmt.Errorf("%w: %w", ErrUnreadableFile, rerr)
 			}
 		}
 		rr.Close()

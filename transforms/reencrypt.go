@@ -114,7 +114,18 @@ type rowOutcome struct {
 func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(*DEKMap) bool, emit func(UnitResult)) error {
 	markStarted()
 	f.loadMaps(deks)
-	spec := &f.Spec
+	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
+		return f.reencryptFile(ctx, rel, srcPath, dstPath, part)
+	})
+}
+
+// recordUnit is the skeleton of a stage that writes one record file per
+// source file: a unit committed by an earlier attempt is replayed from its
+// ledger part (resume), an unchanged one skipped (incremental), and a file
+// that fails as a whole becomes one failed ledger row unless the error
+// stops the run (a custodian that refuses us, output that cannot be
+// written).
+func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResult), do func(srcPath, dstPath, part string) (UnitResult, error)) error {
 	srcPath := storage.Join(spec.SourceData, rel)
 	dstPath := storage.Join(spec.TargetData, rel)
 	part := spec.LedgerPart("data", rel)
@@ -132,7 +143,7 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		emit(res)
 		return nil
 	}
-	res, err := f.reencryptFile(ctx, rel, srcPath, dstPath, part)
+	res, err := do(srcPath, dstPath, part)
 	if err != nil {
 		if isFatalKeyErr(err) || isOutputErr(err) {
 			return err
@@ -144,12 +155,25 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 		Progress.Failed.Add(1)
 		cntFailed.Inc(ctx, 1)
 		emit(fres)
-		return f.Spec.MaxFailures.check()
+		return spec.MaxFailures.check()
 	}
 	Progress.Files.Add(1)
 	cntFiles.Inc(ctx, 1)
 	emit(res)
-	return f.Spec.MaxFailures.check()
+	return spec.MaxFailures.check()
+}
+
+// recordWriterOptions are the options of a record file written from pf:
+// the target schema, snappy, the source's key-value metadata (but rekey's
+// own) and this run's.
+func recordWriterOptions(spec *Spec, pf *parquet.File, schema *parquet.Schema, fp string) []parquet.WriterOption {
+	opts := []parquet.WriterOption{schema, parquet.Compression(&snappy.Codec{})}
+	for _, kv := range pf.Metadata().KeyValueMetadata {
+		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
+			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+		}
+	}
+	return append(opts, outputMeta(spec, fp)...)
 }
 
 // reencryptFile re-encrypts one file and commits it, then its ledger part
@@ -195,14 +219,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 			kept.changed[c] = true
 		}
 	}
-	opts := []parquet.WriterOption{outputSchemaFor(pf.Schema(), spec.Encrypted, f.tf, keyCol, spec.DEKColumn), parquet.Compression(&snappy.Codec{})}
-	for _, kv := range pf.Metadata().KeyValueMetadata {
-		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
-			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
-		}
-	}
-	opts = append(opts, outputMeta(spec, fp)...)
-	pw := parquet.NewWriter(kept, opts...)
+	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, outputSchemaFor(pf.Schema(), spec.Encrypted, f.tf, keyCol, spec.DEKColumn), fp)...)
 	led, err := createRows[schemas.LedgerRow](ctx, part)
 	if err != nil {
 		return res, err

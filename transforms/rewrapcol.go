@@ -10,7 +10,6 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/compress/snappy"
 
 	"rekey/providers/keys"
 	"rekey/providers/storage"
@@ -49,42 +48,9 @@ func (f *RewrapKeyColumnFn) Setup(ctx context.Context) error {
 // ProcessElement rewraps the key column of record file rel.
 func (f *RewrapKeyColumnFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
 	markStarted()
-	spec := &f.Spec
-	srcPath := storage.Join(spec.SourceData, rel)
-	dstPath := storage.Join(spec.TargetData, rel)
-	part := spec.LedgerPart("data", rel)
-	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
-		return err
-	} else if done {
-		emit(res)
-		return nil
-	}
-	if same, fp, err := unchanged(ctx, spec, srcPath, dstPath); err == nil && same {
-		res, err := skipUnchanged(ctx, spec, part, srcPath, dstPath, fp)
-		if err != nil {
-			return err
-		}
-		emit(res)
-		return nil
-	}
-	res, err := f.rewrapFile(ctx, srcPath, dstPath, part)
-	if err != nil {
-		if isFatalKeyErr(err) || isOutputErr(err) {
-			return err
-		}
-		row, fres := fileFailure(spec, srcPath, 0, err)
-		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
-			return err
-		}
-		Progress.Failed.Add(1)
-		cntFailed.Inc(ctx, 1)
-		emit(fres)
-		return spec.MaxFailures.check()
-	}
-	Progress.Files.Add(1)
-	cntFiles.Inc(ctx, 1)
-	emit(res)
-	return spec.MaxFailures.check()
+	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
+		return f.rewrapFile(ctx, srcPath, dstPath, part)
+	})
 }
 
 // colRewrap is one distinct wrapped key of a file and what became of it.
@@ -137,14 +103,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 		}
 	}()
 	kept := keepSchema(out, dstPath, pf)
-	opts := []parquet.WriterOption{outputSchema(pf.Schema(), nil), parquet.Compression(&snappy.Codec{})}
-	for _, kv := range pf.Metadata().KeyValueMetadata {
-		if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
-			opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
-		}
-	}
-	opts = append(opts, outputMeta(spec, fp)...)
-	pw := parquet.NewWriter(kept, opts...)
+	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, outputSchema(pf.Schema(), nil), fp)...)
 	led, err := createRows[schemas.LedgerRow](ctx, part)
 	if err != nil {
 		return res, err
