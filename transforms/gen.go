@@ -106,6 +106,9 @@ type GenDEKsFn struct {
 // Setup opens the KEK.
 func (f *GenDEKsFn) Setup(ctx context.Context) (err error) {
 	f.kek, err = OpenKEK(ctx, f.Spec.KEK, f.Spec.Wrap, f.Spec.Workers)
+	if err == nil {
+		f.kek = keys.WithRetry(f.kek, keys.RetryPolicy{}) // transient custodian errors
+	}
 	return err
 }
 
@@ -170,6 +173,9 @@ type GenRecordsFn struct {
 // Setup opens the KEK.
 func (f *GenRecordsFn) Setup(ctx context.Context) (err error) {
 	f.kek, err = OpenKEK(ctx, f.Spec.KEK, f.Spec.Wrap, f.Spec.Workers)
+	if err == nil {
+		f.kek = keys.WithRetry(f.kek, keys.RetryPolicy{}) // transient custodian errors
+	}
 	f.cache = processCache(0)
 	return err
 }
