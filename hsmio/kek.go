@@ -77,6 +77,9 @@ type KEK struct {
 	rsaPub  *rsa.PublicKey
 	handle  atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
 	keyURI  string        // URI(), computed once: it keys the DEK cache on every lookup
+	// noRewrap is set once the token has shown it cannot rewrap inside
+	// (see rewrap.go); rewraps then go through rekey.
+	noRewrap atomic.Bool
 }
 
 var _ keys.KEK = (*KEK)(nil)

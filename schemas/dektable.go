@@ -125,10 +125,15 @@ var ErrKCVMismatch = errors.New("key check value does not match: wrong key")
 // KCV returns the key check value of dek under dekID.
 func KCV(dek []byte, dekID string) []byte {
 	m := hmac.New(sha256.New, dek)
-	m.Write([]byte(kcvLabel))
-	m.Write([]byte{0})
-	m.Write([]byte(dekID))
+	m.Write(KCVMessage(dekID))
 	return m.Sum(nil)[:KCVSize]
+}
+
+// KCVMessage is what the KCV's HMAC-SHA256 authenticates: a custodian that
+// holds the DEK inside (an HSM rewrapping it) computes the same KCV as the
+// first KCVSize bytes of HMAC-SHA256(dek, KCVMessage(dekID)).
+func KCVMessage(dekID string) []byte {
+	return append(append([]byte(kcvLabel), 0), dekID...)
 }
 
 // CheckKCV reports whether dek is the key whose check value under dekID is

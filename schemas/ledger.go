@@ -39,7 +39,18 @@ type LedgerRow struct {
 	// right key before its new wrap was committed: ProofKCV, ProofCell or
 	// ProofNone; empty when no proof was reached (e.g. the unwrap failed).
 	Proof string `parquet:"proof,optional"`
+	// Path (unit dek, rewrap) says where the DEK was rewrapped: PathRekey
+	// (unwrapped into rekey's memory and wrapped again) or PathCustodian
+	// (rewrapped inside the custodian: the DEK never reached rekey);
+	// empty in rows of other units and in ledgers written before it.
+	Path string `parquet:"path,optional"`
 }
+
+// Rewrap paths (LedgerRow.Path).
+const (
+	PathRekey     = "rekey"
+	PathCustodian = "custodian"
+)
 
 // ManifestFormat identifies the JSON run manifest.
 const ManifestFormat = "rekey-manifest/1"

@@ -30,6 +30,12 @@ type cellSamples struct {
 	problem string // a record file that could not be sampled ("" if none)
 }
 
+// has reports whether proveDEK would look for a cell of dekID: a
+// custodian-side rewrap that proved nothing inside must then check the key.
+func (cs *cellSamples) has(dekID string) bool {
+	return cs != nil && (cs.byDEK[dekID] != nil || cs.problem != "")
+}
+
 func loadSamples(iter func(*SampleCell) bool) *cellSamples {
 	cs := &cellSamples{byDEK: map[string]*SampleCell{}}
 	var sc SampleCell

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -100,8 +101,9 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 			l := &led[i]
 			*l = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
 				DEKID: r.DEKID, NewDEKID: r.DEKID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
-			w, kcv, proof, err := f.rewrapOne(ctx, r, dup[i])
-			l.At, l.Proof = now(), proof
+			rw, err := f.rewrapOne(ctx, r, dup[i])
+			w, kcv := rw.wrapped, rw.kcv
+			l.At, l.Proof, l.Path = now(), rw.proof, rw.path
 			switch {
 			case err == errDuplicate:
 				l.Status, l.Error = schemas.StatusSkipped, "duplicate row of an already migrated dek_id in this file"
@@ -154,57 +156,112 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 
 var errDuplicate = fmt.Errorf("duplicate")
 
-// rewrapOne returns the new wrapped key and its kcv, and the proof the
-// source DEK had ("" if none was reached).
-func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (_, kcv []byte, proof string, err error) {
+// rewrapped is one DEK's new wrap, with how it was proven and where it was
+// made (schemas.Path*).
+type rewrapped struct {
+	wrapped, kcv []byte
+	proof, path  string
+}
+
+// rewrapOne returns r's new wrap and its kcv, the proof the source DEK had
+// ("" if none was reached) and the path it took. When the source custodian
+// can rewrap into the target itself (keys.CanRewrap), it is asked to, so
+// the DEK stays inside it; otherwise (or when it declines this key) the
+// DEK is unwrapped here and wrapped again.
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (out rewrapped, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
-		return nil, nil, "", err
+		return out, err
 	}
 	switch dup {
 	case "skip":
-		return nil, nil, "", errDuplicate
+		return out, errDuplicate
 	case "conflict":
-		return nil, nil, "", fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
+		return out, fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
 	}
 	if !keys.Matches(f.src, r.KEK) {
-		return nil, nil, "", fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+		return out, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
-	var dek *keys.DEK
-	err = func() (err error) {
-		dek, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
-		return err
-	}()
+	if keys.CanRewrap(f.src, f.dst, r.Wrap) {
+		out, err = f.rewrapInside(ctx, r)
+		if !errors.Is(err, keys.ErrNoRewrap) {
+			return out, err
+		}
+	}
+	out = rewrapped{path: schemas.PathRekey}
+	dek, err := f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 	if err != nil {
-		return nil, nil, "", err
+		return out, err
 	}
 	defer dek.Zero()
-	if proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
-		return nil, nil, proof, err
+	if out.proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
+		return out, err
 	}
-	kcv = schemas.KCV(dek.Bytes(), r.DEKID)
-	var w []byte
-	if err := func() (err error) {
-		w, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek)
-		return err
-	}(); err != nil {
-		return nil, nil, proof, err
+	out.kcv = schemas.KCV(dek.Bytes(), r.DEKID)
+	if out.wrapped, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek); err != nil {
+		return out, err
 	}
 	if f.Spec.SkipVerify {
-		return w, kcv, proof, nil
+		return out, nil
 	}
-	var back *keys.DEK
-	if err := func() (err error) {
-		back, err = f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), w)
-		return err
-	}(); err != nil {
-		return nil, nil, proof, fmt.Errorf("verify before commit: %w", err)
+	return out, f.verifyNew(ctx, r, out.wrapped, dek.Bytes())
+}
+
+// rewrapInside asks the source custodian to rewrap r into the target.
+// What the custodian did not prove or verify inside is done here with the
+// target's unwrap of the new wrap: the DEK then passes through rekey for
+// that check only, as it does on the client path.
+func (f *RewrapFn) rewrapInside(ctx context.Context, r *schemas.DEKRow) (rewrapped, error) {
+	out := rewrapped{path: schemas.PathCustodian}
+	res, err := keys.Rewrap(ctx, f.src, keys.RewrapRequest{Src: keys.ByID(r.DEKID), SrcMech: r.Wrap, Wrapped: r.Wrapped,
+		Dst: f.dst, DstB: keys.ByID(r.DEKID), KCV: r.KCV})
+	if err != nil {
+		if errors.Is(err, schemas.ErrKCVMismatch) {
+			out.proof = schemas.ProofKCV
+			return out, fmt.Errorf("dek_id %q: the source custodian %s returned a wrong key: %w. "+
+				"Nothing was committed for this DEK; a resume (--resume) tries it again. If it repeats, have the HSM checked", r.DEKID, f.src.URI(), err)
+		}
+		return out, err
+	}
+	out.wrapped, out.proof, out.kcv = res.Wrapped, res.Proof, res.KCV
+	if out.kcv == nil {
+		out.kcv = r.KCV // the same key under the same dek_id
+	}
+	needProof := out.proof == "" && (len(r.KCV) > 0 || f.samples.has(r.DEKID))
+	if !needProof && (res.Verified || f.Spec.SkipVerify) {
+		if out.proof == "" {
+			out.proof = schemas.ProofNone
+		}
+		return out, nil
+	}
+	back, err := f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), out.wrapped)
+	if err != nil {
+		return out, fmt.Errorf("verify before commit: the target cannot unwrap what the custodian rewrapped: %w", err)
 	}
 	defer back.Zero()
-	if !bytes.Equal(back.Bytes(), dek.Bytes()) {
-		return nil, nil, proof, fmt.Errorf("verify before commit: dek_id %q unwrapped by the target differs from the source DEK", r.DEKID)
+	if out.proof == "" {
+		if out.proof, err = proveDEK(ctx, &f.Spec, f.src, r, back, f.samples); err != nil {
+			return out, err
+		}
 	}
-	return w, kcv, proof, nil
+	if out.kcv == nil {
+		out.kcv = schemas.KCV(back.Bytes(), r.DEKID)
+	}
+	return out, nil
+}
+
+// verifyNew unwraps the new wrap with the target and compares it with the
+// source DEK (verify before commit).
+func (f *RewrapFn) verifyNew(ctx context.Context, r *schemas.DEKRow, w, dek []byte) error {
+	back, err := f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), w)
+	if err != nil {
+		return fmt.Errorf("verify before commit: %w", err)
+	}
+	defer back.Zero()
+	if !bytes.Equal(back.Bytes(), dek) {
+		return fmt.Errorf("verify before commit: dek_id %q unwrapped by the target differs from the source DEK", r.DEKID)
+	}
+	return nil
 }
 
 // isFatalKeyErr reports errors that no other DEK or record would escape:

@@ -19,8 +19,14 @@
 //   - rekey itself, run as a subprocess (`rekey run`, direct and prism
 //     runners, --workers 1 and the default), with the peak RSS of each run
 //     from the child's rusage;
+//   - rekey on datasets in the aes-gcm cell format, written by this
+//     command as an application would (appdata.go): a reencrypt to
+//     rekey-v1 (keys in a DEK table) and rewraps of keys kept in a column;
 //
-// and prints the ratios rekey/limit, rekey/baseline and workers=N/workers=1.
+// and prints the ratios rekey/limit, rekey/baseline, workers=N/workers=1
+// and aes-gcm/rekey-v1. With --compare BIN, every rekey-v1 run is also
+// made by BIN (the previous code), in alternating pairs, and each row gets
+// the ratio rekey/BIN: what a change costs, measured side by side.
 //
 // Every figure is a throughput of plaintext payload bytes (records x cell
 // size) or of DEKs, so limits, baseline and rekey are comparable.

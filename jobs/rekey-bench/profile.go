@@ -121,7 +121,10 @@ func profileMain(args []string) error {
 		return err
 	}
 	ds := newDataset(*dir, *name, 0, 0, 0, 0)
-	if _, err := os.Stat(ds.DEKs); err != nil {
+	if err := readDatasetFormat(ds); err != nil {
+		return err
+	}
+	if _, err := os.Stat(ds.Dir); err != nil {
 		return fmt.Errorf("dataset %s: %v (run the suite first, e.g. rekey-bench --only reencrypt)", *name, err)
 	}
 	profDir := filepath.Join(*dir, "prof")
@@ -139,11 +142,14 @@ func profileMain(args []string) error {
 	out := filepath.Join(*dir, "scratch", runID)
 	defer os.RemoveAll(out)
 	j := &pipeline.Job{Mode: *mode, RunID: runID,
-		Source: pipeline.Side{DEKs: ds.DEKs, KEK: sourceKEK()},
+		Source: pipeline.Side{DEKs: ds.DEKs, KEK: sourceKEK(), Format: ds.Format, FormatOptions: ds.FormatOptions},
 		Target: pipeline.Side{DEKs: filepath.Join(out, "deks"), KEK: targetKEK(), Wrap: *wrap},
 		Ledger: filepath.Join(out, "ledger"), Workers: *workers}
-	if *mode == schemas.ModeReencrypt {
+	if *mode == schemas.ModeReencrypt || ds.ColumnKeys() {
 		j.Source.Data, j.Target.Data = ds.Data, filepath.Join(out, "data")
+	}
+	if ds.ColumnKeys() && *mode == schemas.ModeRewrap {
+		j.Target.DEKs = "" // the key column is rewritten in target.data
 	}
 	j.Defaults()
 	if err := j.Validate(); err != nil {

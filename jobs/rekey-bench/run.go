@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"rekey/schemas"
 )
 
@@ -26,7 +28,15 @@ type dataset struct {
 	Files   int
 	Records int // per file
 	NumDEKs int
+	// Format and FormatOptions are the cell format (schemas/format); ""
+	// is rekey-v1, what rekey gen writes.
+	Format        string
+	FormatOptions map[string]string
 }
+
+// ColumnKeys reports whether the wrapped keys are in a column of the
+// records (format keys: column) instead of a DEK table.
+func (d *dataset) ColumnKeys() bool { return d.FormatOptions["keys"] == "column" }
 
 func (d *dataset) payloadBytes() int64 { return int64(d.Files) * int64(d.Records) * int64(d.Cell) }
 func (d *dataset) records() int64      { return int64(d.Files) * int64(d.Records) }
@@ -82,13 +92,14 @@ type childResult struct {
 	Wall     time.Duration
 	Pipeline time.Duration // rekey's own "in X" (beam.Run start to end), 0 if not printed
 	MaxRSS   int64         // bytes, from the child's rusage (wait4)
+	CPU      time.Duration // user + system time of the child (wait4)
 	Stdout   string
 }
 
 var tookRe = regexp.MustCompile(`(?m)^rekey run \S+ \(\w+\): \w+ in (\S+)$`)
 
 // runChild runs bin with args, logging its output, and returns its wall
-// time and peak RSS (ru_maxrss of the wait4 that reaped it, taken by a
+// time, CPU time and peak RSS (ru_maxrss of the wait4 that reaped it, taken by a
 // `rekey-bench spawn` helper: see spawn.go for why).
 func runChild(ctx context.Context, bin string, args []string, logPath string) (childResult, error) {
 	var res childResult
@@ -116,7 +127,14 @@ func runChild(ctx context.Context, bin string, args []string, logPath string) (c
 	res.Wall = time.Since(start)
 	res.Stdout = stdout.String()
 	if b, rerr := os.ReadFile(rssFile); rerr == nil {
-		res.MaxRSS, _ = strconv.ParseInt(string(b), 10, 64)
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			res.MaxRSS, _ = strconv.ParseInt(f[0], 10, 64)
+		}
+		if len(f) > 1 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			res.CPU = time.Duration(ns)
+		}
 		os.Remove(rssFile)
 	}
 	if err != nil {
@@ -154,17 +172,39 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 	}
 	defer os.RemoveAll(out)
 	args := []string{"run", "--mode", r.Mode, "--run-id", runID, "--runner", r.Runner, "--progress", "-1s",
-		"--source-deks", ds.DEKs, "--source-kek", sourceKEK(),
-		"--target-deks", filepath.Join(out, "deks"), "--target-kek", targetKEK(),
-		"--ledger", filepath.Join(out, "ledger")}
+		"--source-kek", sourceKEK(), "--target-kek", targetKEK(), "--ledger", filepath.Join(out, "ledger")}
+	if !ds.ColumnKeys() {
+		args = append(args, "--source-deks", ds.DEKs)
+	}
+	if !(ds.ColumnKeys() && r.Mode == schemas.ModeRewrap) {
+		// A rewrap of keys kept in a column rewrites that column in
+		// target.data and has no target DEK table.
+		args = append(args, "--target-deks", filepath.Join(out, "deks"))
+	}
 	if r.TargetWrap != "" {
 		args = append(args, "--target-wrap", r.TargetWrap)
 	}
-	if r.Mode == schemas.ModeReencrypt {
+	if r.Mode == schemas.ModeReencrypt || ds.ColumnKeys() {
 		args = append(args, "--source-data", ds.Data, "--target-data", filepath.Join(out, "data"))
 	}
 	if r.Workers > 0 {
 		args = append(args, "--workers", strconv.Itoa(r.Workers))
+	}
+	if ds.Format != "" {
+		// The cell format has no flag: it goes in a job file, and the
+		// flags above fill in the rest.
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return childResult{}, nil, err
+		}
+		job := filepath.Join(out, "job.yaml")
+		b, err := yaml.Marshal(map[string]any{"source": map[string]any{"format": ds.Format, "format_options": ds.FormatOptions}})
+		if err != nil {
+			return childResult{}, nil, err
+		}
+		if err := os.WriteFile(job, b, 0o644); err != nil {
+			return childResult{}, nil, err
+		}
+		args = append(args, "--job", job)
 	}
 	res, err := runChild(ctx, rekey, args, filepath.Join(logs, runID+".log"))
 	if err != nil {

@@ -17,7 +17,8 @@ import (
 
 // spawnMain runs `rekey-bench spawn RSSFILE CMD ARGS...`: CMD with this
 // process's stdio, then writes CMD's ru_maxrss in bytes (from the wait4
-// that reaped it) to RSSFILE, and exits with CMD's exit code.
+// that reaped it) and its CPU time in ns to RSSFILE, and exits with CMD's
+// exit code.
 func spawnMain(args []string) int {
 	if len(args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: rekey-bench spawn RSSFILE CMD [ARGS...]")
@@ -36,8 +37,11 @@ func spawnMain(args []string) int {
 		return 1
 	}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		// Linux reports ru_maxrss in KiB.
-		_ = os.WriteFile(args[0], []byte(strconv.FormatInt(ru.Maxrss*1024, 10)), 0o644)
+		// Linux reports ru_maxrss in KiB. Then the CPU time (user + system,
+		// ns): on a shared machine, what a run costs shows in its CPU time
+		// more steadily than in its wall time.
+		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		_ = os.WriteFile(args[0], []byte(strconv.FormatInt(ru.Maxrss*1024, 10)+" "+strconv.FormatInt(int64(cpu), 10)), 0o644)
 	}
 	return code
 }

@@ -24,26 +24,32 @@ import (
 
 // config is the suite's flags.
 type config struct {
-	Dir         string
-	JSON        string
-	Rekey       string
-	Reps        int
-	RewrapReps  int
-	Cells       []int
-	DataMiB     int
-	Files       int
-	ReDEKs      int
-	RewrapDEKs  int
-	Runners     []string
-	Workers     int
-	TargetWrap  string
-	LimitTime   time.Duration
-	MemMiB      []int
-	MemCell     int
-	MemFileMiB  int
-	Sections    map[string]bool
-	RewrapW1    bool
-	CommandLine string
+	Dir        string
+	JSON       string
+	Rekey      string
+	Reps       int
+	RewrapReps int
+	Cells      []int
+	DataMiB    int
+	Files      int
+	ReDEKs     int
+	RewrapDEKs int
+	Runners    []string
+	Workers    int
+	TargetWrap string
+	LimitTime  time.Duration
+	MemMiB     []int
+	MemCell    int
+	MemFileMiB int
+	Sections   map[string]bool
+	RewrapW1   bool
+	// Compare is a second rekey binary (the previous code): every rekey-v1
+	// run of the reencrypt and rewrap sections is made with both, as pairs
+	// in alternating order, and each row gets its ratio to it.
+	Compare       string
+	CompareLabel  string
+	GCMKeyRecords int
+	CommandLine   string
 }
 
 func parseSuiteFlags(args []string) (*config, error) {
@@ -67,8 +73,11 @@ func parseSuiteFlags(args []string) (*config, error) {
 	fs.StringVar(&mem, "mem-mib", "64,512", "payload MiB of the memory-flatness datasets, small,large (the issue's check: 1024,8192)")
 	fs.IntVar(&c.MemCell, "mem-cell", 4096, "cell size of the memory-flatness datasets")
 	fs.IntVar(&c.MemFileMiB, "mem-file-mib", 32, "payload MiB per file of the memory-flatness datasets: the larger dataset has more files of the same shape")
-	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,memory,counts", "sections to run (counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof)")
+	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,aes-gcm,memory,counts", "sections to run (aes-gcm: datasets in the aes-gcm cell format, written as an application would; counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof)")
 	fs.BoolVar(&c.RewrapW1, "rewrap-w1", false, "also run rewrap with --workers 1 (direct runner)")
+	fs.StringVar(&c.Compare, "compare", "", "a second rekey binary (e.g. built from the previous commit): the reencrypt and rewrap runs are made with both, in pairs, and rows show rekey/base")
+	fs.StringVar(&c.CompareLabel, "compare-label", "base", "name of the --compare binary in the table")
+	fs.IntVar(&c.GCMKeyRecords, "gcm-key-records", 100000, "records (and keys: one per record) of the aes-gcm keys: column dataset whose rewrap is HSM-bound")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -100,6 +109,8 @@ func parseSuiteFlags(args []string) (*config, error) {
 		return nil, errors.New("--mem-file-mib and --mem-cell must be positive")
 	case c.DataMiB < 1 || c.Files < 1 || c.ReDEKs < 1 || c.RewrapDEKs < 1:
 		return nil, errors.New("--data-mib, --files, --reencrypt-deks and --rewrap-deks must be positive")
+	case c.GCMKeyRecords < c.Files:
+		return nil, errors.New("--gcm-key-records must be at least --files")
 	case c.TargetWrap != schemas.WrapAESGCM && c.TargetWrap != schemas.WrapAESKWP:
 		return nil, errors.New("--target-wrap: aes-gcm or aes-kwp (the bench's KEKs are AES)")
 	}
@@ -201,18 +212,19 @@ func suiteMain(args []string) error {
 		}
 	}
 
-	// Keys for the limits and the baseline: opened through providers/keys
-	// exactly as the pipeline opens them (sessions = workers).
+	// Keys for the limits, the baseline and the aes-gcm datasets: opened
+	// through providers/keys exactly as the pipeline opens them (sessions
+	// = workers).
 	var src, dst keys.KEK
 	var hsmRows []schemas.DEKRow
-	if c.Sections["limits"] || c.Sections["baseline"] {
+	if c.Sections["limits"] || c.Sections["baseline"] || c.Sections["aes-gcm"] {
 		if src, err = keys.Open(ctx, sourceKEK(), keys.Options{Sessions: c.Workers}); err != nil {
 			return fmt.Errorf("source KEK: %w", err)
 		}
 		if dst, err = keys.Open(ctx, targetKEK(), keys.Options{Wrap: c.TargetWrap, Sessions: c.Workers}); err != nil {
 			return fmt.Errorf("target KEK: %w", err)
 		}
-		if hsmDS != nil {
+		if hsmDS != nil && (c.Sections["limits"] || c.Sections["baseline"]) {
 			all, err := transforms.ReadDEKTable(ctx, hsmDS.DEKs)
 			if err != nil {
 				return err
@@ -221,7 +233,63 @@ func suiteMain(args []string) error {
 		}
 	}
 
+	// aes-gcm datasets (the aes-gcm section): the re-encrypt datasets'
+	// shape with application-written cells and keys in a DEK table; and two
+	// with keys in a column, one key per record (rewrap is HSM-bound) and
+	// --reencrypt-deks keys over 4 KiB cells (rewrap is Parquet-bound).
+	var gcmRe []*dataset
+	var gcmColKeys, gcmColShared *dataset
+	if c.Sections["aes-gcm"] {
+		step("aes-gcm datasets (written by this bench as an application would)")
+		for _, cell := range c.Cells {
+			recs := max(1, int((int64(c.DataMiB)<<20)/int64(cell)/int64(c.Files)))
+			ds := newGCMDataset(c.Dir, fmt.Sprintf("gcm-table-%d", cell), cell, c.Files, recs, c.ReDEKs, false)
+			if err := generateGCM(ctx, src, ds, c.Workers); err != nil {
+				return err
+			}
+			gcmRe = append(gcmRe, ds)
+		}
+		perFile := c.GCMKeyRecords / c.Files
+		gcmColKeys = newGCMDataset(c.Dir, fmt.Sprintf("gcm-column-keys-%d", perFile*c.Files), 256, c.Files, perFile, perFile*c.Files, true)
+		if err := generateGCM(ctx, src, gcmColKeys, c.Workers); err != nil {
+			return err
+		}
+		recs := max(1, int((int64(c.DataMiB)<<20)/4096/int64(c.Files)))
+		gcmColShared = newGCMDataset(c.Dir, "gcm-column-4096", 4096, c.Files, recs, c.ReDEKs, true)
+		if err := generateGCM(ctx, src, gcmColShared, c.Workers); err != nil {
+			return err
+		}
+	}
+
 	t := newTable()
+	// With --compare, every rekey-v1 run is made by both binaries, one
+	// after the other; the order alternates per repetition (base first in
+	// the 1st, 3rd, ...), so neither binary always runs on a warmer page
+	// cache or a quieter machine. The aes-gcm rows are not compared: code
+	// before issue 11 does not read that format.
+	type bin struct {
+		path, tag string
+		base      bool
+	}
+	binsFor := func(rep int) []bin {
+		cur := bin{path: c.Rekey}
+		if c.Compare == "" {
+			return []bin{cur}
+		}
+		b := bin{path: c.Compare, tag: "-" + c.CompareLabel, base: true}
+		if rep%2 == 0 {
+			return []bin{b, cur}
+		}
+		return []bin{cur, b}
+	}
+	add := func(b bin, k string, row *Row, v, recPerS float64, cr childResult) {
+		if b.base {
+			k = baseKey(k)
+			row.Section, row.What = "base", row.What+" ("+c.CompareLabel+")"
+		}
+		t.addRun(k, row, v, recPerS, cr)
+	}
+
 	N := c.Workers
 	gs := []int{1}
 	if N > 1 {
@@ -293,18 +361,20 @@ func suiteMain(args []string) error {
 						if w == N {
 							rr.Workers = 0 // rekey's default
 						}
-						id := fmt.Sprintf("re-%d-%s-w%d-r%d", ds.Cell, runner, w, rep)
-						cr, m, err := runRekey(ctx, c.Rekey, ds, rr, scratch, logs, id)
-						if err != nil {
-							return err
+						for _, b := range binsFor(rep) {
+							id := fmt.Sprintf("re-%d-%s-w%d-r%d%s", ds.Cell, runner, w, rep, b.tag)
+							cr, m, err := runRekey(ctx, b.path, ds, rr, scratch, logs, id)
+							if err != nil {
+								return err
+							}
+							if m.Totals.Records != ds.records() {
+								return fmt.Errorf("run %s: %d records, want %d", id, m.Totals.Records, ds.records())
+							}
+							secs := cr.Pipeline.Seconds()
+							row := &Row{Section: "rekey", What: "reencrypt", Cell: ds.Cell, Workers: w, Runner: runner, Unit: "MB/s",
+								DEKs: m.Totals.DEKs, HSMOps: 4 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 4 per DEK"}
+							add(b, keyRe(ds.Cell, runner, w), row, float64(ds.payloadBytes())/secs/1e6, float64(ds.records())/secs, cr)
 						}
-						if m.Totals.Records != ds.records() {
-							return fmt.Errorf("run %s: %d records, want %d", id, m.Totals.Records, ds.records())
-						}
-						secs := cr.Pipeline.Seconds()
-						row := &Row{Section: "rekey", What: "reencrypt", Cell: ds.Cell, Workers: w, Runner: runner, Unit: "MB/s",
-							DEKs: m.Totals.DEKs, HSMOps: 4 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 4 per DEK"}
-						t.addRun(keyRe(ds.Cell, runner, w), row, float64(ds.payloadBytes())/secs/1e6, float64(ds.records())/secs, cr)
 					}
 				}
 			}
@@ -326,18 +396,25 @@ func suiteMain(args []string) error {
 				if k.w != N {
 					rr.Workers = k.w
 				}
-				id := fmt.Sprintf("rewrap-%s-w%d-r%d", k.runner, k.w, rep)
-				cr, m, err := runRekey(ctx, c.Rekey, rwDS, rr, scratch, logs, id)
-				if err != nil {
-					return err
+				for _, b := range binsFor(rep) {
+					id := fmt.Sprintf("rewrap-%s-w%d-r%d%s", k.runner, k.w, rep, b.tag)
+					cr, m, err := runRekey(ctx, b.path, rwDS, rr, scratch, logs, id)
+					if err != nil {
+						return err
+					}
+					if m.Totals.DEKsMigrated != int64(rwDS.NumDEKs) {
+						return fmt.Errorf("run %s: %d DEKs migrated, want %d", id, m.Totals.DEKsMigrated, rwDS.NumDEKs)
+					}
+					secs := cr.Pipeline.Seconds()
+					row := &Row{Section: "rekey", What: "rewrap", Workers: k.w, Runner: k.runner, Unit: "DEKs/s",
+						DEKs: m.Totals.DEKs, HSMOps: 3 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 3 per DEK"}
+					add(b, keyRw(k.runner, k.w), row, float64(rwDS.NumDEKs)/secs, 0, cr)
 				}
-				if m.Totals.DEKsMigrated != int64(rwDS.NumDEKs) {
-					return fmt.Errorf("run %s: %d DEKs migrated, want %d", id, m.Totals.DEKsMigrated, rwDS.NumDEKs)
-				}
-				secs := cr.Pipeline.Seconds()
-				row := &Row{Section: "rekey", What: "rewrap", Workers: k.w, Runner: k.runner, Unit: "DEKs/s",
-					DEKs: m.Totals.DEKs, HSMOps: 3 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 3 per DEK"}
-				t.addRun(keyRw(k.runner, k.w), row, float64(rwDS.NumDEKs)/secs, 0, cr)
+			}
+		}
+		if c.Sections["aes-gcm"] {
+			if err := gcmRuns(ctx, c, t, rep, gcmRe, gcmColKeys, gcmColShared, scratch, logs); err != nil {
+				return err
 			}
 		}
 		if c.Sections["memory"] {
@@ -403,7 +480,7 @@ func step(format string, a ...any) {
 }
 
 func notes(c *config) []string {
-	return []string{
+	out := []string{
 		"MB/s is 10^6 bytes of plaintext payload (records x cell size) per second, for limits, baseline and rekey alike.",
 		"rekey figures use rekey's own elapsed time (beam.Run start to end, as printed by `rekey run`): it includes the DEK stage and pipeline start-up, not process start or preflight; wall_s includes everything.",
 		"The composed bound is 1/(1/AES open+seal + 1/Parquet copy) at the same goroutine count (1 or N); it does not include verify-before-commit, which rekey does (see the open+seal+verify-open row for its cost).",
@@ -412,4 +489,11 @@ func notes(c *config) []string {
 		"Peak RSS is ru_maxrss of the rekey child from wait4 (prism runs in-process in the same child).",
 		fmt.Sprintf("Medians of %d repetitions (rewrap: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps),
 	}
+	if c.Sections["aes-gcm"] {
+		out = append(out, "aes-gcm rows: datasets written by this bench as an application would (crypto/cipher AES-256-GCM, base64 text cells of nonce|ciphertext|tag, AAD = record id; keys wrapped by the source KEK through providers/keys). MB/s counts plaintext payload, as elsewhere; the cells on disk are base64, 4/3 larger. 'vs rekey-v1' is against the rekey-v1 row of the same cell size, runner and workers (reencrypt) or the rekey-v1 DEK-table rewrap (1 key/record).")
+	}
+	if c.Compare != "" {
+		out = append(out, fmt.Sprintf("--compare: every reencrypt and rewrap run was made by %s (%s) and by the measured rekey, one right after the other, base first in the 1st, 3rd, ... repetition and second in the others; 'vs %s' is median/median, and the pairs column each repetition's ratio.", c.CompareLabel, c.Compare, c.CompareLabel))
+	}
+	return out
 }

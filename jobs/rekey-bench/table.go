@@ -10,20 +10,24 @@ import (
 
 // Row is one line of the results table. Figures are medians of Samples.
 type Row struct {
-	Key          string    `json:"key"`
-	Section      string    `json:"section"` // limit, baseline, rekey, memory
-	What         string    `json:"what"`
-	Cell         int       `json:"cell_bytes,omitempty"`
-	Workers      int       `json:"workers"`
-	Runner       string    `json:"runner,omitempty"`
-	Unit         string    `json:"unit"`
-	Median       float64   `json:"median"`
-	Samples      []float64 `json:"samples"`
-	Spread       float64   `json:"spread"`
-	RecordsPerS  float64   `json:"records_per_s,omitempty"`
-	WallS        float64   `json:"wall_s,omitempty"`
-	PeakRSSMiB   float64   `json:"peak_rss_mib,omitempty"`
-	RSSSamples   []float64 `json:"peak_rss_mib_samples,omitempty"`
+	Key         string    `json:"key"`
+	Section     string    `json:"section"` // limit, baseline, rekey, memory
+	What        string    `json:"what"`
+	Cell        int       `json:"cell_bytes,omitempty"`
+	Workers     int       `json:"workers"`
+	Runner      string    `json:"runner,omitempty"`
+	Unit        string    `json:"unit"`
+	Median      float64   `json:"median"`
+	Samples     []float64 `json:"samples"`
+	Spread      float64   `json:"spread"`
+	RecordsPerS float64   `json:"records_per_s,omitempty"`
+	WallS       float64   `json:"wall_s,omitempty"`
+	PeakRSSMiB  float64   `json:"peak_rss_mib,omitempty"`
+	RSSSamples  []float64 `json:"peak_rss_mib_samples,omitempty"`
+	// CPUS is the child's CPU time (user + system) per run, CPUSeconds
+	// its median. A process start and preflight are in it (not in Median).
+	CPUS         []float64 `json:"cpu_s_samples,omitempty"`
+	CPUSeconds   float64   `json:"cpu_s,omitempty"`
 	DEKs         int64     `json:"deks,omitempty"`
 	HSMOps       int64     `json:"hsm_ops,omitempty"`
 	HSMOpsNote   string    `json:"hsm_ops_note,omitempty"`
@@ -33,7 +37,21 @@ type Row struct {
 	LimitValue   float64   `json:"limit_value,omitempty"`
 	VsBaseline   float64   `json:"vs_baseline,omitempty"`
 	VsW1         float64   `json:"vs_workers1,omitempty"`
-	Note         string    `json:"note,omitempty"`
+	// PeerKey is the row this one is set against (aes-gcm rows: the
+	// rekey-v1 row of the same shape); VsPeer the ratio of the medians.
+	PeerKey string  `json:"peer,omitempty"`
+	VsPeer  float64 `json:"vs_peer,omitempty"`
+	// VsBase is the ratio of this row's median to the same row run by the
+	// --compare binary; VsBasePairs the ratio within each pair of runs
+	// (same repetition), and VsBasePairMedian their median.
+	VsBase           float64   `json:"vs_base,omitempty"`
+	VsBasePairs      []float64 `json:"vs_base_pairs,omitempty"`
+	VsBasePairMedian float64   `json:"vs_base_pair_median,omitempty"`
+	// CPUVsBase is this row's median CPU time over the base row's (a
+	// cost: 1.05 = 5% more CPU per run), CPUVsBasePairs per pair.
+	CPUVsBase      float64   `json:"cpu_vs_base,omitempty"`
+	CPUVsBasePairs []float64 `json:"cpu_vs_base_pairs,omitempty"`
+	Note           string    `json:"note,omitempty"`
 
 	recs, walls []float64
 }
@@ -62,6 +80,9 @@ func keyRe(cell int, runner string, w int) string {
 }
 func keyRw(runner string, w int) string { return fmt.Sprintf("rekey/rewrap/%s/w%d", runner, w) }
 
+// baseKey is the key of row k run by the --compare binary.
+func baseKey(k string) string { return "base/" + k }
+
 // add records one sample of the row with key k (created from proto on
 // first use).
 func (t *table) add(k string, proto *Row, v, recPerS float64) *Row {
@@ -82,6 +103,7 @@ func (t *table) add(k string, proto *Row, v, recPerS float64) *Row {
 func (t *table) addRun(k string, proto *Row, v, recPerS float64, cr childResult) {
 	r := t.add(k, proto, v, recPerS)
 	r.RSSSamples = append(r.RSSSamples, float64(cr.MaxRSS)/(1<<20))
+	r.CPUS = append(r.CPUS, cr.CPU.Seconds())
 	r.walls = append(r.walls, cr.Wall.Seconds())
 }
 
@@ -111,6 +133,7 @@ func (t *table) ratios(c *config, mem []*dataset) {
 		r.Median = median(r.Samples)
 		r.RecordsPerS = median(r.recs)
 		r.PeakRSSMiB = median(r.RSSSamples)
+		r.CPUSeconds = median(r.CPUS)
 		r.WallS = median(r.walls)
 		if len(r.Samples) > 1 && r.Median > 0 {
 			lo, hi := r.Samples[0], r.Samples[0]
@@ -177,6 +200,26 @@ func (t *table) ratios(c *config, mem []*dataset) {
 			if w1 := t.get(k); w1 > 0 && k != r.Key {
 				r.VsW1 = r.Median / w1
 			}
+		case r.Section == "aes-gcm" && r.LimitKey != "":
+			r.setLimit(t, r.LimitKey)
+		}
+		if p := t.get(r.PeerKey); r.PeerKey != "" && p > 0 {
+			r.VsPeer = r.Median / p
+		}
+		if b := t.byKey[baseKey(r.Key)]; b != nil && b.Median > 0 {
+			r.VsBase = r.Median / b.Median
+			// Samples of a row and its base row are in repetition order,
+			// one of each per repetition: pair them.
+			for i := 0; i < min(len(r.Samples), len(b.Samples)); i++ {
+				r.VsBasePairs = append(r.VsBasePairs, r.Samples[i]/b.Samples[i])
+			}
+			r.VsBasePairMedian = median(r.VsBasePairs)
+			if b.CPUSeconds > 0 {
+				r.CPUVsBase = r.CPUSeconds / b.CPUSeconds
+				for i := 0; i < min(len(r.CPUS), len(b.CPUS)); i++ {
+					r.CPUVsBasePairs = append(r.CPUVsBasePairs, r.CPUS[i]/b.CPUS[i])
+				}
+			}
 		}
 	}
 	if len(mem) == 2 {
@@ -199,13 +242,40 @@ func (t *table) print(w io.Writer, res *Results) {
 		m.CPU, m.Cores, m.GOMAXPROCS, m.Kernel, m.Go, m.SoftHSM, m.LoadStart, m.LoadEnd, res.Took)
 	fmt.Fprintf(w, "command: %s\n\n", res.Command)
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "section\twhat\tcell\tw\trunner\tmedian\tunit\trecords/s\tspread\tpeak RSS MiB\tDEKs\tHSM ops\tvs limit\tvs baseline\tvs w=1\t")
-	last := ""
+	peers, bases := false, false
 	for _, r := range t.rows {
-		if last != "" && r.Section != last {
-			fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t")
+		peers = peers || r.VsPeer > 0
+		bases = bases || r.VsBase > 0
+	}
+	head := "section\twhat\tcell\tw\trunner\tmedian\tunit\trecords/s\tspread\tpeak RSS MiB\tDEKs\tHSM ops\tvs limit\tvs baseline\tvs w=1\t"
+	if peers {
+		head += "vs rekey-v1\t"
+	}
+	if bases {
+		head += "CPU s\tvs " + res.Config.CompareLabel + "\t" + res.Config.CompareLabel + " pairs\tCPU/" + res.Config.CompareLabel + "\tCPU pairs\t"
+	}
+	fmt.Fprintln(tw, head)
+	// Each row run by the --compare binary is printed under its own.
+	var rows []*Row
+	for _, r := range t.rows {
+		if r.Section == "base" {
+			continue
 		}
-		last = r.Section
+		rows = append(rows, r)
+		if b := t.byKey[baseKey(r.Key)]; b != nil {
+			rows = append(rows, b)
+		}
+	}
+	last := ""
+	for _, r := range rows {
+		sec := r.Section
+		if sec == "base" {
+			sec = "rekey"
+		}
+		if last != "" && sec != last {
+			fmt.Fprintln(tw, strings.Repeat("\t", strings.Count(head, "\t")))
+		}
+		last = sec
 		hsm := ""
 		switch {
 		case r.HSMOps > 0 && strings.HasPrefix(r.HSMOpsNote, "estimate"):
@@ -215,9 +285,24 @@ func (t *table) print(w io.Writer, res *Results) {
 		case r.HSMOpsPerDEK > 0:
 			hsm = fmt.Sprintf("%d/DEK", r.HSMOpsPerDEK)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
 			r.Section, r.What, cellName(r.Cell), r.Workers, r.Runner, fnum(r.Median), r.Unit, fnum(r.RecordsPerS),
 			pct(r.Spread, len(r.Samples) > 1), fnum(r.PeakRSSMiB), inum(r.DEKs), hsm, ratio(r.VsLimit), ratio(r.VsBaseline), ratio(r.VsW1))
+		if peers {
+			fmt.Fprintf(tw, "%s\t", ratio(r.VsPeer))
+		}
+		if bases {
+			var ps []string
+			for _, p := range r.VsBasePairs {
+				ps = append(ps, fmt.Sprintf("%.3f", p))
+			}
+			var cs []string
+			for _, p := range r.CPUVsBasePairs {
+				cs = append(cs, fmt.Sprintf("%.3f", p))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t", fnum(r.CPUSeconds), ratio3(r.VsBase), strings.Join(ps, " "), ratio3(r.CPUVsBase), strings.Join(cs, " "))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	for _, r := range t.rows {
@@ -265,6 +350,14 @@ func pct(v float64, ok bool) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f%%", v*100)
+}
+
+// ratio3 is a ratio with the precision a few-percent comparison needs.
+func ratio3(v float64) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3fx", v)
 }
 
 func ratio(v float64) string {

@@ -75,13 +75,14 @@ func CanRewrap(src, dst KEK, mech string) bool {
 	return ok && r.CanRewrapTo(Base(dst), mech)
 }
 
-// Rewrap asks src's custodian to rewrap (see Rewrapper), through src's
-// decorators.
-func Rewrap(ctx context.Context, src KEK, b Binding, mech string, wrapped []byte, dst KEK, dstB Binding) ([]byte, error) {
-	if r, ok := src.(Rewrapper); ok {
-		return r.Rewrap(ctx, b, mech, wrapped, Base(dst), dstB)
+// Rewrap asks src's custodian to rewrap r (see Rewrapper), through src's
+// decorators; r.Dst may be decorated (its Base is passed on).
+func Rewrap(ctx context.Context, src KEK, r RewrapRequest) (RewrapResult, error) {
+	r.Dst = Base(r.Dst)
+	if rw, ok := src.(Rewrapper); ok {
+		return rw.Rewrap(ctx, r)
 	}
-	return nil, fmt.Errorf("%w: %s cannot rewrap server-side", ErrMechanism, Redact(src.URI()))
+	return RewrapResult{}, fmt.Errorf("%w: %s cannot rewrap inside its custodian", ErrNoRewrap, Redact(src.URI()))
 }
 
 // RetryPolicy bounds retries of transient errors.
@@ -145,8 +146,8 @@ func (r retryKEK) GenerateDEK(ctx context.Context) (d *DEK, err error) {
 	return d, err
 }
 func (r retryKEK) CanRewrapTo(dst KEK, mech string) bool { return CanRewrap(r.k, dst, mech) }
-func (r retryKEK) Rewrap(ctx context.Context, b Binding, mech string, w []byte, dst KEK, dstB Binding) (out []byte, err error) {
-	err = r.p.Do(ctx, func() (e error) { out, e = Rewrap(ctx, r.k, b, mech, w, dst, dstB); return e })
+func (r retryKEK) Rewrap(ctx context.Context, q RewrapRequest) (out RewrapResult, err error) {
+	err = r.p.Do(ctx, func() (e error) { out, e = Rewrap(ctx, r.k, q); return e })
 	return out, err
 }
 
@@ -218,9 +219,9 @@ func (l RateKEK) GenerateDEK(ctx context.Context) (*DEK, error) {
 	return Generate(ctx, l.k)
 }
 func (l RateKEK) CanRewrapTo(dst KEK, mech string) bool { return CanRewrap(l.k, dst, mech) }
-func (l RateKEK) Rewrap(ctx context.Context, b Binding, mech string, w []byte, dst KEK, dstB Binding) ([]byte, error) {
+func (l RateKEK) Rewrap(ctx context.Context, q RewrapRequest) (RewrapResult, error) {
 	if err := l.wait(ctx); err != nil {
-		return nil, err
+		return RewrapResult{}, err
 	}
-	return Rewrap(ctx, l.k, b, mech, w, dst, dstB)
+	return Rewrap(ctx, l.k, q)
 }

@@ -23,6 +23,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -170,15 +171,53 @@ type Generator interface {
 
 // Rewrapper is implemented by KEKs whose custodian can move a wrapped key to
 // another of its keys without the DEK leaving it (KMS ReEncrypt, Key
-// Protect rewrap, a PKCS#11 token holding both keys).
+// Protect rewrap, a PKCS#11 token holding both keys). Callers use
+// CanRewrap and Rewrap, which see through decorators.
 type Rewrapper interface {
-	// CanRewrapTo reports whether Rewrap can reach dst (same custodian,
-	// mechanisms it can do inside).
+	// CanRewrapTo reports whether Rewrap can reach dst (dst is undecorated:
+	// Base of the target KEK) for keys wrapped with srcMech: same
+	// custodian, and dst's mechanism one it can produce inside.
 	CanRewrapTo(dst KEK, srcMech string) bool
-	// Rewrap returns wrapped (mechanism srcMech, bound to src) re-wrapped
-	// under dst with dst's mechanism, bound to dstB.
-	Rewrap(ctx context.Context, src Binding, srcMech string, wrapped []byte, dst KEK, dstB Binding) ([]byte, error)
+	// Rewrap returns r.Wrapped re-wrapped under r.Dst with r.Dst's
+	// mechanism. It returns ErrNoRewrap (wrapped) when this particular key
+	// cannot be rewrapped inside (the caller then unwraps and wraps it
+	// itself); other errors are classified like Unwrap's.
+	Rewrap(ctx context.Context, r RewrapRequest) (RewrapResult, error)
 }
+
+// RewrapRequest is one key to rewrap inside its custodian.
+type RewrapRequest struct {
+	Src     Binding // what the wrapped key is bound to
+	SrcMech string  // its wrap mechanism
+	Wrapped []byte
+	Dst     KEK     // the target key (undecorated)
+	DstB    Binding // what the new wrap binds
+	// KCV, when the DEK table has one, is the key's check value
+	// (schemas.KCV under Src.DEKID). A custodian that can compute it
+	// inside checks it before wrapping and says so in RewrapResult.Proof;
+	// one that cannot leaves Proof empty and the caller decides.
+	KCV []byte
+}
+
+// RewrapResult is what a custodian-side rewrap returns.
+type RewrapResult struct {
+	Wrapped []byte
+	// Proof is schemas.ProofKCV when the custodian checked RewrapRequest.KCV
+	// inside (a mismatch is an error wrapping schemas.ErrKCVMismatch);
+	// empty when it did not.
+	Proof string
+	// KCV is the key's check value computed inside, when the custodian can
+	// (so a DEK table row without one gains it); nil otherwise.
+	KCV []byte
+	// Verified reports that the custodian unwrapped the new wrap inside
+	// and found the same key: rekey's verify-before-commit was done there.
+	// When false, the caller verifies by unwrapping the new wrap itself.
+	Verified bool
+}
+
+// ErrNoRewrap says a custodian cannot rewrap this key inside (its length,
+// its mechanism): the caller unwraps and wraps it.
+var ErrNoRewrap = errors.New("custodian cannot rewrap this key inside")
 
 // Check is one preflight finding.
 type Check struct {

@@ -49,6 +49,11 @@ type Scheme struct {
 	// Import is the package that registers the scheme, for "unknown
 	// scheme" errors.
 	Import string
+	// Rate is the default budget, in operations per second, of one
+	// custodian of this scheme when the job sets none (--hsm-rate): the
+	// vendor's published request quota, with its source in the scheme's
+	// package doc. 0: no default limit (an HSM on this machine).
+	Rate float64
 }
 
 var (

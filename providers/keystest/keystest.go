@@ -24,8 +24,9 @@
 // (Generator, Preflighter) work and survive the decorators.
 //
 // Limits: it sees one process and one custodian. Rate limits and quotas of a
-// real service, timing side channels, key rotation and server-side Rewrap
-// are each backend's own tests. A mechanism either binds all of a
+// real service, timing side channels and key rotation are each backend's
+// own tests; server-side Rewrap is checked from Open to Other only (Rewrap
+// skips when the custodian cannot do that). A mechanism either binds all of a
 // keys.Binding or none of it (Backend.Binds). Secrets are looked for as raw
 // bytes, hex, Go's decimal byte lists (in windows of 8 bytes) and base64 of
 // the whole secret (of a backend secret: its whole value only); other
@@ -148,6 +149,7 @@ func Run(t *testing.T, b Backend) {
 		{name: "Preflight", each: s.preflight},
 		{name: "Decorated", each: s.decorated},
 		{name: "Transient", each: s.transient},
+		{name: "Rewrap", each: s.rewrap},
 	}
 	for path, why := range b.KnownFailures {
 		top, _, _ := strings.Cut(path, "/")
@@ -1114,4 +1116,91 @@ func (s *suite) scrub(text string, extra ...[]byte) string {
 		}
 	}
 	return b.String()
+}
+
+// rewrap checks a custodian-side rewrap from Open to Other, when the
+// custodian offers one (keys.CanRewrap): the new wrap unwraps under Other
+// to the same secret, the source wrap still opens, a KCV the custodian
+// says it checked is really checked, and corrupt or foreign input is
+// refused rather than rewrapped.
+func (s *suite) rewrap(t checkT, mech string, k keys.KEK) {
+	o := s.other[mech]
+	if !keys.CanRewrap(k, o, mech) {
+		t.Skipf("the custodian does not rewrap %s keys from Open to Other inside", mech)
+	}
+	ctx := t.Context()
+	d := newDEK(random(t.Name()), s.typical(mech))
+	defer d.Zero()
+	want := bytes.Clone(d.Bytes())
+	b, nb := keys.ByID("keystest-rewrap"), keys.ByID("keystest-rewrap")
+	if s.binds(mech) {
+		nb = keys.Binding{DEKID: "keystest-rewrap", Context: map[string]string{"purpose": "keystest"}}
+	}
+	w, err := wrap(t, k, b, d)
+	if err != nil {
+		t.Fatalf("Wrap: %v", s.scrub(err.Error(), want))
+	}
+	kcv := schemas.KCV(want, b.DEKID)
+	req := keys.RewrapRequest{Src: b, SrcMech: mech, Wrapped: w, Dst: keys.WithRate(o, 1000), DstB: nb, KCV: kcv}
+	dk := keys.WithRetry(keys.WithRate(k, 1000), keys.RetryPolicy{Attempts: 2, Base: time.Millisecond})
+	res, err := keys.Rewrap(ctx, dk, req)
+	if err != nil {
+		t.Fatalf("Rewrap of a %d-byte secret to Other: %v", len(want), s.scrub(err.Error(), want))
+	}
+	s.clean(t, "a rewrapped key", fmt.Sprintf("%x %q %+v", res.Wrapped, res.Wrapped, res), want)
+	got, err := unwrap(t, o, nb, o.Mechanism(), res.Wrapped)
+	switch {
+	case err != nil:
+		t.Errorf("Other cannot unwrap what Rewrap returned: %v", s.scrub(err.Error(), want))
+	case !bytes.Equal(got.Bytes(), want):
+		t.Errorf("Rewrap moved a different secret: Other unwraps %d bytes that differ from the source's", got.Len())
+	}
+	if back, err := unwrap(t, k, b, mech, w); err != nil || !bytes.Equal(back.Bytes(), want) {
+		t.Errorf("the source wrap no longer opens after Rewrap: %v", err)
+	}
+	switch res.Proof {
+	case "":
+	case schemas.ProofKCV:
+		bad := bytes.Clone(kcv)
+		bad[0] ^= 1
+		q := req
+		q.KCV = bad
+		r2, err := keys.Rewrap(ctx, dk, q)
+		if err == nil || !errors.Is(err, schemas.ErrKCVMismatch) || r2.Wrapped != nil {
+			t.Errorf("Rewrap says it checks the KCV, but a wrong KCV gave (%d bytes, %v); want no key and schemas.ErrKCVMismatch", len(r2.Wrapped), err)
+		}
+	default:
+		t.Errorf("RewrapResult.Proof = %q: want schemas.ProofKCV or empty", res.Proof)
+	}
+	if res.KCV != nil && !bytes.Equal(res.KCV, kcv) {
+		t.Errorf("RewrapResult.KCV differs from schemas.KCV of the secret")
+	}
+	for _, c := range []struct {
+		what string
+		q    keys.RewrapRequest
+	}{
+		{"flipped bit", keys.RewrapRequest{Src: b, SrcMech: mech, Wrapped: flip(w, len(w)-1), Dst: o, DstB: nb}},
+		{"truncated", keys.RewrapRequest{Src: b, SrcMech: mech, Wrapped: w[:len(w)/2], Dst: o, DstB: nb}},
+		{"empty", keys.RewrapRequest{Src: b, SrcMech: mech, Dst: o, DstB: nb}},
+	} {
+		r2, err := keys.Rewrap(ctx, k, c.q)
+		if err == nil {
+			t.Errorf("Rewrap of a %s wrapped key succeeded (%d bytes): want it refused", c.what, len(r2.Wrapped))
+			continue
+		}
+		if errors.Is(err, keys.ErrNoRewrap) {
+			continue // the caller unwraps itself, and that refuses it
+		}
+		if keys.IsRetryable(err) {
+			t.Errorf("Rewrap of a %s wrapped key: a retryable error (%v); want it permanent", c.what, err)
+		}
+		s.clean(t, "Rewrap of a "+c.what+" wrapped key", err.Error(), want)
+	}
+	if s.binds(mech) {
+		q := req
+		q.Src = keys.ByID("keystest-rewrap-other")
+		if r2, err := keys.Rewrap(ctx, k, q); err == nil {
+			t.Errorf("Rewrap with the wrong source binding succeeded (%d bytes): want it refused", len(r2.Wrapped))
+		}
+	}
 }
