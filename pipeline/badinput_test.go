@@ -14,6 +14,7 @@ import (
 	"rekey/pipeline"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 func rewriteRecords(t *testing.T, path string, edit func([]transforms.GenRow) []transforms.GenRow) {
@@ -87,7 +88,7 @@ func TestBadInputBecomesFailedRows(t *testing.T) {
 	if after := hashTree(t, filepath.Join(d.root, "src")); after != before {
 		t.Fatal("the source dataset or DEK table was modified")
 	}
-	rows, err := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	rows, err := ledger.Read(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

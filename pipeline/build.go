@@ -42,9 +42,9 @@ func Build(s beam.Scope, spec transforms.Spec) {
 
 // BuildVerify adds a verify: spec.TargetData and spec.TargetDEKs checked
 // with spec.TargetKEK and, when spec.SourceDEKs (and spec.SourceData) are
-// set, matched with that source by spec.Mode (rewrap or reencrypt; see
-// transforms.Verify). The report goes to spec.VerifyReport.
-func BuildVerify(s beam.Scope, spec transforms.Spec) {
+// set, matched with that source as spec.Match says (rewrap or reencrypt;
+// see transforms.Verify). The report goes to spec.Report.
+func BuildVerify(s beam.Scope, spec transforms.VerifySpec) {
 	s = s.Scope("rekey")
 	results := transforms.Verify(s, spec)
 	transforms.WriteVerifyReport(s, spec, results)

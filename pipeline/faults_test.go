@@ -15,6 +15,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // faultyKEK is a fake key backend for fault injection: it wraps a real
@@ -153,7 +154,7 @@ func TestFailureBudgetStopsTheRun(t *testing.T) {
 		t.Fatalf("want the failure budget to stop the run, got %v", err)
 	}
 	// The failures that stopped it are in the ledger.
-	rows, _ := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	rows, _ := ledger.Read(context.Background(), j.Ledger, j.RunID)
 	failed := 0
 	for _, r := range rows {
 		if r.Status == schemas.StatusFailed {

@@ -20,6 +20,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // Bad input in an application's own aes-gcm dataset (format keys: column):
@@ -199,7 +200,7 @@ func checkSourceUnchanged(t *testing.T, root string, before map[string]string) {
 // ledgerOf returns the run's ledger rows by status.
 func ledgerOf(t *testing.T, j *pipeline.Job) (failed, migrated []schemas.LedgerRow) {
 	t.Helper()
-	rows, err := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	rows, err := ledger.Read(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -313,9 +313,7 @@ func TestForeignLockboxAndPython(t *testing.T) {
 				if m.Status != "succeeded" || m.Totals.RecordsFailed != 0 || m.Totals.RecordsMigrated != 60 {
 					t.Fatalf("manifest %+v", m)
 				}
-				spec := j.Spec()
-				spec.SourceData, spec.SourceDEKs, spec.Mode = "", "", ""
-				rep := runVerify(t, spec)
+				rep := runVerify(t, j.VerifySpec(""))
 				if !rep.OK || rep.Totals.Records != 60 {
 					t.Fatalf("rekey verify of the re-encrypted dataset: %+v", rep)
 				}

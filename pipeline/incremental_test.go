@@ -10,6 +10,7 @@ import (
 	"rekey/pipeline"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // TestIncrementalRun is a scheduled re-encrypt: a second run over the same
@@ -37,7 +38,7 @@ func TestIncrementalRun(t *testing.T) {
 	if m.Totals.RecordsMigrated != 30 || m.Totals.FilesSkipped != 2 || m.Totals.Failed != 0 {
 		t.Fatalf("second run should redo 1 file and skip 2: %+v", m.Totals)
 	}
-	rows, err := transforms.ReadLedger(context.Background(), second.Ledger, second.RunID)
+	rows, err := ledger.Read(context.Background(), second.Ledger, second.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

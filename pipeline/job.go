@@ -314,5 +314,18 @@ func (j *Job) Spec() transforms.Spec {
 	}
 }
 
+// VerifySpec is the configuration of a verify of j's target (without a
+// source: the caller adds it, see `rekey verify`), with j's columns and
+// tuning. report is where its JSON report goes.
+func (j *Job) VerifySpec(report string) transforms.VerifySpec {
+	return transforms.VerifySpec{
+		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
+		TargetFormat: j.Target.Format, TargetFormatOptions: j.Target.FormatOptions,
+		Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
+		Workers: j.Workers, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell, HSMRate: j.HSMRate,
+		Report: report,
+	}
+}
+
 // redact is a key reference safe for messages.
 func redact(uri string) string { return keys.Redact(uri) }

@@ -24,6 +24,7 @@ import (
 	_ "rekey/providers/local"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 var env *softhsm.TestEnv
@@ -88,7 +89,7 @@ func runJob(t *testing.T, j *pipeline.Job) *schemas.Manifest {
 
 func readManifest(t *testing.T, j *pipeline.Job) *schemas.Manifest {
 	t.Helper()
-	b, err := os.ReadFile(transforms.ManifestPath(j.Ledger, j.RunID))
+	b, err := os.ReadFile(ledger.ManifestPath(j.Ledger, j.RunID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func TestReencryptOnPrism(t *testing.T) {
 
 func checkLedger(t *testing.T, j *pipeline.Job, want map[string]int) {
 	t.Helper()
-	rows, err := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	rows, err := ledger.Read(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

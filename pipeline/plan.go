@@ -3,7 +3,6 @@ package pipeline
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"rekey/schemas"
 	"rekey/schemas/format"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // Report is the outcome of a dry run.
@@ -129,12 +129,8 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 
 	// The DEK table, streamed: only a short hash per dek_id is kept, so a
 	// table of millions of DEKs does not have to fit in memory.
-	type seenDEK struct {
-		h    [8]byte
-		file int32
-	}
-	seen := map[string]seenDEK{}
-	fileIdx := map[string]int32{}
+	index := schemas.NewDEKIndex()
+	fileIdx := map[string]int{}
 	conflict := map[string]bool{}
 	invalid, foreign := 0, 0
 	var firstInvalid string
@@ -160,7 +156,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	err := scan(ctx, spec.SourceDEKs, func(file string, rows []schemas.DEKRow) error {
 		fi, ok := fileIdx[file]
 		if !ok {
-			fi = int32(len(fileIdx))
+			fi = len(fileIdx)
 			fileIdx[file] = fi
 		}
 		for i := range rows {
@@ -176,15 +172,9 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 				markFailing(d.DEKID)
 				continue
 			}
-			h := sha256.Sum256(d.Wrapped)
-			short := [8]byte(h[:8])
-			// A dek_id twice in one file with the same wrapped key is a
-			// harmless repeat (skipped); anything else is a conflict: two
-			// files would each produce a target row for it.
-			if prev, ok := seen[d.DEKID]; ok && (prev.h != short || prev.file != fi) {
+			if index.Add(fi, d) == schemas.DEKIDConflict {
 				conflict[d.DEKID] = true
 			}
-			seen[d.DEKID] = seenDEK{short, fi}
 			if src != nil && !transforms.KEKMatches(src, d.KEK) {
 				foreign++
 				markFailing(d.DEKID)
@@ -256,12 +246,12 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	}
 
 	// The ledger of this run.
-	if ok, _ := storage.Exists(ctx, transforms.ManifestPath(spec.Ledger, spec.RunID)); ok && !j.Resume {
-		r.add(false, "ledger", "run %q already finished (a manifest is at %s); choose a new --run-id, or --resume to re-check it", j.RunID, transforms.ManifestPath(spec.Ledger, spec.RunID))
-	} else if parts, err := storage.List(ctx, transforms.RunLedgerDir(spec.Ledger, spec.RunID)); err == nil && len(parts) > 0 && !j.Resume {
+	if ok, _ := storage.Exists(ctx, ledger.ManifestPath(spec.Ledger, spec.RunID)); ok && !j.Resume {
+		r.add(false, "ledger", "run %q already finished (a manifest is at %s); choose a new --run-id, or --resume to re-check it", j.RunID, ledger.ManifestPath(spec.Ledger, spec.RunID))
+	} else if parts, err := storage.List(ctx, ledger.RunDir(spec.Ledger, spec.RunID)); err == nil && len(parts) > 0 && !j.Resume {
 		r.add(false, "ledger", "run %q has %d ledger parts already (an interrupted run?): add --resume to finish it, or choose a new --run-id", j.RunID, len(parts))
 	} else {
-		r.add(true, "ledger", "%s", transforms.RunLedgerDir(spec.Ledger, spec.RunID))
+		r.add(true, "ledger", "%s", ledger.RunDir(spec.Ledger, spec.RunID))
 	}
 
 	r.judge(j, findings)

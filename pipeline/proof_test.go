@@ -27,6 +27,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // faultKEK is the source token's key reached through a copy of the fault
@@ -102,7 +103,7 @@ func stripKCV(t *testing.T, dir string) {
 // dekLedger returns the dek rows of a run's ledger by dek_id.
 func dekLedger(t *testing.T, j *pipeline.Job) map[string]schemas.LedgerRow {
 	t.Helper()
-	rows, err := transforms.ReadLedger(context.Background(), j.Ledger, j.RunID)
+	rows, err := ledger.Read(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // TestRewrapInsideTheToken: source and target keys on one token, both
@@ -32,7 +33,7 @@ func TestRewrapInsideTheToken(t *testing.T) {
 			if m.Status != "succeeded" || m.Totals.DEKsMigrated != 20 || m.Totals.Failed != 0 {
 				t.Fatalf("manifest: %s %+v", m.Status, m.Totals)
 			}
-			rows, err := transforms.ReadLedger(ctx, j.Ledger, j.RunID)
+			rows, err := ledger.Read(ctx, j.Ledger, j.RunID)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas/format"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // RunDefinition is what defines a run: stored in the run's ledger folder
@@ -44,9 +45,7 @@ type RunDefinition struct {
 const runDefFormat = "rekey-run/1"
 
 // RunDefinitionPath is where a run's definition is kept.
-func RunDefinitionPath(ledger, runID string) string {
-	return storage.Join(transforms.RunLedgerDir(ledger, runID), "_run.json")
-}
+func RunDefinitionPath(root, runID string) string { return ledger.DefinitionPath(root, runID) }
 
 // Definition is j's run definition. Call Resolve first so the target wrap
 // is the one used, not "".

@@ -22,6 +22,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // cliArgs is the `rekey run` command line of a job.
@@ -70,7 +71,7 @@ func startCLI(t *testing.T, bin string, j *pipeline.Job, args ...string) (*exec.
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	lease := filepath.Join(transforms.RunLedgerDir(j.Ledger, j.RunID), "_rekey.lease.1.json")
+	lease := filepath.Join(ledger.RunDir(j.Ledger, j.RunID), "_rekey.lease.1.json")
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(lease); err == nil && bytes.Contains(b, []byte(fmt.Sprintf(`"pid": %d`, cmd.Process.Pid))) {
@@ -222,7 +223,7 @@ func TestLeaseExpiryAndTakeover(t *testing.T) {
 		t.Fatalf("live lease on another host: %v", err)
 	}
 	// Nothing of ours stays behind after a refusal.
-	if b, _ := os.ReadFile(filepath.Join(transforms.RunLedgerDir(j.Ledger, j.RunID), "_rekey.lease.1.json")); !bytes.Contains(b, []byte(`"released": true`)) {
+	if b, _ := os.ReadFile(filepath.Join(ledger.RunDir(j.Ledger, j.RunID), "_rekey.lease.1.json")); !bytes.Contains(b, []byte(`"released": true`)) {
 		t.Fatalf("the ledger lease taken before the refusal was not released: %s", b)
 	}
 	writeLease(t, path, "elsewhere.example", 4242, time.Now().Add(-time.Second))
@@ -392,7 +393,7 @@ func TestResumeRetriesFailedUnits(t *testing.T) {
 	// The ledger as it stands: the last attempt of each unit.
 	checkLedger(t, j, map[string]int{"record/migrated": 3 * 80, "dek/migrated": 6})
 	// Its history keeps the failed attempts too.
-	rows, err := transforms.ReadLedgerHistory(context.Background(), j.Ledger, j.RunID)
+	rows, err := ledger.ReadHistory(context.Background(), j.Ledger, j.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}

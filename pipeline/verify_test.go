@@ -21,9 +21,11 @@ import (
 )
 
 // verifySpec is what `rekey verify --job` checks for job j: its target,
-// compared with its source (rewrap: the records where they are).
-func verifySpec(j *pipeline.Job) transforms.Spec {
-	spec := j.Spec()
+// compared with its source as j.Mode says (rewrap: the records where they
+// are).
+func verifySpec(j *pipeline.Job) transforms.VerifySpec {
+	spec := j.VerifySpec("")
+	spec.Match, spec.SourceDEKs, spec.SourceData = j.Mode, j.Source.DEKs, j.Source.Data
 	if j.Mode == schemas.ModeRewrap {
 		spec.TargetData = j.Source.Data
 	}
@@ -31,16 +33,19 @@ func verifySpec(j *pipeline.Job) transforms.Spec {
 }
 
 // targetOnly is the same check without a source.
-func targetOnly(spec transforms.Spec) transforms.Spec {
-	spec.SourceData, spec.SourceDEKs, spec.Mode = "", "", ""
+func targetOnly(spec transforms.VerifySpec) transforms.VerifySpec {
+	spec.SourceData, spec.SourceDEKs, spec.Match = "", "", ""
 	return spec
 }
 
-func runVerify(t *testing.T, spec transforms.Spec) *transforms.VerifyReport {
+func runVerify(t *testing.T, spec transforms.VerifySpec) *transforms.VerifyReport {
 	t.Helper()
-	spec.VerifyReport = filepath.Join(t.TempDir(), "verify.json")
+	spec.Report = filepath.Join(t.TempDir(), "verify.json")
+	if err := spec.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.BuildVerify(s, spec) })
-	return readVerifyReport(t, spec.VerifyReport)
+	return readVerifyReport(t, spec.Report)
 }
 
 func readVerifyReport(t *testing.T, path string) *transforms.VerifyReport {
@@ -135,13 +140,13 @@ func TestVerifyCompleteThenDamagedTarget(t *testing.T) {
 	spec := verifySpec(j)
 
 	// (e) complete: counts equal the source's.
-	spec.VerifyReport = filepath.Join(t.TempDir(), "prism.json")
+	spec.Report = filepath.Join(t.TempDir(), "prism.json")
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildVerify(s, spec)
 	if _, err := prism.Execute(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
-	for _, rep := range []*transforms.VerifyReport{readVerifyReport(t, spec.VerifyReport), runVerify(t, spec)} {
+	for _, rep := range []*transforms.VerifyReport{readVerifyReport(t, spec.Report), runVerify(t, spec)} {
 		if !rep.OK || len(rep.Failures) != 0 {
 			t.Fatalf("complete run does not verify: %+v %+v", rep.Counts, rep.Failures)
 		}

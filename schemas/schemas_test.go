@@ -137,3 +137,28 @@ func FuzzDEKRow(f *testing.F) {
 		}
 	})
 }
+
+func TestDEKIndex(t *testing.T) {
+	x := schemas.NewDEKIndex()
+	a := &schemas.DEKRow{DEKID: "a", Wrapped: []byte("wrapped-1")}
+	b := &schemas.DEKRow{DEKID: "a", Wrapped: []byte("wrapped-2")}
+	for _, c := range []struct {
+		file int
+		r    *schemas.DEKRow
+		want schemas.DEKIDStatus
+	}{
+		{0, a, schemas.DEKIDNew},
+		{0, a, schemas.DEKIDRepeat},   // same file, same key: harmless
+		{0, b, schemas.DEKIDConflict}, // another wrapped key
+		{1, a, schemas.DEKIDConflict}, // another file
+		{0, a, schemas.DEKIDRepeat},   // the first row stays the reference
+		{0, &schemas.DEKRow{DEKID: "b", Wrapped: a.Wrapped}, schemas.DEKIDNew},
+	} {
+		if got := x.Add(c.file, c.r); got != c.want {
+			t.Errorf("Add(file %d, %q %q) = %v, want %v", c.file, c.r.DEKID, c.r.Wrapped, got, c.want)
+		}
+	}
+	if x.Len() != 2 || schemas.DEKIDNew.Err("a") != nil || schemas.DEKIDRepeat.Err("a") == nil || schemas.DEKIDConflict.Err("a") == nil {
+		t.Errorf("Len %d, errors %v %v %v", x.Len(), schemas.DEKIDNew.Err("a"), schemas.DEKIDRepeat.Err("a"), schemas.DEKIDConflict.Err("a"))
+	}
+}

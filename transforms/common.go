@@ -5,15 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 
 	"rekey/providers/keys"
-	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 var (
@@ -53,14 +51,14 @@ func alreadyDone(ctx context.Context, spec *Spec, part *string, unit string) (Un
 	if !spec.Resume {
 		return UnitResult{}, false, nil
 	}
-	last, n, err := lastAttempt(ctx, *part)
+	last, n, err := ledger.LastAttempt(ctx, *part)
 	if err != nil || n == 0 {
 		return UnitResult{}, false, err
 	}
-	rows, err := readLedgerPart(ctx, last)
+	rows, err := ledger.ReadPart(ctx, last)
 	if err != nil {
 		// A committed part that does not read back is redone.
-		*part = AttemptPart(*part, n+1)
+		*part = ledger.AttemptPart(*part, n+1)
 		return UnitResult{}, false, nil
 	}
 	res := UnitResult{Unit: unit}
@@ -69,37 +67,10 @@ func alreadyDone(ctx context.Context, spec *Spec, part *string, unit string) (Un
 	}
 	res.Totals.Files = 1
 	if res.Totals.Failed > 0 {
-		*part = AttemptPart(*part, n+1)
+		*part = ledger.AttemptPart(*part, n+1)
 		return UnitResult{}, false, nil
 	}
 	return res, true, nil
-}
-
-// AttemptPart is the ledger part of a unit's n-th attempt (1 is the part
-// itself).
-func AttemptPart(part string, n int) string {
-	if n <= 1 {
-		return part
-	}
-	base, query := storage.SplitQuery(part)
-	return strings.TrimSuffix(base, ".parquet") + fmt.Sprintf(".attempt-%d.parquet", n) + query
-}
-
-// lastAttempt finds the newest committed attempt of a unit's part and its
-// number (0 if none).
-func lastAttempt(ctx context.Context, part string) (string, int, error) {
-	last, n := "", 0
-	for i := 1; ; i++ {
-		p := AttemptPart(part, i)
-		ok, err := storage.Exists(ctx, p)
-		if err != nil {
-			return "", 0, err
-		}
-		if !ok {
-			return last, n, nil
-		}
-		last, n = p, i
-	}
 }
 
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
@@ -111,19 +82,6 @@ func fileFailure(spec *Spec, src string, size int64, err error) (schemas.LedgerR
 	res.Totals.Files = 1
 	res.add(&row)
 	return row, res
-}
-
-// WriteLedgerPart commits rows as one ledger part (a Parquet file).
-func WriteLedgerPart(ctx context.Context, path string, rows []schemas.LedgerRow) error {
-	w, err := createRows[schemas.LedgerRow](ctx, path)
-	if err != nil {
-		return err
-	}
-	if err := w.write(rows); err != nil {
-		w.abort()
-		return err
-	}
-	return w.commit()
 }
 
 func errorsIs(err error, targets ...error) bool {
@@ -140,15 +98,15 @@ func errorsIs(err error, targets ...error) bool {
 // true), unless the error is fatal for the run. Otherwise the new DEK table
 // file is committed, then its ledger part (the unit's commit marker).
 func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *rowWriter[schemas.DEKRow],
-	ledger *rowWriter[schemas.LedgerRow], readErr error, emit func(UnitResult)) (failed bool, err error) {
+	led *ledger.Writer, readErr error, emit func(UnitResult)) (failed bool, err error) {
 	if readErr != nil {
 		out.abort()
-		ledger.abort()
+		led.Abort()
 		if isFatalKeyErr(readErr) || isOutputErr(readErr) {
 			return false, readErr
 		}
 		row, fres := fileFailure(spec, srcPath, 0, readErr)
-		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+		if err := ledger.WritePart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return false, err
 		}
 		Progress.Failed.Add(1)
@@ -156,8 +114,8 @@ func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *r
 		return true, nil
 	}
 	if err := out.commit(); err != nil {
-		ledger.abort()
+		led.Abort()
 		return false, err
 	}
-	return false, ledger.commit()
+	return false, led.Commit()
 }

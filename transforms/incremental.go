@@ -11,6 +11,7 @@ import (
 
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 // Incremental runs. Every file rekey writes carries, in its Parquet
@@ -95,7 +96,7 @@ func unchanged(ctx context.Context, spec *Spec, src, dst string) (bool, string, 
 func skipUnchanged(ctx context.Context, spec *Spec, part, src, dst, fp string) (UnitResult, error) {
 	row := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitFile, Source: src, Target: dst,
 		Status: schemas.StatusSkipped, Error: "unchanged since the run that wrote the target (incremental)", Checksum: fp, At: now()}
-	if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+	if err := ledger.WritePart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 		return UnitResult{}, err
 	}
 	res := UnitResult{Unit: src}

@@ -2,7 +2,6 @@ package transforms
 
 import (
 	"context"
-	"encoding/json"
 	"sort"
 	"time"
 
@@ -10,8 +9,8 @@ import (
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
 
 	"rekey/providers/keys"
-	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -130,7 +129,7 @@ func (f *WriteManifestFn) ProcessElement(ctx context.Context, _ []byte, results 
 	}
 	spec := f.Spec
 	var body any
-	path := ManifestPath(spec.Ledger, spec.RunID)
+	path := ledger.ManifestPath(spec.Ledger, spec.RunID)
 	status := "succeeded"
 	if all.Totals.Failed > 0 {
 		status = "completed_with_failures"
@@ -138,17 +137,8 @@ func (f *WriteManifestFn) ProcessElement(ctx context.Context, _ []byte, results 
 	body = schemas.Manifest{Format: schemas.ManifestFormat, RunID: spec.RunID, Mode: spec.Mode, Status: status,
 		Source:   schemas.ManifestSide{Data: spec.SourceData, DEKs: spec.SourceDEKs, KEK: redactKEK(spec.SourceKEK), Wrap: spec.SourceWrap},
 		Target:   schemas.ManifestSide{Data: spec.TargetData, DEKs: spec.TargetDEKs, KEK: redactKEK(spec.TargetKEK), Wrap: spec.TargetWrap},
-		Finished: time.Now().UTC(), Totals: all.Totals, Failures: all.Failures, LedgerDir: RunLedgerDir(spec.Ledger, spec.RunID)}
-	return writeJSON(ctx, path, body)
-}
-
-// writeJSON writes v, indented, as one object at path.
-func writeJSON(ctx context.Context, path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return storage.Put(ctx, path, append(b, '\n'))
+		Finished: time.Now().UTC(), Totals: all.Totals, Failures: all.Failures, LedgerDir: ledger.RunDir(spec.Ledger, spec.RunID)}
+	return ledger.WriteJSON(ctx, path, body)
 }
 
 func init() {
@@ -158,9 +148,9 @@ func init() {
 
 // WriteVerifyReportFn gathers every verify unit's result (as a side input,
 // so an empty source and target still get a report) and writes the verify
-// report to Spec.VerifyReport.
+// report to Spec.Report.
 type WriteVerifyReportFn struct {
-	Spec Spec
+	Spec VerifySpec
 }
 
 // ProcessElement writes the report once.
@@ -168,7 +158,7 @@ func (f *WriteVerifyReportFn) ProcessElement(ctx context.Context, _ []byte, resu
 	spec := f.Spec
 	rep := VerifyReport{Format: VerifyReportFormat, Data: spec.TargetData, DEKs: spec.TargetDEKs, KEK: redactKEK(spec.TargetKEK), Files: []VerifyFile{}}
 	if spec.SourceDEKs != "" || spec.SourceData != "" {
-		rep.Compared, rep.Mode = true, spec.Mode
+		rep.Compared, rep.Mode = true, spec.Match
 		rep.Source = &VerifySource{Data: spec.SourceData, DEKs: spec.SourceDEKs}
 	}
 	var r VerifyResult
@@ -185,7 +175,7 @@ func (f *WriteVerifyReportFn) ProcessElement(ctx context.Context, _ []byte, resu
 	c := rep.Counts
 	rep.OK = c.Records.Problems()+c.DEKs.Problems()+c.Files.Problems() == 0
 	rep.Finished = time.Now().UTC()
-	return writeJSON(ctx, spec.VerifyReport, rep)
+	return ledger.WriteJSON(ctx, spec.Report, rep)
 }
 
 func (rep *VerifyReport) add(r *VerifyResult) {
@@ -239,7 +229,7 @@ func WriteManifest(s beam.Scope, spec Spec, results beam.PCollection) {
 }
 
 // WriteVerifyReport is the last step of a verify.
-func WriteVerifyReport(s beam.Scope, spec Spec, results beam.PCollection) {
+func WriteVerifyReport(s beam.Scope, spec VerifySpec, results beam.PCollection) {
 	s = s.Scope("WriteVerifyReport")
 	beam.ParDo0(s, &WriteVerifyReportFn{Spec: spec}, beam.Impulse(s), beam.SideInput{Input: results})
 }

@@ -12,6 +12,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -88,7 +89,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	}
 	// The ledger part is streamed batch by batch (memory does not grow with
 	// the DEKs of a file) and committed after the DEK table file.
-	ledger, err := createRows[schemas.LedgerRow](ctx, part)
+	lw, err := ledger.Create(ctx, part)
 	if err != nil {
 		out.abort()
 		return err
@@ -98,24 +99,21 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		// A retry of a unit with failed DEKs: the DEKs it did mint stay.
 		if kept, err = keptDEKs(ctx, dstPath); err != nil {
 			out.abort()
-			ledger.abort()
+			lw.Abort()
 			return err
 		}
 	}
 	var maps []DEKMap
-	seen := map[string]bool{}
+	index := schemas.NewDEKIndex()
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		outRows := make([]schemas.DEKRow, len(rows))
 		led := make([]schemas.LedgerRow, len(rows))
 		mm := make([]DEKMap, len(rows))
-		dup := make([]bool, len(rows))
+		dup := make([]schemas.DEKIDStatus, len(rows))
 		for i := range rows {
-			// One fresh DEK per dek_id: an exact duplicate row in this
-			// file is skipped (plan refuses any other duplicate).
-			if seen[rows[i].DEKID] {
-				dup[i] = true
-			}
-			seen[rows[i].DEKID] = true
+			// One fresh DEK per dek_id: a repeat is skipped, a conflict
+			// fails (plan refuses a table with conflicts).
+			dup[i] = index.Add(0, &rows[i])
 		}
 		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
 			r := &rows[i]
@@ -123,8 +121,12 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			mm[i] = DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: newID}
 			led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
 				DEKID: r.DEKID, NewDEKID: newID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
-			if dup[i] {
-				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusSkipped, "duplicate row of a dek_id already in this file"
+			switch dup[i] {
+			case schemas.DEKIDRepeat:
+				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusSkipped, dup[i].Err(r.DEKID).Error()
+				return nil
+			case schemas.DEKIDConflict:
+				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusFailed, dup[i].Err(r.DEKID).Error()
 				return nil
 			}
 			if k, ok := kept[newID]; ok {
@@ -159,20 +161,20 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 			if led[i].Status == schemas.StatusMigrated {
 				keep = append(keep, outRows[i])
 			}
-			if !dup[i] {
+			if dup[i] == schemas.DEKIDNew {
 				kept = append(kept, mm[i])
 			}
 		}
 		mm = kept
 		Progress.DEKs.Add(int64(len(rows)))
 		cntDEKs.Inc(ctx, int64(len(rows)))
-		if err := ledger.write(led); err != nil {
+		if err := lw.Write(led); err != nil {
 			return err
 		}
 		maps = append(maps, mm...)
 		return out.write(keep)
 	})
-	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, ledger, readErr, emitRes); err != nil || failed {
+	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, lw, readErr, emitRes); err != nil || failed {
 		if err != nil {
 			return err
 		}

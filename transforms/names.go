@@ -1,28 +1,14 @@
 package transforms
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"strings"
+
+	"rekey/transforms/ledger"
 )
 
-// unitName turns a relative path into a flat, readable, collision-free part
-// name: the path with separators replaced, plus a short hash of the exact
-// path.
-func unitName(rel string) string {
-	h := sha256.Sum256([]byte(rel))
-	flat := strings.Map(func(r rune) rune {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '.':
-			return r
-		}
-		return '_'
-	}, strings.TrimSuffix(rel, ".parquet"))
-	if len(flat) > 80 {
-		flat = flat[len(flat)-80:]
-	}
-	return flat + "-" + hex.EncodeToString(h[:6])
-}
+// unitName is ledger.UnitName: the flat name of a unit, shared by its
+// ledger part and the DEK table file a key-column rewrap makes for it.
+func unitName(rel string) string { return ledger.UnitName(rel) }
 
 // NewDEKID names the fresh DEK that replaces src in run runID. It is
 // deterministic so a retried or resumed run mints the same names.

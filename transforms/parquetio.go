@@ -8,55 +8,32 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/parquet-go/parquet-go"
-	"github.com/parquet-go/parquet-go/compress/snappy"
 	"github.com/parquet-go/parquet-go/encoding/thrift"
 	"github.com/parquet-go/parquet-go/format"
 
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/rowio"
 )
 
-// rowWriter writes typed Parquet rows to a pending object and commits it.
-type rowWriter[T any] struct {
-	out  storage.Writer
-	pw   *parquet.GenericWriter[T]
-	path string
-	n    int64
-}
+// rowWriter is rowio's writer with the lower-case names the DoFns use.
+type rowWriter[T any] struct{ *rowio.Writer[T] }
 
 func createRows[T any](ctx context.Context, path string, opts ...parquet.WriterOption) (*rowWriter[T], error) {
-	out, err := storage.Create(ctx, path)
+	w, err := rowio.Create[T](ctx, path, opts...)
 	if err != nil {
-		return nil, outputErr(path, err)
+		return nil, err
 	}
-	opts = append([]parquet.WriterOption{parquet.Compression(&snappy.Codec{})}, opts...)
-	return &rowWriter[T]{out: out, pw: parquet.NewGenericWriter[T](out, opts...), path: path}, nil
+	return &rowWriter[T]{w}, nil
 }
 
-func (w *rowWriter[T]) write(rows []T) error {
-	n, err := w.pw.Write(rows)
-	w.n += int64(n)
-	if err != nil {
-		return outputErr(w.path, err)
-	}
-	return nil
-}
-
-func (w *rowWriter[T]) commit() error {
-	if err := w.pw.Close(); err != nil {
-		_ = w.out.Abort()
-		return outputErr(w.path, err)
-	}
-	return outputErr(w.path, w.out.Commit())
-}
-
+func (w *rowWriter[T]) write(rows []T) error { return w.Write(rows) }
+func (w *rowWriter[T]) commit() error        { return w.Commit() }
 func (w *rowWriter[T]) abort() {
 	if w != nil {
-		_ = w.out.Abort()
+		w.Abort()
 	}
 }
 
@@ -281,82 +258,6 @@ func ScanDEKTable(ctx context.Context, root string, fn func(file string, rows []
 		}
 	}
 	return nil
-}
-
-// ReadLedger reads one run's ledger as it stands: for each unit, the rows
-// of its last attempt (a --resume that retried a unit wrote its rows to
-// the next attempt's part; the earlier rows are kept on disk, see
-// ReadLedgerHistory).
-func ReadLedger(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow, error) {
-	return readLedger(ctx, ledger, runID, false)
-}
-
-// ReadLedgerHistory reads every row of every attempt of one run's ledger.
-func ReadLedgerHistory(ctx context.Context, ledger, runID string) ([]schemas.LedgerRow, error) {
-	return readLedger(ctx, ledger, runID, true)
-}
-
-func readLedger(ctx context.Context, ledger, runID string, history bool) ([]schemas.LedgerRow, error) {
-	dir := RunLedgerDir(ledger, runID)
-	files, err := storage.List(ctx, dir)
-	if err != nil {
-		return nil, fmt.Errorf("ledger of run %q: %w", runID, err)
-	}
-	if !history {
-		files = lastAttempts(files)
-	}
-	var all []schemas.LedgerRow
-	for _, rel := range files {
-		if !isParquet(rel) {
-			continue
-		}
-		rows, err := readLedgerPart(ctx, storage.Join(dir, rel))
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, rows...)
-	}
-	return all, nil
-}
-
-// lastAttempts keeps, of the part files of a run, each unit's highest
-// attempt (see AttemptPart).
-func lastAttempts(files []string) []string {
-	best := map[string]int{}
-	name := map[string]string{}
-	var order []string
-	for _, f := range files {
-		base, n := f, 1
-		if i := strings.LastIndex(f, ".attempt-"); i >= 0 && strings.HasSuffix(f, ".parquet") {
-			if k, err := strconv.Atoi(strings.TrimSuffix(f[i+len(".attempt-"):], ".parquet")); err == nil && k > 1 {
-				base, n = f[:i]+".parquet", k
-			}
-		}
-		if _, seen := best[base]; !seen {
-			order = append(order, base)
-		}
-		if n >= best[base] {
-			best[base], name[base] = n, f
-		}
-	}
-	out := make([]string, 0, len(order))
-	for _, b := range order {
-		out = append(out, name[b])
-	}
-	return out
-}
-
-func readLedgerPart(ctx context.Context, path string) ([]schemas.LedgerRow, error) {
-	f, err := storage.Open(ctx, path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	rows, err := parquet.Read[schemas.LedgerRow](f, f.Size())
-	if err != nil {
-		return nil, fmt.Errorf("read ledger part %s: %w", path, err)
-	}
-	return rows, nil
 }
 
 func isParquet(rel string) bool {

@@ -23,6 +23,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 	"rekey/schemas/format"
 )
 
@@ -149,7 +150,7 @@ func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResul
 			return err
 		}
 		row, fres := fileFailure(spec, srcPath, 0, err)
-		if err := WriteLedgerPart(ctx, part, []schemas.LedgerRow{row}); err != nil {
+		if err := ledger.WritePart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return err
 		}
 		Progress.Failed.Add(1)
@@ -220,14 +221,14 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 		}
 	}
 	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, outputSchemaFor(pf.Schema(), spec.Encrypted, f.tf, keyCol, spec.DEKColumn), fp)...)
-	led, err := createRows[schemas.LedgerRow](ctx, part)
+	led, err := ledger.Create(ctx, part)
 	if err != nil {
 		return res, err
 	}
 	ledgerDone := false
 	defer func() {
 		if !ledgerDone {
-			led.abort()
+			led.Abort()
 		}
 	}()
 	keysOf := map[string]*filePair{}
@@ -303,7 +304,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 					res.add(&l)
 					batchLedger = append(batchLedger, l)
 				}
-				if err := led.write(batchLedger); err != nil {
+				if err := led.Write(batchLedger); err != nil {
 					rr.Close()
 					return res, err
 				}
@@ -357,7 +358,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 			res.add(&l)
 			dekRows = append(dekRows, l)
 		}
-		if err := led.write(dekRows); err != nil {
+		if err := led.Write(dekRows); err != nil {
 			return res, err
 		}
 		Progress.DEKs.Add(int64(len(dekRows)))
@@ -370,7 +371,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 		return res, outputErr(dstPath, err)
 	}
 	committed = true
-	if err := led.commit(); err != nil {
+	if err := led.Commit(); err != nil {
 		return res, err
 	}
 	ledgerDone = true

@@ -3,7 +3,6 @@ package transforms
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -13,6 +12,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -74,27 +74,18 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 	}
 	// The ledger part is streamed batch by batch (memory does not grow with
 	// the DEKs of a file) and committed after the DEK table file.
-	ledger, err := createRows[schemas.LedgerRow](ctx, part)
+	lw, err := ledger.Create(ctx, part)
 	if err != nil {
 		out.abort()
 		return err
 	}
-	seen := map[string][32]byte{}
+	index := schemas.NewDEKIndex()
 	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		outRows := make([]schemas.DEKRow, len(rows))
 		led := make([]schemas.LedgerRow, len(rows))
-		dup := make([]string, len(rows))
+		dup := make([]schemas.DEKIDStatus, len(rows))
 		for i := range rows {
-			h := sha256.Sum256(rows[i].Wrapped)
-			if prev, ok := seen[rows[i].DEKID]; ok {
-				if prev == h {
-					dup[i] = "skip"
-				} else {
-					dup[i] = "conflict"
-				}
-			} else {
-				seen[rows[i].DEKID] = h
-			}
+			dup[i] = index.Add(0, &rows[i])
 		}
 		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
 			r := &rows[i]
@@ -130,7 +121,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		}
 		Progress.DEKs.Add(int64(len(rows)))
 		cntDEKs.Inc(ctx, int64(len(rows)))
-		if err := ledger.write(led); err != nil {
+		if err := lw.Write(led); err != nil {
 			return err
 		}
 		return out.write(keep)
@@ -138,9 +129,9 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 	if readErr == nil && res.Totals.Failed > 0 {
 		// A table with failed DEKs left out must not look finished to an
 		// incremental run.
-		out.pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+		out.PW.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
 	}
-	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, ledger, readErr, emit); err != nil || failed {
+	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, lw, readErr, emit); err != nil || failed {
 		if err != nil {
 			return err
 		}
@@ -168,16 +159,16 @@ type rewrapped struct {
 // can rewrap into the target itself (keys.CanRewrap), it is asked to, so
 // the DEK stays inside it; otherwise (or when it declines this key) the
 // DEK is unwrapped here and wrapped again.
-func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup string) (out rewrapped, err error) {
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas.DEKIDStatus) (out rewrapped, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
 		return out, err
 	}
 	switch dup {
-	case "skip":
+	case schemas.DEKIDRepeat:
 		return out, errDuplicate
-	case "conflict":
-		return out, fmt.Errorf("dek_id %q appears twice in this DEK table file with different wrapped keys: fix the table (which one is right cannot be decided here)", r.DEKID)
+	case schemas.DEKIDConflict:
+		return out, dup.Err(r.DEKID)
 	}
 	if !keys.Matches(f.src, r.KEK) {
 		return out, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())

@@ -14,6 +14,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 	"rekey/schemas/format"
 )
 
@@ -104,14 +105,14 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 	}()
 	kept := keepSchema(out, dstPath, pf)
 	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, outputSchema(pf.Schema(), nil), fp)...)
-	led, err := createRows[schemas.LedgerRow](ctx, part)
+	led, err := ledger.Create(ctx, part)
 	if err != nil {
 		return res, err
 	}
 	ledgerDone := false
 	defer func() {
 		if !ledgerDone {
-			led.abort()
+			led.Abort()
 		}
 	}()
 	known := map[string]*colRewrap{}
@@ -199,7 +200,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 					res.add(&lr)
 					ledger = append(ledger, lr)
 				}
-				if err := led.write(ledger); err != nil {
+				if err := led.Write(ledger); err != nil {
 					rr.Close()
 					return res, err
 				}
@@ -238,7 +239,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 		return res, outputErr(dstPath, err)
 	}
 	committed = true
-	if err := led.commit(); err != nil {
+	if err := led.Commit(); err != nil {
 		return res, err
 	}
 	ledgerDone = true

@@ -4,10 +4,9 @@ import (
 	"fmt"
 	"runtime"
 
-	"rekey/providers/storage"
-
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/transforms/ledger"
 )
 
 // Spec is the serialisable configuration every DoFn carries: locations, key
@@ -47,8 +46,7 @@ type Spec struct {
 	MaxFailures  Budget  // stop the run past this many failures
 	MaxCellBytes int
 	RowBatch     int
-	SkipVerify   bool   // verify-before-commit off (benchmarks only)
-	VerifyReport string // verify mode: where the JSON report goes
+	SkipVerify   bool // verify-before-commit off (benchmarks only)
 }
 
 // Formats configures the source and target cell formats.
@@ -90,16 +88,7 @@ func (s *Spec) maxCell() int {
 	return schemas.MaxCellBytes
 }
 
-// LedgerPart is where a unit's ledger rows go: one part per unit, named
-// from the unit so a retried bundle overwrites instead of duplicating.
+// LedgerPart is where a unit's ledger rows go (see ledger.PartPath).
 func (s *Spec) LedgerPart(kind, rel string) string {
-	return storage.Join(RunLedgerDir(s.Ledger, s.RunID), "part-"+kind+"-"+unitName(rel)+".parquet")
-}
-
-// RunLedgerDir is the Hive-style folder of one run's ledger.
-func RunLedgerDir(ledger, runID string) string { return storage.Join(ledger, "run_id="+runID) }
-
-// ManifestPath is where a run's manifest goes.
-func ManifestPath(ledger, runID string) string {
-	return storage.Join(RunLedgerDir(ledger, runID), "_manifest.json")
+	return ledger.PartPath(s.Ledger, s.RunID, kind, rel)
 }

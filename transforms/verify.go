@@ -38,6 +38,59 @@ const (
 	VerifyKindDEKs    = "deks"
 )
 
+// VerifySpec configures a verify: its own configuration, not a run's. The
+// Target is what is checked; a Source, when given, is what the target is
+// matched with, as Match says.
+type VerifySpec struct {
+	// Target: the DEK table, its KEK (and wrap, "" = as each row says),
+	// and the records (optional) with their cell format.
+	TargetData, TargetDEKs, TargetKEK, TargetWrap string
+	TargetFormat                                  string
+	TargetFormatOptions                           map[string]string
+	// Source (optional): the DEK table and records the target came from.
+	SourceData, SourceDEKs string
+	// Match is how source and target correspond: schemas.ModeRewrap (the
+	// same dek_ids; the records are checked where they are) or
+	// schemas.ModeReencrypt (each dek_id X became NewDEKID(X, run); the
+	// records were copied under the same file names). "" without a source.
+	Match string
+
+	Encrypted           []string
+	DEKColumn, IDColumn string
+
+	Workers, CacheSize, RowBatch, MaxCellBytes int
+	HSMRate                                    float64
+
+	// Report is where the JSON report goes.
+	Report string
+}
+
+// Validate checks what a verify needs before anything is read.
+func (v *VerifySpec) Validate() error {
+	switch {
+	case v.TargetDEKs == "" || v.TargetKEK == "":
+		return errors.New("need a DEK table and its KEK (target.deks, target.kek)")
+	case (v.SourceDEKs != "" || v.SourceData != "") && v.Match != schemas.ModeRewrap && v.Match != schemas.ModeReencrypt:
+		return fmt.Errorf("verify: match %q: want %s or %s when a source is compared", v.Match, schemas.ModeRewrap, schemas.ModeReencrypt)
+	case v.SourceDEKs == "" && v.SourceData == "" && v.Match != "":
+		return fmt.Errorf("verify: match %q without a source", v.Match)
+	case v.Report == "":
+		return errors.New("verify: no report path")
+	}
+	return nil
+}
+
+// records is the view of v the record and key helpers shared with the
+// run's DoFns read (cell layouts, formats, KEK opening, tuning): the
+// target's side, the columns and the tuning. It is never a run.
+func (v *VerifySpec) records() *Spec {
+	return &Spec{TargetData: v.TargetData, TargetDEKs: v.TargetDEKs, TargetKEK: v.TargetKEK, TargetWrap: v.TargetWrap,
+		SourceFormat: v.TargetFormat, SourceFormatOptions: v.TargetFormatOptions,
+		TargetFormat: v.TargetFormat, TargetFormatOptions: v.TargetFormatOptions,
+		Encrypted: v.Encrypted, DEKColumn: v.DEKColumn, IDColumn: v.IDColumn,
+		Workers: v.Workers, CacheSize: v.CacheSize, RowBatch: v.RowBatch, MaxCellBytes: v.MaxCellBytes, HSMRate: v.HSMRate}
+}
+
 // VerifyUnit is one unit of a verify: a relative name, the source file of
 // that name and the target files it maps to. It carries paths only.
 type VerifyUnit struct {
@@ -191,14 +244,16 @@ const (
 // NewDEKID(dek_id, run) for reencrypt (Renamed). A source DEK whose target
 // rows come from several runs is migrated only if all of them unwrap.
 type VerifyDEKsFn struct {
-	Spec    Spec
+	Spec    VerifySpec
 	Renamed bool
 	kek     keys.KEK
+	rs      *Spec // Spec.records()
 }
 
 // Setup opens the KEK (once per process).
 func (f *VerifyDEKsFn) Setup(ctx context.Context) (err error) {
-	if f.kek, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
+	f.rs = f.Spec.records()
+	if f.kek, err = f.rs.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
 	return nil
@@ -227,20 +282,20 @@ func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit fu
 		}
 		c.Source = int64(len(src))
 	}
-	seen := map[string]bool{}
+	index := schemas.NewDEKIndex()
 	targetUnreadable := false
-	for _, t := range u.Targets {
-		err := readDEKRows(ctx, t, f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
+	for ti, t := range u.Targets {
+		err := readDEKRows(ctx, t, f.rs.rowBatch(), func(rows []schemas.DEKRow) error {
 			errs := f.unwrapAll(ctx, rows)
 			for i := range rows {
 				r := &rows[i]
 				if errs[i] != nil && isFatalKeyErr(errs[i]) {
 					return errs[i]
 				}
-				if errs[i] == nil && seen[r.DEKID] {
-					errs[i] = fmt.Errorf("dek_id %q appears more than once in the target DEK table", r.DEKID)
+				// A table rekey wrote has no repeats either.
+				if st := index.Add(ti, r); errs[i] == nil && st != schemas.DEKIDNew {
+					errs[i] = fmt.Errorf("in the target DEK table: %w", st.Err(r.DEKID))
 				}
-				seen[r.DEKID] = true
 				res.Read++
 				res.Totals.DEKs++
 				if errs[i] == nil {
@@ -327,7 +382,7 @@ func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit fu
 
 func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []error {
 	errs := make([]error, len(rows))
-	_ = parallel(len(rows), f.Spec.workers(), func(_, i int) error {
+	_ = parallel(len(rows), f.rs.workers(), func(_, i int) error {
 		r := &rows[i]
 		if err := r.Validate(); err != nil {
 			errs[i] = err
@@ -386,8 +441,9 @@ func (f *ReadDEKsFn) ProcessElement(ctx context.Context, path string, emit func(
 // same file (rewrap: the data stays where it is) its records are its own
 // targets. It writes nothing but its result.
 type VerifyFn struct {
-	Spec Spec
+	Spec VerifySpec
 
+	rs    *Spec // Spec.records()
 	kek   keys.KEK
 	tf    format.Format // the target's cell format
 	cache *keys.Cache
@@ -398,10 +454,11 @@ type VerifyFn struct {
 // Setup opens the KEK (once per process).
 func (f *VerifyFn) Setup(ctx context.Context) error {
 	var err error
-	if _, f.tf, err = f.Spec.Formats(); err != nil {
+	f.rs = f.Spec.records()
+	if _, f.tf, err = f.rs.Formats(); err != nil {
 		return err
 	}
-	if f.kek, err = f.Spec.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
+	if f.kek, err = f.rs.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
 	f.cache = processCache(f.Spec.CacheSize)
@@ -550,14 +607,14 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 		return err
 	}
 	defer in.Close()
-	l, err := layoutFor(pf.Schema(), &f.Spec, f.tf, nil)
+	l, err := layoutFor(pf.Schema(), f.rs, f.tf, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	names := leafNames(pf.Schema())
-	workers := f.Spec.workers()
+	workers := f.rs.workers()
 	scratch := make([]cellScratch, workers)
-	rows := make([]parquet.Row, f.Spec.rowBatch())
+	rows := make([]parquet.Row, f.rs.rowBatch())
 	out := make([]rowCheck, len(rows))
 	keysOf := map[string]*verifyKey{} // each DEK resolved once per file
 	for _, rg := range pf.RowGroups() {
@@ -721,15 +778,15 @@ func readRecordIDs(ctx context.Context, path, idCol string, fn func(id string, e
 //
 // With spec.SourceDEKs (and spec.SourceData) set, the source is counted
 // and matched with the target, file by file under the same relative name:
-// for spec.Mode rewrap the target DEK table holds the source's dek_ids and
+// for spec.Match rewrap the target DEK table holds the source's dek_ids and
 // the records are checked where they are (spec.SourceData ==
 // spec.TargetData); for reencrypt each source dek_id X has its replacement
 // NewDEKID(X, run) (also under run_id=<id>/ folders of --incremental runs)
 // and each source record file has a target file with the same record ids.
 // Without a source, the target alone is checked: what it lacks goes unseen.
-func Verify(s beam.Scope, spec Spec) beam.PCollection {
+func Verify(s beam.Scope, spec VerifySpec) beam.PCollection {
 	s = s.Scope("Verify")
-	renamed := spec.Mode == schemas.ModeReencrypt && spec.SourceDEKs != ""
+	renamed := spec.Match == schemas.ModeReencrypt && spec.SourceDEKs != ""
 	dekUnits := ListVerifyUnits(s.Scope("DEKTable"), spec.SourceDEKs, spec.TargetDEKs, renamed)
 	dekResults := beam.ParDo(s, &VerifyDEKsFn{Spec: spec, Renamed: renamed}, dekUnits)
 	if spec.TargetData == "" {

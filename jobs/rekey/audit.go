@@ -16,6 +16,7 @@ import (
 	"rekey/pipeline"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -76,7 +77,7 @@ func cmdAudit(args []string, stdout, stderr io.Writer) error {
 		}
 		spec.DEKColumn, spec.IDColumn = j.Columns.DEKID, j.Columns.RecordID
 		if j.Ledger != "" && runIDGiven {
-			spec.Report = transforms.RunLedgerDir(j.Ledger, j.RunID) + "/_audit.json"
+			spec.Report = ledger.RunDir(j.Ledger, j.RunID) + "/_audit.json"
 		}
 	}
 	if set["kek"] {

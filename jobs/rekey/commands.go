@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,9 +18,9 @@ import (
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
 	"rekey/pipeline"
-	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 func signalContext() (context.Context, context.CancelFunc) {
@@ -156,7 +155,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return withCode(exitFatal, err)
 	}
 	spec := j.Spec()
-	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, transforms.RunLedgerDir(j.Ledger, j.RunID))
+	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, ledger.RunDir(j.Ledger, j.RunID))
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.Build(s, spec)
 	start := time.Now()
@@ -181,7 +180,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		if remoteWorkers() {
 			printRunnerMetrics(stderr, res)
-			return withCode(exitFatal, fmt.Errorf("run %s finished on %s, but its manifest %s cannot be read from this machine (%v), so the outcome is unknown: put the ledger on storage this machine and the workers share, then check the run with rekey ledger / rekey verify", j.RunID, *runners.Runner, transforms.ManifestPath(j.Ledger, j.RunID), err))
+			return withCode(exitFatal, fmt.Errorf("run %s finished on %s, but its manifest %s cannot be read from this machine (%v), so the outcome is unknown: put the ledger on storage this machine and the workers share, then check the run with rekey ledger / rekey verify", j.RunID, *runners.Runner, ledger.ManifestPath(j.Ledger, j.RunID), err))
 		}
 		return withCode(exitFatal, err)
 	}
@@ -252,22 +251,8 @@ func cleanBeamErr(err error) string {
 	return strings.Join(lines, "\n")
 }
 
-func readManifest(ctx context.Context, ledger, runID string) (*schemas.Manifest, error) {
-	path := transforms.ManifestPath(ledger, runID)
-	f, err := storage.Open(ctx, path)
-	if err != nil {
-		return nil, fmt.Errorf("run %s: no manifest (%v)", runID, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.NewSectionReader(f, 0, f.Size()))
-	if err != nil {
-		return nil, err
-	}
-	var m schemas.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %v", path, err)
-	}
-	return &m, nil
+func readManifest(ctx context.Context, root, runID string) (*schemas.Manifest, error) {
+	return ledger.ReadManifest(ctx, root, runID)
 }
 
 func printSummary(w io.Writer, m *schemas.Manifest, took time.Duration) {

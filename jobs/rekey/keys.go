@@ -14,7 +14,7 @@ import (
 	"rekey/hsmio/inventory"
 	"rekey/providers/storage"
 	"rekey/schemas"
-	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 func init() { commands["keys"] = cmdKeys }
@@ -208,7 +208,7 @@ func (l *keysLedgerFlags) check(ctx context.Context, cmd string) error {
 	if !keysRunIDRe.MatchString(l.runID) {
 		return withCode(exitUsage, fmt.Errorf("--run-id %q: use letters, digits, '.', '_' and '-' (it becomes a folder name)", l.runID))
 	}
-	done, err := storage.Exists(ctx, transforms.ManifestPath(l.ledger, l.runID))
+	done, err := storage.Exists(ctx, ledger.ManifestPath(l.ledger, l.runID))
 	if err != nil {
 		return withCode(exitFatal, fmt.Errorf("ledger %s: %w", l.ledger, err))
 	}
@@ -238,13 +238,13 @@ type keysManifest struct {
 
 // commit writes the ledger part and the manifest.
 func (l *keysLedgerFlags) commit(ctx context.Context, mode string, rows []schemas.LedgerRow, src, dst string, wrap string, kt keysTotals) error {
-	part := transforms.RunLedgerDir(l.ledger, l.runID) + "/part-" + mode + ".parquet"
-	if err := transforms.WriteLedgerPart(ctx, part, rows); err != nil {
+	part := ledger.RunDir(l.ledger, l.runID) + "/part-" + mode + ".parquet"
+	if err := ledger.WritePart(ctx, part, rows); err != nil {
 		return fmt.Errorf("write ledger %s: %w", part, err)
 	}
 	m := keysManifest{Manifest: schemas.Manifest{Format: schemas.ManifestFormat, RunID: l.runID, Mode: mode, Status: "succeeded",
 		Source: schemas.ManifestSide{KEK: src}, Target: schemas.ManifestSide{KEK: dst, Wrap: wrap},
-		Finished: time.Now().UTC(), LedgerDir: transforms.RunLedgerDir(l.ledger, l.runID)}, Keys: kt}
+		Finished: time.Now().UTC(), LedgerDir: ledger.RunDir(l.ledger, l.runID)}, Keys: kt}
 	for i := range rows {
 		m.Totals.Count(&rows[i])
 		if rows[i].Status == schemas.StatusFailed && len(m.Failures) < 10 {
@@ -254,11 +254,7 @@ func (l *keysLedgerFlags) commit(ctx context.Context, mode string, rows []schema
 	if m.Totals.Failed > 0 {
 		m.Status = "completed_with_failures"
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	return keysPut(ctx, transforms.ManifestPath(l.ledger, l.runID), append(b, '\n'))
+	return ledger.WriteJSON(ctx, ledger.ManifestPath(l.ledger, l.runID), m)
 }
 
 func keysPut(ctx context.Context, path string, b []byte) error {
@@ -388,7 +384,7 @@ func keysCopy(args []string, stdout io.Writer) error {
 		tw.Flush()
 		fmt.Fprintf(stdout, "\n%d keys: %d migrated, %d skipped (%d re-create, %d public-only, %d already there), %d failed\n",
 			kt.Keys, kt.Migrated, kt.Skipped, kt.Recreate, kt.PublicOnly, kt.Skipped-kt.Recreate-kt.PublicOnly, kt.Failed)
-		fmt.Fprintf(stdout, "ledger: %s\n", transforms.RunLedgerDir(lf.ledger, lf.runID))
+		fmt.Fprintf(stdout, "ledger: %s\n", ledger.RunDir(lf.ledger, lf.runID))
 		for _, e := range rep.Cleanup {
 			fmt.Fprintln(stdout, "warning:", e)
 		}

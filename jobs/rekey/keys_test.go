@@ -16,7 +16,7 @@ import (
 	"rekey/hsmio/inventory"
 	"rekey/hsmio/softhsm"
 	"rekey/schemas"
-	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // The keys tests run rekey in child processes of this test binary, on a
@@ -181,7 +181,7 @@ func planEntry(p keysPlanOut, label string) (inventory.KeyEntry, bool) {
 
 func TestKeysCLI(t *testing.T) {
 	e := newKeysEnv(t)
-	ledger := filepath.Join(e.dir, "ledger")
+	ledgerDir := filepath.Join(e.dir, "ledger")
 	ctx := context.Background()
 
 	// plan: table and JSON.
@@ -197,11 +197,11 @@ func TestKeysCLI(t *testing.T) {
 	}
 
 	// copy: the transferable keys move, the clash is reported (exit 3).
-	out := e.rekeyKeys(t, exitFailures, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledger, "--run-id", "c1")
+	out := e.rekeyKeys(t, exitFailures, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledgerDir, "--run-id", "c1")
 	if !strings.Contains(out, "label clash") || !strings.Contains(out, "4 migrated") {
 		t.Errorf("copy output:\n%s", out)
 	}
-	rows, err := transforms.ReadLedger(ctx, ledger, "c1")
+	rows, err := ledger.Read(ctx, ledgerDir, "c1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestKeysCLI(t *testing.T) {
 	}
 	first := checkRows("c1", rows, schemas.StatusMigrated)
 	var m keysManifest
-	b, err := os.ReadFile(transforms.ManifestPath(ledger, "c1"))
+	b, err := os.ReadFile(ledger.ManifestPath(ledgerDir, "c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,8 +255,8 @@ func TestKeysCLI(t *testing.T) {
 
 	// A rerun moves nothing: the copies are skipped with the same check
 	// values, the clash is still reported.
-	e.rekeyKeys(t, exitFailures, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledger, "--run-id", "c2")
-	rows2, err := transforms.ReadLedger(ctx, ledger, "c2")
+	e.rekeyKeys(t, exitFailures, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledgerDir, "--run-id", "c2")
+	rows2, err := ledger.Read(ctx, ledgerDir, "c2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,11 +270,11 @@ func TestKeysCLI(t *testing.T) {
 		t.Errorf("rerun changed the target: %d entries, was %d", n, len(dp.Keys))
 	}
 	// A run id is never reused.
-	e.rekeyKeys(t, exitUsage, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledger, "--run-id", "c1")
+	e.rekeyKeys(t, exitUsage, "copy", "--from", ktSrc, "--to", ktDst, "--ledger", ledgerDir, "--run-id", "c1")
 
 	// export-public with successors.
 	pub := filepath.Join(e.dir, "public")
-	out = e.rekeyKeys(t, 0, "export-public", "--from", ktSrc, "--out", pub, "--ledger", ledger, "--run-id", "x1", "--create-successor", "-2026", "--to", ktDst)
+	out = e.rekeyKeys(t, 0, "export-public", "--from", ktSrc, "--out", pub, "--ledger", ledgerDir, "--run-id", "x1", "--create-successor", "-2026", "--to", ktDst)
 	var index []keysExportEntry
 	b, err = os.ReadFile(filepath.Join(pub, "index.json"))
 	if err != nil {
@@ -319,7 +319,7 @@ func TestKeysCLI(t *testing.T) {
 	if s := byLabel["rsa-x"].Successor; s != nil {
 		t.Errorf("a transferable pair got a successor: %+v", s)
 	}
-	xrows, err := transforms.ReadLedger(ctx, ledger, "x1")
+	xrows, err := ledger.Read(ctx, ledgerDir, "x1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestKeysCLI(t *testing.T) {
 		t.Errorf("export ledger: %d rows, %d pairings; want 4 and 2", len(xrows), paired)
 	}
 	// Again: the successors exist, they are reported, not made twice.
-	e.rekeyKeys(t, 0, "export-public", "--from", ktSrc, "--out", pub, "--ledger", ledger, "--run-id", "x2", "--create-successor", "-2026", "--to", ktDst)
+	e.rekeyKeys(t, 0, "export-public", "--from", ktSrc, "--out", pub, "--ledger", ledgerDir, "--run-id", "x2", "--create-successor", "-2026", "--to", ktDst)
 	if b, _ := os.ReadFile(filepath.Join(pub, "index.json")); bytes.Count(b, []byte(`"created": false`)) != 2 {
 		t.Errorf("second export, index:\n%s", b)
 	}
@@ -380,7 +380,7 @@ func TestKeysCLI(t *testing.T) {
 
 func TestKeysCLIErrors(t *testing.T) {
 	e := newKeysEnv(t)
-	ledger := filepath.Join(e.dir, "ledger")
+	ledgerDir := filepath.Join(e.dir, "ledger")
 	for _, tc := range []struct {
 		name    string
 		code    int
@@ -392,8 +392,8 @@ func TestKeysCLIErrors(t *testing.T) {
 		{"copy without --ledger", exitUsage, []string{"copy", "--from", ktSrc, "--to", ktDst}, []string{"--ledger is required"}},
 		{"unknown token", exitFatal, []string{"plan", "--from", "pkcs11:token=nope?pin-source=env:REKEY_KT_PIN"}, []string{`"nope"`, "softhsm2-util --show-slots"}},
 		{"pin on the command line", exitFatal, []string{"plan", "--from", "pkcs11:token=csrc?pin-value=" + keysPIN}, []string{"pin-source"}},
-		{"same token", exitFatal, []string{"copy", "--from", ktSrc, "--to", ktSrc, "--ledger", ledger}, []string{"same token"}},
-		{"successor without --to", exitUsage, []string{"export-public", "--from", ktSrc, "--out", e.dir, "--ledger", ledger, "--create-successor", "-x"}, []string{"needs --to"}},
+		{"same token", exitFatal, []string{"copy", "--from", ktSrc, "--to", ktSrc, "--ledger", ledgerDir}, []string{"same token"}},
+		{"successor without --to", exitUsage, []string{"export-public", "--from", ktSrc, "--out", e.dir, "--ledger", ledgerDir, "--create-successor", "-x"}, []string{"needs --to"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out := e.child(t, "cli", append([]string{"keys"}, tc.args...)...)

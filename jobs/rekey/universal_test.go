@@ -28,7 +28,7 @@ import (
 
 	"rekey/pipeline"
 	"rekey/schemas"
-	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // TestUniversalRunner submits a real migration to a Beam job service that
@@ -177,14 +177,14 @@ func universalRun(t *testing.T) {
 		"--files", fmt.Sprint(files), "--records", fmt.Sprint(records), "--num-deks", "6", "--record-size", "200")
 
 	job := filepath.Join(root, "job.yaml")
-	ledger := filepath.Join(root, "ledger")
+	ledgerDir := filepath.Join(root, "ledger")
 	jobYAML := fmt.Sprintf(`version: 1
 mode: reencrypt
 run_id: universal-1
 source: {data: %q, deks: %q, kek: %q}
 target: {data: %q, deks: %q, kek: %q, wrap: rsa-oaep-sha1}
 ledger: %q
-`, src+"/data", src+"/deks", srcKEK, dst+"/data", dst+"/deks", dstKEK, ledger)
+`, src+"/data", src+"/deks", srcKEK, dst+"/data", dst+"/deks", dstKEK, ledgerDir)
 	if err := os.WriteFile(job, []byte(jobYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ ledger: %q
 	if !strings.Contains(out, "succeeded") {
 		t.Fatalf("rekey run printed no successful summary:\n%s", out)
 	}
-	b, err := os.ReadFile(transforms.ManifestPath(ledger, "universal-1"))
+	b, err := os.ReadFile(ledger.ManifestPath(ledgerDir, "universal-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ run_id: universal-2
 source: {deks: %q, kek: %q}
 target: {deks: %q, kek: %q, wrap: aes-kwp}
 ledger: %q
-`, src+"/deks", srcKEK, root+"/rewrapped/deks", env.KEK("target", "kek-aes"), ledger)
+`, src+"/deks", srcKEK, root+"/rewrapped/deks", env.KEK("target", "kek-aes"), ledgerDir)
 	if err := os.WriteFile(rewrapJob, []byte(rewrapYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}

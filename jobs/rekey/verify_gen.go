@@ -19,6 +19,7 @@ import (
 	"rekey/schemas"
 	"rekey/schemas/format"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 const verifySynopsis = `Answers "is every source record now readable under the new key?": counts the source's
@@ -66,9 +67,14 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	spec := j.Spec()
-	spec.SourceData, spec.SourceDEKs = "", ""
-	spec.TargetData, spec.TargetDEKs, spec.TargetKEK, spec.TargetWrap = j.Target.Data, j.Target.DEKs, j.Target.KEK, j.Target.Wrap
+	if report == "" {
+		if j.Ledger != "" {
+			report = ledger.ReportPath(j.Ledger, j.RunID, "_verify.json")
+		} else {
+			report = "rekey-verify.json"
+		}
+	}
+	spec := j.VerifySpec(report)
 	if set["data"] {
 		spec.TargetData = data
 	}
@@ -81,7 +87,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if set["wrap"] {
 		spec.TargetWrap = wrap
 	}
-	if _, tf, err := spec.Formats(); err == nil && tf.Keys() == format.KeyColumn {
+	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyColumn {
 		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
 			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
 	}
@@ -91,13 +97,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if err := verifySource(j, &spec, targetOnly); err != nil {
 		return withCode(exitUsage, err)
 	}
-	spec.VerifyReport = report
-	if spec.VerifyReport == "" {
-		if j.Ledger != "" {
-			spec.VerifyReport = storage.Join(transforms.RunLedgerDir(j.Ledger, j.RunID), "_verify.json")
-		} else {
-			spec.VerifyReport = "rekey-verify.json"
-		}
+	if err := spec.Validate(); err != nil {
+		return withCode(exitUsage, err)
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
@@ -113,7 +114,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if runErr != nil {
 		return withCode(exitFatal, fmt.Errorf("verify stopped: %s", verifyStopped(runErr)))
 	}
-	rep, err := readJSON[transforms.VerifyReport](ctx, spec.VerifyReport)
+	rep, err := readJSON[transforms.VerifyReport](ctx, spec.Report)
 	if err != nil {
 		return withCode(exitFatal, err)
 	}
@@ -122,13 +123,13 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		if err := verifyLedger(ctx, stdout, j, spec, rep); err != nil {
 			return withCode(exitFatal, err)
 		}
-		if err := writeJSON(ctx, spec.VerifyReport, rep); err != nil {
-			return withCode(exitFatal, fmt.Errorf("write the report %s: %v", spec.VerifyReport, err))
+		if err := writeJSON(ctx, spec.Report, rep); err != nil {
+			return withCode(exitFatal, fmt.Errorf("write the report %s: %v", spec.Report, err))
 		}
 	} else if !rep.Compared {
 		fmt.Fprintf(stdout, "  ledger:  not compared (give --ledger and --run-id, or a job file with run_id)\n")
 	}
-	fmt.Fprintf(stdout, "  report:  %s\n", spec.VerifyReport)
+	fmt.Fprintf(stdout, "  report:  %s\n", spec.Report)
 	if !rep.OK {
 		why := verifyProblems(rep)
 		fmt.Fprintf(stdout, "  MISMATCH: %s\n", why)
@@ -157,8 +158,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 
 // verifySource sets what the target is compared with: the job's source,
 // mapped by its mode, unless there is none or --target-only.
-func verifySource(j *pipeline.Job, spec *transforms.Spec, targetOnly bool) error {
-	spec.Mode = ""
+func verifySource(j *pipeline.Job, spec *transforms.VerifySpec, targetOnly bool) error {
+	spec.Match = ""
 	if targetOnly || j.Source.DEKs == "" {
 		if spec.TargetData == "" && j.Source.Data != "" && (j.Mode == schemas.ModeRewrap || j.Mode == "") {
 			spec.TargetData = j.Source.Data // rewrap: the data stays where it is
@@ -172,7 +173,7 @@ func verifySource(j *pipeline.Job, spec *transforms.Spec, targetOnly bool) error
 			mode = schemas.ModeReencrypt
 		}
 	}
-	spec.Mode, spec.SourceDEKs = mode, j.Source.DEKs
+	spec.Match, spec.SourceDEKs = mode, j.Source.DEKs
 	switch mode {
 	case schemas.ModeRewrap:
 		if spec.TargetData == "" {
@@ -267,7 +268,7 @@ func verifyProblems(rep *transforms.VerifyReport) string {
 
 // verifyLedger compares the counts with the run's ledger: a note when a
 // source was compared (the source decides), a check when not.
-func verifyLedger(ctx context.Context, w io.Writer, j *pipeline.Job, spec transforms.Spec, rep *transforms.VerifyReport) error {
+func verifyLedger(ctx context.Context, w io.Writer, j *pipeline.Job, spec transforms.VerifySpec, rep *transforms.VerifyReport) error {
 	ps, err := compareWithLedger(ctx, j, spec, rep)
 	if err != nil {
 		if !rep.Compared {
@@ -331,14 +332,14 @@ func orNone(s string) string {
 
 // compareWithLedger checks the verified counts against the run's manifest
 // and, per file, against its ledger rows.
-func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Spec, rep *transforms.VerifyReport) ([]string, error) {
+func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.VerifySpec, rep *transforms.VerifyReport) ([]string, error) {
 	m, err := readManifest(ctx, j.Ledger, j.RunID)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	t := rep.Totals
-	rows, err := transforms.ReadLedger(ctx, j.Ledger, j.RunID)
+	rows, err := ledger.Read(ctx, j.Ledger, j.RunID)
 	if err != nil {
 		return nil, err
 	}

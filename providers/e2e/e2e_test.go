@@ -25,6 +25,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 var env *softhsm.TestEnv
@@ -63,7 +64,7 @@ func count(t *testing.T, loc string) int {
 
 func verify(t *testing.T, data, deks, kek, report string, wantRecords int64) {
 	t.Helper()
-	spec := transforms.Spec{TargetData: data, TargetDEKs: deks, TargetKEK: kek, VerifyReport: report,
+	spec := transforms.VerifySpec{TargetData: data, TargetDEKs: deks, TargetKEK: kek, Report: report,
 		Encrypted: []string{"payload"}, Workers: 2}
 	j := &pipeline.Job{Mode: schemas.ModeRewrap}
 	j.Defaults()
@@ -113,7 +114,7 @@ func TestCrossStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.Build(s, re.Spec()) })
-	m := readJSON[schemas.Manifest](t, transforms.ManifestPath(re.Ledger, re.RunID))
+	m := readJSON[schemas.Manifest](t, ledger.ManifestPath(re.Ledger, re.RunID))
 	if m.Status != "succeeded" || m.Totals.RecordsMigrated != files*records || m.Totals.Failed != 0 {
 		t.Fatalf("reencrypt manifest: %s %+v %+v", m.Status, m.Totals, m.Failures)
 	}
@@ -131,7 +132,7 @@ func TestCrossStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.Build(s, rw.Spec()) })
-	m = readJSON[schemas.Manifest](t, transforms.ManifestPath(rw.Ledger, rw.RunID))
+	m = readJSON[schemas.Manifest](t, ledger.ManifestPath(rw.Ledger, rw.RunID))
 	if m.Status != "succeeded" || m.Totals.DEKsMigrated == 0 || m.Totals.Failed != 0 {
 		t.Fatalf("rewrap manifest: %s %+v %+v", m.Status, m.Totals, m.Failures)
 	}
