@@ -22,6 +22,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/transforms"
+	"rekey/transforms/ledger"
 )
 
 // countScheme wraps another key URI ("benchcount:pkcs11:...") so the
@@ -198,7 +199,7 @@ func profileMain(args []string) error {
 		}
 		h.Close()
 	}
-	b, err := os.ReadFile(transforms.ManifestPath(j.Ledger, runID))
+	b, err := os.ReadFile(ledger.ManifestPath(j.Ledger, runID))
 	if err != nil {
 		return err
 	}
