@@ -12,7 +12,6 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
-	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -77,109 +76,69 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 		emitRes(res)
 		return nil
 	}
-	res := UnitResult{Unit: srcPath}
-	res.Totals.Files = 1
 	fp, err := fingerprintOf(ctx, srcPath)
 	if err != nil {
 		fp = ""
 	}
-	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
+	u, err := openDEKTable(ctx, spec, srcPath, dstPath, part, f.dst.URI(), fp)
 	if err != nil {
-		return err
-	}
-	// The ledger part is streamed batch by batch (memory does not grow with
-	// the DEKs of a file) and committed after the DEK table file.
-	lw, err := ledger.Create(ctx, part)
-	if err != nil {
-		out.abort()
 		return err
 	}
 	var kept map[string]schemas.DEKRow
 	if part != spec.LedgerPart("deks", rel) {
 		// A retry of a unit with failed DEKs: the DEKs it did mint stay.
 		if kept, err = keptDEKs(ctx, dstPath); err != nil {
-			out.abort()
-			lw.Abort()
+			u.abort()
 			return err
 		}
 	}
 	var maps []DEKMap
-	index := schemas.NewDEKIndex()
-	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
-		outRows := make([]schemas.DEKRow, len(rows))
-		led := make([]schemas.LedgerRow, len(rows))
-		mm := make([]DEKMap, len(rows))
-		dup := make([]schemas.DEKIDStatus, len(rows))
-		for i := range rows {
+	var mm []DEKMap // the current batch's, by row
+	failed, err := u.run(ctx, emitRes, func(b *dekBatch) { mm = make([]DEKMap, len(b.rows)) }, func(b *dekBatch, i int) error {
+		r, l := &b.rows[i], &b.led[i]
+		newID := NewDEKID(r.DEKID, spec.RunID)
+		l.NewDEKID = newID
+		mm[i] = DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: newID}
+		switch b.dup[i] {
+		case schemas.DEKIDRepeat:
 			// One fresh DEK per dek_id: a repeat is skipped, a conflict
 			// fails (plan refuses a table with conflicts).
-			dup[i] = index.Add(0, &rows[i])
-		}
-		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
-			r := &rows[i]
-			newID := NewDEKID(r.DEKID, spec.RunID)
-			mm[i] = DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: newID}
-			led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
-				DEKID: r.DEKID, NewDEKID: newID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
-			switch dup[i] {
-			case schemas.DEKIDRepeat:
-				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusSkipped, dup[i].Err(r.DEKID).Error()
-				return nil
-			case schemas.DEKIDConflict:
-				led[i].At, led[i].Status, led[i].Error = now(), schemas.StatusFailed, dup[i].Err(r.DEKID).Error()
-				return nil
-			}
-			if k, ok := kept[newID]; ok {
-				// Records committed by the earlier attempt use this DEK.
-				mm[i].NewWrapped, mm[i].NewKCV = k.Wrapped, k.KCV
-				led[i].At, led[i].Status, led[i].Bytes, led[i].Checksum = now(), schemas.StatusMigrated, int64(len(k.Wrapped)), checksum(k.Wrapped)
-				outRows[i] = k
-				return nil
-			}
-			w, kcv, proof, err := f.mintOne(ctx, r, newID)
-			led[i].At, led[i].Proof = now(), proof
-			if err != nil {
-				led[i].Status, led[i].Error = schemas.StatusFailed, err.Error()
-				mm[i].Err = err.Error()
-				if isFatalKeyErr(err) {
-					return err
-				}
-				return nil
-			}
-			mm[i].NewWrapped, mm[i].NewKCV = w, kcv
-			led[i].Status, led[i].Bytes, led[i].Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
-			outRows[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now(), KCV: kcv}
+			l.At, l.Status, l.Error = now(), schemas.StatusSkipped, b.dup[i].Err(r.DEKID).Error()
 			return nil
-		})
-		if fatal != nil {
-			return fatal
+		case schemas.DEKIDConflict:
+			l.At, l.Status, l.Error = now(), schemas.StatusFailed, b.dup[i].Err(r.DEKID).Error()
+			return nil
 		}
-		keep := outRows[:0]
-		kept := mm[:0]
-		for i := range led {
-			res.add(&led[i])
-			if led[i].Status == schemas.StatusMigrated {
-				keep = append(keep, outRows[i])
-			}
-			if dup[i] == schemas.DEKIDNew {
-				kept = append(kept, mm[i])
-			}
+		if k, ok := kept[newID]; ok {
+			// Records committed by the earlier attempt use this DEK.
+			mm[i].NewWrapped, mm[i].NewKCV = k.Wrapped, k.KCV
+			l.At = now()
+			b.out[i] = k
+			return decided(l, k.Wrapped, nil)
 		}
-		mm = kept
-		Progress.DEKs.Add(int64(len(rows)))
-		cntDEKs.Inc(ctx, int64(len(rows)))
-		if err := lw.Write(led); err != nil {
-			return err
-		}
-		maps = append(maps, mm...)
-		return out.write(keep)
-	})
-	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, lw, readErr, emitRes); err != nil || failed {
+		w, kcv, proof, err := f.mintOne(ctx, r, newID)
+		l.At, l.Proof = now(), proof
 		if err != nil {
-			return err
+			mm[i].Err = err.Error()
+		} else {
+			mm[i].NewWrapped, mm[i].NewKCV = w, kcv
+			b.out[i] = schemas.DEKRow{DEKID: newID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: now(), KCV: kcv}
 		}
+		return decided(l, w, err)
+	}, func(b *dekBatch) {
+		for i := range b.rows {
+			if b.dup[i] == schemas.DEKIDNew {
+				maps = append(maps, mm[i])
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if failed {
 		return f.Spec.MaxFailures.check()
 	}
+	res := u.res
 	for _, m := range maps {
 		emit(m)
 	}

@@ -23,8 +23,8 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
-	"rekey/transforms/ledger"
 	"rekey/schemas/format"
+	"rekey/transforms/ledger"
 )
 
 func init() {

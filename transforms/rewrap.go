@@ -12,7 +12,6 @@ import (
 	"rekey/providers/keys"
 	"rekey/providers/storage"
 	"rekey/schemas"
-	"rekey/transforms/ledger"
 )
 
 func init() {
@@ -66,77 +65,28 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		emit(res)
 		return nil
 	}
-	res := UnitResult{Unit: srcPath}
-	res.Totals.Files = 1
-	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
+	u, err := openDEKTable(ctx, spec, srcPath, dstPath, part, f.dst.URI(), fp)
 	if err != nil {
 		return err
 	}
-	// The ledger part is streamed batch by batch (memory does not grow with
-	// the DEKs of a file) and committed after the DEK table file.
-	lw, err := ledger.Create(ctx, part)
-	if err != nil {
-		out.abort()
-		return err
-	}
-	index := schemas.NewDEKIndex()
-	readErr := readDEKRows(ctx, srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
-		outRows := make([]schemas.DEKRow, len(rows))
-		led := make([]schemas.LedgerRow, len(rows))
-		dup := make([]schemas.DEKIDStatus, len(rows))
-		for i := range rows {
-			dup[i] = index.Add(0, &rows[i])
-		}
-		fatal := parallel(len(rows), spec.workers(), func(_, i int) error {
-			r := &rows[i]
-			l := &led[i]
-			*l = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: dstPath,
-				DEKID: r.DEKID, NewDEKID: r.DEKID, SourceKEK: r.KEK, TargetKEK: f.dst.URI()}
-			rw, err := f.rewrapOne(ctx, r, dup[i])
-			w, kcv := rw.wrapped, rw.kcv
-			l.At, l.Proof, l.Path = now(), rw.proof, rw.path
-			switch {
-			case err == errDuplicate:
-				l.Status, l.Error = schemas.StatusSkipped, "duplicate row of an already migrated dek_id in this file"
-			case err != nil:
-				l.Status, l.Error = schemas.StatusFailed, err.Error()
-				if isFatalKeyErr(err) {
-					return err // the HSM refuses us or stays down: stop, resume later
-				}
-			default:
-				l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, int64(len(w)), checksum(w)
-				outRows[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w, Created: r.Created, KCV: kcv}
-			}
+	failed, err := u.run(ctx, emit, nil, func(b *dekBatch, i int) error {
+		r, l := &b.rows[i], &b.led[i]
+		rw, err := f.rewrapOne(ctx, r, b.dup[i])
+		l.At, l.Proof, l.Path = now(), rw.proof, rw.path
+		if err == errDuplicate {
+			l.Status, l.Error = schemas.StatusSkipped, b.dup[i].Err(r.DEKID).Error()
 			return nil
-		})
-		if fatal != nil {
-			return fatal
 		}
-		keep := outRows[:0]
-		for i := range led {
-			res.add(&led[i])
-			if led[i].Status == schemas.StatusMigrated {
-				keep = append(keep, outRows[i])
-			}
-		}
-		Progress.DEKs.Add(int64(len(rows)))
-		cntDEKs.Inc(ctx, int64(len(rows)))
-		if err := lw.Write(led); err != nil {
-			return err
-		}
-		return out.write(keep)
-	})
-	if readErr == nil && res.Totals.Failed > 0 {
-		// A table with failed DEKs left out must not look finished to an
-		// incremental run.
-		out.PW.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+		b.out[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: rw.wrapped, Created: r.Created, KCV: rw.kcv}
+		return decided(l, rw.wrapped, err)
+	}, nil)
+	if err != nil {
+		return err
 	}
-	if failed, err := finishDEKUnit(ctx, spec, part, srcPath, out, lw, readErr, emit); err != nil || failed {
-		if err != nil {
-			return err
-		}
+	if failed {
 		return f.Spec.MaxFailures.check()
 	}
+	res := u.res
 	Progress.Files.Add(1)
 	Progress.Failed.Add(res.Totals.Failed)
 	cntFiles.Inc(ctx, 1)

@@ -40,7 +40,9 @@ import (
 func RunDir(root, runID string) string { return storage.Join(root, "run_id="+runID) }
 
 // ManifestPath is where a run's manifest goes.
-func ManifestPath(root, runID string) string { return storage.Join(RunDir(root, runID), "_manifest.json") }
+func ManifestPath(root, runID string) string {
+	return storage.Join(RunDir(root, runID), "_manifest.json")
+}
 
 // DefinitionPath is where a run's definition (pipeline/rundef.go) goes.
 func DefinitionPath(root, runID string) string { return storage.Join(RunDir(root, runID), "_run.json") }

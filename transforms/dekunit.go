@@ -1,0 +1,121 @@
+package transforms
+
+import (
+	"context"
+
+	"rekey/schemas"
+	"rekey/transforms/ledger"
+)
+
+// dekTable is the per-file skeleton of the stages that turn one source DEK
+// table file into one target DEK table file (rewrap, and mint for a
+// re-encrypt): the rows are streamed in batches (memory does not grow with
+// the DEKs of a file), each batch's dek_ids go through one DEKIndex, its
+// rows are decided in parallel, the ledger rows and the kept target rows
+// are written batch by batch, and at the end the target file is committed,
+// then the ledger part (the unit's commit marker). A read error turns the
+// unit into one failed file row (finishDEKUnit).
+type dekTable struct {
+	spec                   *Spec
+	srcPath, dstPath, part string
+	targetKEK              string
+	out                    *rowWriter[schemas.DEKRow]
+	lw                     *ledger.Writer
+	index                  *schemas.DEKIndex
+	res                    UnitResult
+}
+
+// dekBatch is one batch of a dekTable: the source rows, what the index
+// said of each, and the ledger row and target row each decision fills.
+// A target row is kept when its ledger row ends migrated.
+type dekBatch struct {
+	rows []schemas.DEKRow
+	dup  []schemas.DEKIDStatus
+	led  []schemas.LedgerRow
+	out  []schemas.DEKRow
+}
+
+// openDEKTable creates the unit's outputs: the target DEK table file (with
+// the source fingerprint fp for --incremental) and the ledger part.
+func openDEKTable(ctx context.Context, spec *Spec, srcPath, dstPath, part, targetKEK, fp string) (*dekTable, error) {
+	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
+	if err != nil {
+		return nil, err
+	}
+	lw, err := ledger.Create(ctx, part)
+	if err != nil {
+		out.abort()
+		return nil, err
+	}
+	u := &dekTable{spec: spec, srcPath: srcPath, dstPath: dstPath, part: part, targetKEK: targetKEK,
+		out: out, lw: lw, index: schemas.NewDEKIndex(), res: UnitResult{Unit: srcPath}}
+	u.res.Totals.Files = 1
+	return u, nil
+}
+
+// abort drops both outputs (nothing of the unit appears).
+func (u *dekTable) abort() {
+	u.out.abort()
+	u.lw.Abort()
+}
+
+// run streams the source file: decide(b, i) fills b.led[i] (already holding
+// the run, unit, source, target and dek_id; NewDEKID = dek_id) and b.out[i],
+// and returns only errors that stop the run. begin and end, when set, see
+// each batch before and after its rows are decided (on the bundle's
+// goroutine). It reports failed when the unit became
+// one failed file row, and the run's error when it must stop.
+func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b *dekBatch), decide func(b *dekBatch, i int) error, end func(b *dekBatch)) (failed bool, err error) {
+	spec := u.spec
+	readErr := readDEKRows(ctx, u.srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		b := &dekBatch{rows: rows, dup: make([]schemas.DEKIDStatus, len(rows)),
+			led: make([]schemas.LedgerRow, len(rows)), out: make([]schemas.DEKRow, len(rows))}
+		for i := range rows {
+			b.dup[i] = u.index.Add(0, &rows[i])
+			b.led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: u.srcPath, Target: u.dstPath,
+				DEKID: rows[i].DEKID, NewDEKID: rows[i].DEKID, SourceKEK: rows[i].KEK, TargetKEK: u.targetKEK}
+		}
+		if begin != nil {
+			begin(b)
+		}
+		if fatal := parallel(len(rows), spec.workers(), func(_, i int) error { return decide(b, i) }); fatal != nil {
+			return fatal
+		}
+		keep := b.out[:0]
+		for i := range b.led {
+			u.res.add(&b.led[i])
+			if b.led[i].Status == schemas.StatusMigrated {
+				keep = append(keep, b.out[i])
+			}
+		}
+		if end != nil {
+			end(b)
+		}
+		Progress.DEKs.Add(int64(len(rows)))
+		cntDEKs.Inc(ctx, int64(len(rows)))
+		if err := u.lw.Write(b.led); err != nil {
+			return err
+		}
+		return u.out.write(keep)
+	})
+	if readErr == nil && u.res.Totals.Failed > 0 {
+		// A table with failed DEKs left out must not look finished to an
+		// incremental run.
+		u.out.PW.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+	}
+	return finishDEKUnit(ctx, spec, u.part, u.srcPath, u.out, u.lw, readErr, emit)
+}
+
+// decided fills l from err: failed (and the error returned when it stops
+// the run), or migrated with the new wrapped key's size and checksum.
+func decided(l *schemas.LedgerRow, wrapped []byte, err error) error {
+	if err != nil {
+		l.Status, l.Error = schemas.StatusFailed, err.Error()
+		if isFatalKeyErr(err) {
+			return err // the custodian refuses us or stays down: stop, resume later
+		}
+		return nil
+	}
+	l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, int64(len(wrapped)), checksum(wrapped)
+	return nil
+}
