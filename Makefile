@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 1
 
-.PHONY: all deps build demo demo-s3 test vet fuzz bench clean versitygw faultpkcs11
+.PHONY: all deps build demo demo-s3 test vet fuzz bench clean versitygw faultpkcs11 local-kms
 
 all: build
 
@@ -29,6 +29,15 @@ versitygw:
 	@test -x $(VERSITYGW) || { echo "building versitygw $(VERSITYGW_VERSION) once (~2-3 min)"; \
 	  GOBIN=$(dir $(VERSITYGW)) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); }
 
+# The AWS KMS emulator of the awskms tests (providers/awskms/localkms runs
+# it in a private network namespace, so only loopback reaches it); built
+# once (about 30 s).
+LOCAL_KMS_VERSION ?= v0.0.0-20260228092603-2a5e92d09ab6
+LOCAL_KMS := $(HOME)/.cache/rekey/local-kms-$(LOCAL_KMS_VERSION)/local-kms
+local-kms:
+	@test -x $(LOCAL_KMS) || { echo "building local-kms $(LOCAL_KMS_VERSION) once (~30 s)"; \
+	  GOBIN=$(dir $(LOCAL_KMS)) $(GO) install github.com/nsmithuk/local-kms@$(LOCAL_KMS_VERSION); }
+
 build:
 	$(GO) build -o bin/rekey ./jobs/rekey
 	$(GO) build -o bin/softhsm-setup ./jobs/softhsm-setup
@@ -53,8 +62,8 @@ $(FAULTPKCS11): hsmio/faultpkcs11/csrc/faultpkcs11.c
 	$${CC:-gcc} -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden \
 	  -I"$$($(GO) list -m -f '{{.Dir}}' github.com/miekg/pkcs11)" -o $@ $< -ldl -lpthread
 
-test: deps versitygw vet faultpkcs11
-	REKEY_FAULTPKCS11=$(CURDIR)/$(FAULTPKCS11) $(GO) test -count=1 -timeout 30m ./...
+test: deps versitygw local-kms vet faultpkcs11
+	REKEY_FAULTPKCS11=$(CURDIR)/$(FAULTPKCS11) REKEY_LOCAL_KMS=$(LOCAL_KMS) $(GO) test -count=1 -timeout 30m ./...
 
 # Short runs of every fuzz target (go test -fuzz takes one target at a time).
 FUZZTIME ?= 20s
@@ -65,6 +74,9 @@ fuzz:
 	$(GO) test ./hsmio -run '^$$' -fuzz '^FuzzParseURI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz '^FuzzParseJob$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./providers/objstore -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./providers/awskms -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./providers/ibmkp -run '^$$' -fuzz '^FuzzParseURI$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./providers/alikms -run '^$$' -fuzz '^FuzzUnframe$$' -fuzztime $(FUZZTIME)
 
 # Measures rekey against this machine's limits (see BENCHMARKS.md); table on stdout,
 # JSON in demo/bench/results.json. E.g. BENCHFLAGS='--mem-mib 1024,8192' for the 1 GiB vs 8 GiB check.

@@ -93,7 +93,10 @@ type RetryPolicy struct {
 
 // Do runs op, retrying errors marked retryable with exponential backoff
 // and full jitter; permanent errors return at once. A throttled answer
-// also slows th (when not nil) before the next try.
+// (ErrThrottled) is the custodian asking for less, not a failure: it does
+// not use up the Attempts (up to maxThrottled of them are waited out, the
+// backoff capped at maxThrottleWait), and RateKEK has already slowed the
+// custodian's shared budget.
 func (p RetryPolicy) Do(ctx context.Context, op func() error) error {
 	attempts, backoff := p.Attempts, p.Base
 	if attempts <= 0 {
@@ -103,12 +106,14 @@ func (p RetryPolicy) Do(ctx context.Context, op func() error) error {
 		backoff = 50 * time.Millisecond
 	}
 	var err error
-	for i := 0; i < attempts; i++ {
+	for tries, throttled := 0, 0; ; {
 		err = op()
 		if err == nil || !IsRetryable(err) {
 			return err
 		}
-		if i == attempts-1 {
+		if errors.Is(err, ErrThrottled) && throttled < maxThrottled {
+			throttled++
+		} else if tries++; tries >= attempts {
 			break
 		}
 		sleep := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
@@ -117,10 +122,18 @@ func (p RetryPolicy) Do(ctx context.Context, op func() error) error {
 			return errors.Join(err, ctx.Err())
 		case <-time.After(sleep):
 		}
-		backoff *= 2
+		backoff = min(backoff*2, maxThrottleWait)
 	}
 	return fmt.Errorf("gave up after %d attempts: %w", attempts, err)
 }
+
+// Throttled answers one operation may wait out, and the longest wait
+// between two tries: about a minute of a custodian saying "slower" before
+// the operation counts as failed.
+const (
+	maxThrottled    = 30
+	maxThrottleWait = 2 * time.Second
+)
 
 // WithRetry retries k's transient failures with p.
 func WithRetry(k KEK, p RetryPolicy) KEK { return retryKEK{k, p} }
@@ -153,14 +166,59 @@ func (r retryKEK) Rewrap(ctx context.Context, q RewrapRequest) (out RewrapResult
 
 // Rate limits are per custodian (Custodian): production HSMs and KMS
 // instances are shared, so a budget caps the operations per second this
-// process sends to one custodian, whatever keys on it are used.
+// process sends to one custodian, whatever keys on it are used. The budget
+// adapts: a throttled answer (ErrThrottled) halves it, and successes bring
+// it back up to the configured rate step by step (additive increase,
+// multiplicative decrease), so a run started at too high a rate settles at
+// what the custodian takes and finishes slower instead of failing.
 var (
 	limitersMu sync.Mutex
-	limiters   = map[string]*rate.Limiter{}
+	limiters   = map[string]*Budget{}
 )
 
-// Limiter is the process-wide limiter of custodian id at perSecond.
-func Limiter(id string, perSecond float64) *rate.Limiter {
+// Budget is one custodian's shared, adaptive rate limit.
+type Budget struct {
+	*rate.Limiter
+	max float64 // the configured rate: the ceiling the budget recovers to
+
+	mu      sync.Mutex
+	lastCut time.Time
+}
+
+// minRate is the floor a budget is never cut below (operations/s).
+const minRate = 1
+
+// throttled halves the budget, at most once per cutEvery (a burst of
+// throttled answers to requests already in flight is one signal).
+func (b *Budget) throttled() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if time.Since(b.lastCut) < cutEvery {
+		return
+	}
+	b.lastCut = time.Now()
+	b.SetLimit(rate.Limit(max(float64(b.Limit())/2, minRate)))
+}
+
+// ok raises the budget by a small step toward its ceiling.
+func (b *Budget) ok() {
+	cur := float64(b.Limit())
+	if cur >= b.max {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur = float64(b.Limit()); cur < b.max {
+		b.SetLimit(rate.Limit(min(cur+max(b.max/500, 0.05), b.max)))
+	}
+}
+
+// cutEvery is the shortest time between two cuts of a budget.
+const cutEvery = 250 * time.Millisecond
+
+// Limiter is the process-wide budget of custodian id at perSecond (the
+// first caller's rate wins for the process).
+func Limiter(id string, perSecond float64) *Budget {
 	limitersMu.Lock()
 	defer limitersMu.Unlock()
 	l := limiters[id]
@@ -169,25 +227,29 @@ func Limiter(id string, perSecond float64) *rate.Limiter {
 		if burst < 1 {
 			burst = 1
 		}
-		l = rate.NewLimiter(rate.Limit(perSecond), burst)
+		l = &Budget{Limiter: rate.NewLimiter(rate.Limit(perSecond), burst), max: perSecond}
 		limiters[id] = l
 	}
 	return l
 }
 
-// WithRate waits for k's custodian budget before every operation; a rate
-// of 0 or less returns k unchanged.
+// WithRate waits for k's custodian budget before every operation. A rate
+// of 0 or less takes the scheme's default (Scheme.Rate: a KMS's published
+// quota); with none either, k is returned unchanged.
 func WithRate(k KEK, perSecond float64) KEK {
+	if perSecond <= 0 {
+		perSecond = DefaultRate(k)
+	}
 	if perSecond <= 0 {
 		return k
 	}
 	return RateKEK{k: k, Lim: Limiter(Custodian(k), perSecond)}
 }
 
-// RateKEK is k behind its custodian's rate limiter.
+// RateKEK is k behind its custodian's budget.
 type RateKEK struct {
 	k   KEK
-	Lim *rate.Limiter
+	Lim *Budget
 }
 
 func (l RateKEK) wait(ctx context.Context) error {
@@ -197,31 +259,45 @@ func (l RateKEK) wait(ctx context.Context) error {
 	return nil
 }
 
+// done feeds an operation's outcome back into the budget.
+func (l RateKEK) done(err error) {
+	switch {
+	case err == nil:
+		l.Lim.ok()
+	case errors.Is(err, ErrThrottled):
+		l.Lim.throttled()
+	}
+}
+
 func (l RateKEK) Inner() KEK        { return l.k }
 func (l RateKEK) URI() string       { return l.k.URI() }
 func (l RateKEK) Mechanism() string { return l.k.Mechanism() }
-func (l RateKEK) Wrap(ctx context.Context, b Binding, dek *DEK) ([]byte, error) {
+func (l RateKEK) Wrap(ctx context.Context, b Binding, dek *DEK) (out []byte, err error) {
 	if err := l.wait(ctx); err != nil {
 		return nil, err
 	}
+	defer func() { l.done(err) }()
 	return l.k.Wrap(ctx, b, dek)
 }
-func (l RateKEK) Unwrap(ctx context.Context, b Binding, mech string, w []byte) (*DEK, error) {
+func (l RateKEK) Unwrap(ctx context.Context, b Binding, mech string, w []byte) (d *DEK, err error) {
 	if err := l.wait(ctx); err != nil {
 		return nil, err
 	}
+	defer func() { l.done(err) }()
 	return l.k.Unwrap(ctx, b, mech, w)
 }
-func (l RateKEK) GenerateDEK(ctx context.Context) (*DEK, error) {
+func (l RateKEK) GenerateDEK(ctx context.Context) (d *DEK, err error) {
 	if err := l.wait(ctx); err != nil {
 		return nil, err
 	}
+	defer func() { l.done(err) }()
 	return Generate(ctx, l.k)
 }
 func (l RateKEK) CanRewrapTo(dst KEK, mech string) bool { return CanRewrap(l.k, dst, mech) }
-func (l RateKEK) Rewrap(ctx context.Context, q RewrapRequest) (RewrapResult, error) {
+func (l RateKEK) Rewrap(ctx context.Context, q RewrapRequest) (res RewrapResult, err error) {
 	if err := l.wait(ctx); err != nil {
 		return RewrapResult{}, err
 	}
+	defer func() { l.done(err) }()
 	return Rewrap(ctx, l.k, q)
 }

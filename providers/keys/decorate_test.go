@@ -2,7 +2,13 @@ package keys
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -92,5 +98,71 @@ func TestRateLimitKeepsGeneratorHonest(t *testing.T) {
 	}
 	if _, err := Generate(context.Background(), WithRate(fakeKEK{"pkcs11:token=w;object=a", "hsm4"}, 10)); err == nil {
 		t.Fatal("Generate through the limiter invented an RNG")
+	}
+}
+
+// quotaKEK is a custodian with a request quota: past perSecond requests a
+// second it answers "throttled", as a KMS answers HTTP 429.
+type quotaKEK struct {
+	fakeKEK
+	lim       *rate.Limiter
+	throttled atomic.Int64
+}
+
+func (q *quotaKEK) Wrap(ctx context.Context, b Binding, d *DEK) ([]byte, error) {
+	if !q.lim.Allow() {
+		q.throttled.Add(1)
+		return nil, Retryable(fmt.Errorf("wrap: HTTP 429: %w", ErrThrottled))
+	}
+	return q.fakeKEK.Wrap(ctx, b, d)
+}
+
+// TestThrottlingSlowsTheBudgetInsteadOfFailing: a run configured at 20x
+// what the custodian takes finishes every operation (none fails), the
+// custodian's shared budget was cut below the configured rate, and it
+// recovers toward it once answers succeed again.
+func TestThrottlingSlowsTheBudgetInsteadOfFailing(t *testing.T) {
+	q := &quotaKEK{fakeKEK: fakeKEK{uri: "fake:quota", custodian: "quota-1"}, lim: rate.NewLimiter(100, 10)}
+	k := WithRetry(WithRate(q, 2000), RetryPolicy{Attempts: 3, Base: 5 * time.Millisecond})
+	d, _ := NewDEK(make([]byte, 32))
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				if _, err := k.Wrap(t.Context(), ByID("x"), d); err != nil {
+					failed.Add(1)
+					t.Errorf("wrap failed although the custodian only asked for less: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b := Limiter("quota-1", 0)
+	cut := float64(b.Limit())
+	if failed.Load() != 0 || q.throttled.Load() == 0 || cut >= 2000 {
+		t.Fatalf("failed %d, throttled answers %d, budget now %.0f/s (configured 2000/s): want no failure, some throttling, a cut budget", failed.Load(), q.throttled.Load(), cut)
+	}
+	for i := 0; i < 200; i++ {
+		b.ok()
+	}
+	if up := float64(b.Limit()); up <= cut {
+		t.Errorf("the budget did not recover after successes: %.1f/s, was %.1f/s", up, cut)
+	}
+}
+
+// TestSchemelessReferenceIsRefused: a reference without a scheme is a
+// clear error (it once recursed through Redact until the stack overflowed).
+func TestSchemelessReferenceIsRefused(t *testing.T) {
+	for _, ref := range []string{"", "kek-aes", "token=src;object=k?pin-source=env:X"} {
+		if _, err := Open(t.Context(), ref, Options{}); !errors.Is(err, ErrBadURI) || strings.Contains(err.Error(), "pin-source") {
+			t.Errorf("Open(%q): %v; want ErrBadURI without the query", ref, err)
+		}
+		if DefaultRate(fakeKEK{uri: ref}) != 0 {
+			t.Errorf("DefaultRate of %q is not 0", ref)
+		}
 	}
 }

@@ -86,8 +86,8 @@ func Register(s Scheme) {
 
 func schemeOf(uri string) (Scheme, error) {
 	name, _, ok := strings.Cut(uri, ":")
-	if !ok || name == "" {
-		return Scheme{}, fmt.Errorf("%w: %q has no scheme (expected e.g. pkcs11:token=...;object=...)", ErrBadURI, Redact(uri))
+	if !ok || !validScheme(name) {
+		return Scheme{}, fmt.Errorf("%w: %q has no scheme (expected e.g. pkcs11:token=...;object=...)", ErrBadURI, redactRaw(uri))
 	}
 	regMu.RLock()
 	s, found := registry[name]
@@ -108,10 +108,36 @@ func schemeOf(uri string) (Scheme, error) {
 	return s, nil
 }
 
+// validScheme reports whether name is an RFC 3986 scheme: a letter, then
+// letters, digits, '+', '-' or '.'.
+func validScheme(name string) bool {
+	for i, c := range name {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return false
+		}
+	}
+	return name != ""
+}
+
 // known lists the schemes rekey ships and the package registering each,
 // so an "unknown scheme" error says which import is missing.
 var known = []struct{ name, pkg string }{
 	{"pkcs11", "rekey/hsmio"},
+	{"awskms", "rekey/providers/awskms"},
+	{"ibmkp", "rekey/providers/ibmkp"},
+	{"alikms", "rekey/providers/alikms"},
+	{"alikms-instance", "rekey/providers/alikms"},
+}
+
+// DefaultRate is the default budget (operations per second) of k's
+// custodian: its scheme's Rate, 0 when it has none.
+func DefaultRate(k KEK) float64 {
+	s, err := schemeOf(k.URI())
+	if err != nil {
+		return 0
+	}
+	return s.Rate
 }
 
 // Open resolves uri with the backend registered for its scheme.
@@ -144,6 +170,12 @@ func Redact(uri string) string {
 			return r.Redacted
 		}
 	}
+	return redactRaw(uri)
+}
+
+// redactRaw is Redact for a reference no scheme parses: at most 256 bytes,
+// nothing after a '?' or '#' (where PIN sources and credentials go).
+func redactRaw(uri string) string {
 	if len(uri) > 256 {
 		uri = uri[:256] + "..."
 	}
