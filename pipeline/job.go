@@ -69,7 +69,15 @@ type Job struct {
 	// PlanSamples is how many cells of each record file `rekey plan` opens
 	// with the source keys before a run (default 3; negative: none).
 	PlanSamples int `yaml:"plan_samples,omitempty"`
+	// SuccessMarker (default true) writes an empty _SUCCESS into the
+	// target folders when a run completes with nothing failed, for
+	// downstream jobs that wait for one (Spark, Hadoop, Airflow sensors);
+	// a run removes a stale one before it starts.
+	SuccessMarker *bool `yaml:"success_marker,omitempty"`
 }
+
+// WantsSuccessMarker reports whether a successful run writes _SUCCESS.
+func (j *Job) WantsSuccessMarker() bool { return j.SuccessMarker == nil || *j.SuccessMarker }
 
 // MaxJobFileBytes caps a job file.
 const MaxJobFileBytes = 1 << 20

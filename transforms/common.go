@@ -102,7 +102,7 @@ func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *r
 	if readErr != nil {
 		out.abort()
 		led.Abort()
-		if isFatalKeyErr(readErr) || isOutputErr(readErr) {
+		if stops(readErr) {
 			return false, readErr
 		}
 		row, fres := fileFailure(spec, srcPath, 0, readErr)

@@ -68,6 +68,9 @@ func (u *dekTable) abort() {
 func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b *dekBatch), decide func(b *dekBatch, i int) error, end func(b *dekBatch)) (failed bool, err error) {
 	spec := u.spec
 	readErr := readDEKRows(ctx, u.srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		if err := checkInterrupt(); err != nil {
+			return err
+		}
 		b := &dekBatch{rows: rows, dup: make([]schemas.DEKIDStatus, len(rows)),
 			led: make([]schemas.LedgerRow, len(rows)), out: make([]schemas.DEKRow, len(rows))}
 		for i := range rows {

@@ -141,6 +141,34 @@ func (f *WriteManifestFn) ProcessElement(ctx context.Context, _ []byte, results 
 	return ledger.WriteJSON(ctx, path, body)
 }
 
+// ManifestInterrupted is the status of a run stopped by a signal: what its
+// ledger holds is committed, the rest is not done; a --resume finishes it.
+const ManifestInterrupted = "interrupted"
+
+// WriteInterruptedManifest writes the manifest of a run stopped by a
+// signal, with the totals of what its ledger holds (streamed), so that
+// schedulers and `rekey ledger` see where it stands. It returns them.
+func WriteInterruptedManifest(ctx context.Context, spec Spec) (schemas.Manifest, error) {
+	m := schemas.Manifest{Format: schemas.ManifestFormat, RunID: spec.RunID, Mode: spec.Mode, Status: ManifestInterrupted,
+		Source:    schemas.ManifestSide{Data: spec.SourceData, DEKs: spec.SourceDEKs, KEK: redactKEK(spec.SourceKEK), Wrap: spec.SourceWrap},
+		Target:    schemas.ManifestSide{Data: spec.TargetData, DEKs: spec.TargetDEKs, KEK: redactKEK(spec.TargetKEK), Wrap: spec.TargetWrap},
+		LedgerDir: ledger.RunDir(spec.Ledger, spec.RunID)}
+	err := ledger.Scan(ctx, spec.Ledger, spec.RunID, false, func(rows []schemas.LedgerRow) error {
+		for i := range rows {
+			m.Totals.Count(&rows[i])
+			if rows[i].Status == schemas.StatusFailed && len(m.Failures) < maxFailureNotes {
+				m.Failures = append(m.Failures, schemas.FailureNote{Source: rows[i].Source, RecordID: rows[i].RecordID, DEKID: rows[i].DEKID, Error: rows[i].Error})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return m, err
+	}
+	m.Finished = time.Now().UTC()
+	return m, ledger.WriteJSON(ctx, ledger.ManifestPath(spec.Ledger, spec.RunID), m)
+}
+
 func init() {
 	register.DoFn3x1[context.Context, []byte, func(*VerifyResult) bool, error](&WriteVerifyReportFn{})
 	register.Iter1[VerifyResult]()

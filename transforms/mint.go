@@ -57,6 +57,9 @@ func (f *MintDEKsFn) Setup(ctx context.Context) error {
 // ProcessElement mints the replacements for the DEKs of DEK table file rel.
 func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(DEKMap), emitRes func(UnitResult)) error {
 	markStarted()
+	if err := checkInterrupt(); err != nil {
+		return err
+	}
 	spec := &f.Spec
 	srcPath := storage.Join(spec.SourceDEKs, rel)
 	dstPath := storage.Join(spec.TargetDEKs, rel)

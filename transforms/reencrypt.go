@@ -127,6 +127,9 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 // stops the run (a custodian that refuses us, output that cannot be
 // written).
 func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResult), do func(srcPath, dstPath, part string) (UnitResult, error)) error {
+	if err := checkInterrupt(); err != nil {
+		return err
+	}
 	srcPath := storage.Join(spec.SourceData, rel)
 	dstPath := storage.Join(spec.TargetData, rel)
 	part := spec.LedgerPart("data", rel)
@@ -146,7 +149,7 @@ func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResul
 	}
 	res, err := do(srcPath, dstPath, part)
 	if err != nil {
-		if isFatalKeyErr(err) || isOutputErr(err) {
+		if stops(err) {
 			return err
 		}
 		row, fres := fileFailure(spec, srcPath, 0, err)
@@ -254,6 +257,10 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
+			if err := checkInterrupt(); err != nil {
+				rr.Close()
+				return res, err
+			}
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
 				var pairs map[string]*filePair

@@ -43,6 +43,9 @@ func (f *RewrapFn) Setup(ctx context.Context) error {
 // ProcessElement rewraps the DEK table file rel.
 func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(*SampleCell) bool, emit func(UnitResult)) error {
 	markStarted()
+	if err := checkInterrupt(); err != nil {
+		return err
+	}
 	if f.samples == nil {
 		f.samples = loadSamples(samples)
 	}

@@ -124,6 +124,10 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
+			if err := checkInterrupt(); err != nil {
+				rr.Close()
+				return res, err
+			}
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
 				var fresh []*colRewrap

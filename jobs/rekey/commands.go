@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
 	"rekey/pipeline"
+	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/transforms"
 	"rekey/transforms/ledger"
@@ -25,6 +27,56 @@ import (
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// signals watches SIGINT and SIGTERM for a run: the first calls first and
+// is remembered; the second exits the process at once.
+type signals struct {
+	ch  chan os.Signal
+	got atomic.Pointer[os.Signal]
+}
+
+func watchSignals(stderr io.Writer, what string, first func()) *signals {
+	s := &signals{ch: make(chan os.Signal, 2)}
+	signal.Notify(s.ch, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig, ok := <-s.ch
+		if !ok {
+			return
+		}
+		s.got.Store(&sig)
+		fmt.Fprintf(stderr, "\n%s: %v received: stopping; units in flight commit or are dropped at their next batch (send it again to stop at once)\n", what, sig)
+		first()
+		again, ok := <-s.ch
+		if !ok {
+			return
+		}
+		fmt.Fprintf(stderr, "%s: %v received again: stopping now. Committed units are kept and no partial file has a final name; finish with --resume\n", what, again)
+		os.Exit(signalCode(again))
+	}()
+	return s
+}
+
+// received is the first signal, or nil.
+func (s *signals) received() os.Signal {
+	if p := s.got.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (s *signals) stop() {
+	signal.Stop(s.ch)
+	close(s.ch)
+}
+
+// signalCode is the exit code of a run stopped by sig: 128 + its number,
+// as shells report it (130 for SIGINT, 143 for SIGTERM).
+func signalCode(sig os.Signal) int {
+	if n, ok := sig.(syscall.Signal); ok {
+		return 128 + int(n)
+	}
+	return 128 + int(syscall.SIGINT)
 }
 
 // loadJobCommand is the start of every command that runs a job: rekey's
@@ -110,8 +162,20 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			return withCode(exitUsage, err)
 		}
 	}
-	ctx, cancel := signalContext()
+	// A first SIGINT/SIGTERM stops the run cleanly: before the pipeline
+	// starts, nothing is touched; after, no unit starts, units in flight
+	// stop at their next batch or commit, the manifest says interrupted.
+	// A second one exits at once (pending files never get final names).
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var started atomic.Bool
+	sigs := watchSignals(stderr, "rekey run "+j.RunID, func() {
+		transforms.Interrupt()
+		if !started.Load() || remoteWorkers() {
+			cancel() // the preflight, or a remote runner's job
+		}
+	})
+	defer sigs.stop()
 	// The run owns its run id and everything it writes until it ends,
 	// from before its preflight: a second run is refused naming the
 	// holder, not by the first run's half-written output.
@@ -154,6 +218,28 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		}
 		return withCode(exitFatal, err)
 	}
+	// Pending files of killed runs (never under a final name) are removed
+	// now that this run holds the target's lease: no live writer is there.
+	removed := 0
+	for _, root := range []string{j.Target.Data, j.Target.DEKs, ledger.RunDir(j.Ledger, j.RunID)} {
+		if root == "" {
+			continue
+		}
+		n, err := storage.CleanTemps(ctx, root)
+		if err != nil {
+			fmt.Fprintf(stderr, "  [warn] temporaries of killed runs under %s: %v (they are harmless: hidden, never read)\n", root, err)
+		}
+		removed += n
+	}
+	if removed > 0 {
+		fmt.Fprintf(stderr, "rekey run %s: removed %d temporary files left by killed runs\n", j.RunID, removed)
+	}
+	// A _SUCCESS left by an earlier run must not vouch for this one.
+	for _, dir := range successDirs(j) {
+		if err := storage.Remove(ctx, storage.Join(dir, "_SUCCESS")); err != nil {
+			return withCode(exitPreflight, fmt.Errorf("remove the stale _SUCCESS marker of %s before the run: %v; nothing else was touched", dir, err))
+		}
+	}
 	spec := j.Spec()
 	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, ledger.RunDir(j.Ledger, j.RunID))
 	p, s := beam.NewPipelineWithRoot()
@@ -165,10 +251,25 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		progress = -1
 	}
 	stop := startProgress(stderr, progress, j.Mode)
+	started.Store(true)
+	if sigs.received() != nil {
+		transforms.Interrupt() // a signal during the preflight's last moments
+	}
 	res, runErr := beam.Run(runCtx, *runners.Runner, p)
 	stop()
 	if lost := lease.Confirm(context.WithoutCancel(ctx)); lost != nil {
 		return withCode(exitFatal, fmt.Errorf("run %s: %v\nAnother run may have written the same target: check it with rekey verify before trusting it, and finish with --resume", j.RunID, lost))
+	}
+	if sig := sigs.received(); sig != nil && runErr != nil {
+		m, err := transforms.WriteInterruptedManifest(context.WithoutCancel(ctx), spec)
+		if err != nil {
+			return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v; its manifest could not be written (%v). Committed units are kept: finish with --run-id %s --resume", j.RunID, sig, err, j.RunID))
+		}
+		printSummary(stdout, &m, time.Since(start))
+		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v: %d files, %d DEKs and %d records committed, the rest not started or dropped (no partial file has a final name).\nTo finish it: rekey run <the same job> --run-id %s --resume", j.RunID, sig, m.Totals.Files, m.Totals.DEKsMigrated, m.Totals.RecordsMigrated, j.RunID))
+	}
+	if sig := sigs.received(); sig != nil {
+		fmt.Fprintf(stderr, "rekey run %s: %v received, but every unit had already been done: the run finished\n", j.RunID, sig)
 	}
 	if runErr != nil {
 		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {
@@ -185,10 +286,29 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return withCode(exitFatal, err)
 	}
 	printSummary(stdout, m, time.Since(start))
+	if m.Totals.Failed == 0 && m.Status == "succeeded" && j.WantsSuccessMarker() {
+		for _, dir := range successDirs(j) {
+			if err := storage.Put(ctx, storage.Join(dir, "_SUCCESS"), nil); err != nil {
+				return withCode(exitFatal, fmt.Errorf("run %s succeeded, but its _SUCCESS marker could not be written to %s: %v (downstream jobs waiting for it will not start; the data and ledger are complete)", j.RunID, dir, err))
+			}
+		}
+	}
 	if m.Totals.Failed > 0 {
 		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s\nTo finish the run: fix the cause, then re-run with --run-id %s --resume (failed units are tried again; see docs/OPERATIONS.md \"How to finish a run\")", m.Totals.Failed, firstFailure(m.Failures), j.RunID))
 	}
 	return nil
+}
+
+// successDirs are the target folders a successful run marks with
+// _SUCCESS: the records and the DEK table it wrote.
+func successDirs(j *pipeline.Job) []string {
+	var out []string
+	for _, d := range []string{j.Target.Data, j.Target.DEKs} {
+		if d != "" && (j.Mode == schemas.ModeReencrypt || d != j.Source.Data) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 func budgetMessage(err error) string {

@@ -24,7 +24,7 @@ type jobFlags struct {
 	ledger, encrypted, dekCol, idCol, dekSrc  string
 	workers, cacheSize, maxCell               int
 	resume, verbose, runIDGiven, verifyCommit bool
-	incremental                               bool
+	incremental, successMarker                bool
 	progress, leaseTTL                        time.Duration
 	hsmRate                                   float64
 	maxFail                                   string
@@ -75,6 +75,7 @@ func (f *jobFlags) register(withMode bool) {
 	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "HSM operations per second per HSM, per worker process (0: unlimited); shared HSMs need this")
 	defString(&f.maxFail, "max-failures", "", "stop the run past this many failures: a count (100), a percentage (0.1%), or 0 for the first")
 	defBool(&f.verifyCommit, "verify-before-commit", true, "check every new wrapped DEK (target unwrap) and every new cell (decrypt again) before committing; false only to measure its cost")
+	defBool(&f.successMarker, "success-marker", true, "write an empty _SUCCESS into the target folders when the run completes with nothing failed (downstream jobs wait for it); --success-marker=false to turn it off")
 	defBool(&f.incremental, "incremental", false, "scheduled runs: skip source files whose target was made from the same content by an earlier run (new or changed files only)")
 	defBool(&f.resume, "resume", false, "continue a run with the same --run-id: committed units are kept, the rest is done")
 	defBool(&f.verbose, "verbose", false, "show Beam's own log lines")
@@ -178,6 +179,10 @@ func (f *jobFlags) load() (*pipeline.Job, error) {
 	}
 	if f.set["incremental"] {
 		j.Incremental = f.incremental
+	}
+	if f.set["success-marker"] {
+		v := f.successMarker
+		j.SuccessMarker = &v
 	}
 	if f.set["resume"] {
 		j.Resume = f.resume

@@ -57,6 +57,7 @@ PINs are never given on the command line: key URIs name a pin-source, e.g.
 `
 
 func main() {
+	protectProcess(os.Stderr)
 	os.Exit(mainExit(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -101,7 +102,7 @@ type writer struct {
 // Create implements storage.Backend.
 func (Backend) Create(_ context.Context, path string) (storage.Writer, error) {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	var r [6]byte
@@ -134,6 +135,37 @@ func (w *writer) Commit() error {
 	if err := os.Rename(tmp, w.final); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("commit %s: %w", w.final, err)
+	}
+	// The rename is durable only once its folder is synced: without it a
+	// power loss can lose this commit while later ones (a ledger part
+	// after its target file) survive.
+	if err := syncDir(filepath.Dir(w.final)); err != nil {
+		return fmt.Errorf("commit %s: %w", w.final, err)
+	}
+	return nil
+}
+
+// mkdirDurable creates dir and its missing parents, and syncs the folder
+// above each new one, so that a committed file's folder survives a power
+// loss too.
+func mkdirDurable(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	var created []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		created = append(created, d)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -172,8 +204,43 @@ func (b Backend) CreateExclusive(ctx context.Context, path string, body []byte) 
 	return syncDir(filepath.Dir(path))
 }
 
-// syncDir makes a directory's entries (a rename or link just done) durable.
-func syncDir(dir string) error {
+// Remove implements storage.Remover.
+func (Backend) Remove(_ context.Context, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// tempName matches the pending files Create makes: "." + base + ".rekey-"
+// + 12 hex digits + ".tmp".
+var tempName = regexp.MustCompile(`^\..+\.rekey-[0-9a-f]{12}\.tmp$`)
+
+// CleanTemps implements storage.TempCleaner: it removes the pending files
+// of killed writers under root (a missing root has none).
+func (Backend) CleanTemps(_ context.Context, root string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.Type().IsRegular() && tempName.MatchString(d.Name()) {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// syncDir makes a directory's entries (a rename or link just done)
+// durable. A variable so tests can see the calls.
+var syncDir = func(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

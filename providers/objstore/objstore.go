@@ -360,6 +360,26 @@ type ConditionalPutter interface {
 	PutIfAbsent(ctx context.Context, key string, body []byte) error
 }
 
+// Deleter is a Bucket that can delete an object (a missing key is not an
+// error: S3 and OSS answer 204 for it).
+type Deleter interface {
+	Delete(ctx context.Context, key string) error
+}
+
+// Remove implements storage.Remover.
+func (b *Backend) Remove(ctx context.Context, path string) error {
+	o := b.Options.defaults()
+	l, bk, err := b.resolve(ctx, "remove", path)
+	if err != nil {
+		return err
+	}
+	d, ok := bk.(Deleter)
+	if !ok {
+		return &Error{Op: "remove", Loc: l.String(), Bucket: l.Bucket, Key: l.Key, Kind: KindConfig, Hint: "this store cannot delete objects"}
+	}
+	return b.wrap("remove", l, o.Retry.do(ctx, func() error { return d.Delete(ctx, l.Key) }))
+}
+
 // IsAlreadyExists reports a conditional PUT refused because the key exists
 // (S3: 412 PreconditionFailed; OSS: 409 FileAlreadyExists).
 func IsAlreadyExists(err error) bool {

@@ -227,6 +227,11 @@ func (b *bucket) PutIfAbsent(ctx context.Context, key string, body []byte) error
 	return convert(b.b.PutObject(key, r, oss.WithContext(ctx), oss.ForbidOverWrite(true)))
 }
 
+// Delete implements objstore.Deleter.
+func (b *bucket) Delete(ctx context.Context, key string) error {
+	return convert(b.b.DeleteObject(key, oss.WithContext(ctx)))
+}
+
 func (b *bucket) imur(key, id string) oss.InitiateMultipartUploadResult {
 	return oss.InitiateMultipartUploadResult{Bucket: b.b.BucketName, Key: key, UploadID: id}
 }

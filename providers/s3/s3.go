@@ -226,6 +226,12 @@ func (b *bucket) PutIfAbsent(ctx context.Context, key string, body []byte) error
 	return convert(err)
 }
 
+// Delete implements objstore.Deleter.
+func (b *bucket) Delete(ctx context.Context, key string) error {
+	_, err := b.c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &b.name, Key: &key})
+	return convert(err)
+}
+
 func (b *bucket) CreateMultipart(ctx context.Context, key string) (string, error) {
 	out, err := b.c.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.name, Key: &key})
 	if err != nil {

@@ -181,6 +181,50 @@ func Check(ctx context.Context, loc string, write bool) error {
 	return nil
 }
 
+// TempCleaner is implemented by backends whose pending writes leave files
+// behind when a process is killed (local folders: hidden temporaries that
+// a commit renames into place). Object stores' pending writes are multipart
+// uploads, which a bucket lifecycle rule removes.
+type TempCleaner interface {
+	// CleanTemps removes rekey's pending-write temporaries under root and
+	// says how many it removed. Call it only while no live writer can be
+	// writing under root (the run holds the target's lease).
+	CleanTemps(ctx context.Context, root string) (int, error)
+}
+
+// CleanTemps removes rekey's temporaries under root, where its backend
+// leaves any.
+func CleanTemps(ctx context.Context, root string) (int, error) {
+	b, err := For(root)
+	if err != nil {
+		return 0, err
+	}
+	if c, ok := b.(TempCleaner); ok {
+		return c.CleanTemps(ctx, root)
+	}
+	return 0, nil
+}
+
+// Remover is implemented by backends that can delete an object; removing
+// a missing object is not an error.
+type Remover interface {
+	Remove(ctx context.Context, path string) error
+}
+
+// Remove deletes the object at path (nothing there is fine). A backend
+// that cannot delete says so.
+func Remove(ctx context.Context, path string) error {
+	b, err := For(path)
+	if err != nil {
+		return err
+	}
+	r, ok := b.(Remover)
+	if !ok {
+		return fmt.Errorf("remove %s: the %q storage backend cannot delete objects", path, Scheme(path))
+	}
+	return r.Remove(ctx, path)
+}
+
 // ExclusiveCreator is implemented by backends that can create a small
 // object only if nothing is at its path, atomically (local files:
 // create-exclusive; S3: a conditional PUT with If-None-Match: *; OSS:

@@ -59,6 +59,32 @@ func Run(t *testing.T, b storage.Backend, root string, c Config) {
 		}
 	})
 
+	// _SUCCESS markers depend on this: a stale one is removed before a run
+	// that may not succeed.
+	t.Run("Remove", func(t *testing.T) {
+		r, ok := b.(storage.Remover)
+		if !ok {
+			t.Fatalf("%T does not implement storage.Remover", b)
+		}
+		p := at("remove/_SUCCESS")
+		w, err := b.Create(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Remove(ctx, p); err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+		if ok, err := b.Exists(ctx, p); ok || err != nil {
+			t.Errorf("after Remove: Exists %v, %v", ok, err)
+		}
+		if err := r.Remove(ctx, p); err != nil {
+			t.Errorf("Remove of a missing object: %v, want nil", err)
+		}
+	})
+
 	// Leases depend on this: of several creators of one name, exactly one
 	// wins, and the loser is told so (not overwritten, not an error of
 	// another kind).

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/parquet-go/parquet-go"
+
+	"rekey/transforms"
+	"rekey/transforms/ledger"
+)
+
+// TestSignalStopsARunCleanly (issue 15 item 1): a real SIGTERM to a real
+// `rekey run` process (this test binary as the CLI, a fresh process) in the
+// middle of a rewrap of 40 DEK table files. The run stops well before the
+// end, exits 143 (128 + SIGTERM), says how to resume, writes the manifest as
+// interrupted with the totals of what its ledger holds; every target DEK
+// table file that exists has its committed ledger part (nothing half
+// committed) and no unit is missing its part while its target exists. A
+// --resume finishes the run and verify passes. A second signal exits at
+// once.
+func TestSignalStopsARunCleanly(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := env.KEK("source", "kek-aes"), env.KEK("target", "kek-aes")
+	// 40 DEK table files of 400 DEKs: several seconds of work with the
+	// verify unwrap, one file at a time on the direct runner.
+	rekey(t, exitOK, "gen", "--deks", dir+"/src/deks", "--kek", src, "--num-deks", "16000", "--files", "0", "--deks-per-file", "400")
+	args := []string{"run", "--mode", "rewrap", "--run-id", "s1", "--workers", "1", "--source-deks", dir + "/src/deks", "--source-kek", src,
+		"--target-deks", dir + "/dst/deks", "--target-kek", dst, "--ledger", dir + "/ledger", "--progress", "-1s"}
+	a, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "REKEY_KEYS_CHILD=cli", "REKEY_KEYS_ARGS="+string(a), "SOFTHSM2_CONF="+env.Conf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Signal once the first unit is committed.
+	runDir := ledger.RunDir(dir+"/ledger", "s1")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		parts, _ := filepath.Glob(filepath.Join(runDir, "part-deks-*.parquet"))
+		if len(parts) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("no ledger part after 60 s:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if code != 143 || !strings.Contains(out.String(), "--resume") || !strings.Contains(out.String(), "interrupted") {
+		t.Fatalf("after SIGTERM: exit %d (want 143, a resume hint):\n%s", code, out.String())
+	}
+	m, err := ledger.ReadManifest(context.Background(), dir+"/ledger", "s1")
+	if err != nil || m.Status != transforms.ManifestInterrupted {
+		t.Fatalf("manifest after SIGTERM: %+v, %v", m, err)
+	}
+	parts, _ := filepath.Glob(filepath.Join(runDir, "part-deks-*.parquet"))
+	tables, _ := filepath.Glob(filepath.Join(dir, "dst", "deks", "*.parquet"))
+	if len(parts) == 0 || len(parts) >= 40 || len(tables) != len(parts) || m.Totals.DEKsMigrated != int64(400*len(parts)) {
+		t.Fatalf("after SIGTERM: %d ledger parts, %d target tables, manifest %d DEKs migrated; want 0 < parts < 40, as many tables, 400 DEKs each",
+			len(parts), len(tables), m.Totals.DEKsMigrated)
+	}
+	// Issue 15 item 15: no _SUCCESS for an interrupted run; one after the
+	// resume that completes it.
+	success := filepath.Join(dir, "dst", "deks", "_SUCCESS")
+	if _, err := os.Stat(success); err == nil {
+		t.Fatalf("an interrupted run wrote %s", success)
+	}
+	// Finish with --resume; verify.
+	resetFlags()
+	rekey(t, exitOK, append(args, "--resume")...)
+	if _, err := os.Stat(success); err != nil {
+		t.Fatalf("the run completed with nothing failed, but: %v", err)
+	}
+	resetFlags()
+	out2 := rekey(t, exitOK, "verify", "--deks", dir+"/dst/deks", "--kek", dst, "--report", dir+"/v.json")
+	if !strings.Contains(out2, "16000") {
+		t.Fatalf("verify after resume:\n%s", out2)
+	}
+
+	// Two signals: the second exits at once, still with no partial file
+	// under a final name.
+	args2 := append([]string{}, args...)
+	for i := range args2 {
+		args2[i] = strings.Replace(args2[i], "/dst/", "/dst2/", 1)
+		if args2[i] == "s1" {
+			args2[i] = "s2"
+		}
+	}
+	a, _ = json.Marshal(args2)
+	cmd = exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "REKEY_KEYS_CHILD=cli", "REKEY_KEYS_ARGS="+string(a), "SOFTHSM2_CONF="+env.Conf)
+	out.Reset()
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	runDir2 := ledger.RunDir(dir+"/ledger", "s2")
+	for deadline = time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if p, _ := filepath.Glob(filepath.Join(runDir2, "part-deks-*.parquet")); len(p) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	time.Sleep(5 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	err = cmd.Wait()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if code != 130 {
+		t.Fatalf("after two SIGINTs: exit %d, want 130 (args %q):\n%s", code, args2, out.String())
+	}
+	for _, root := range []string{filepath.Join(dir, "dst2", "deks"), runDir2} {
+		files, _ := os.ReadDir(root)
+		for _, f := range files {
+			if !strings.HasPrefix(f.Name(), ".") && !strings.HasPrefix(f.Name(), "_") {
+				if _, err := readParquetRows(filepath.Join(root, f.Name())); err != nil {
+					t.Errorf("a file under a final name does not read after two signals: %s: %v", f.Name(), err)
+				}
+			}
+		}
+	}
+
+	// Issue 15 item 8: the temporaries a killed run leaves (here one as
+	// kill -9 would leave it, beside whatever the second signal left) are
+	// gone after the resume that finishes the run.
+	leftover := filepath.Join(dir, "dst2", "deks", ".part-00007.parquet.rekey-0123456789ab.tmp")
+	if err := os.WriteFile(leftover, []byte("half a file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resetFlags()
+	rekey(t, exitOK, append(args2, "--resume", "--success-marker=false")...)
+	if _, err := os.Stat(filepath.Join(dir, "dst2", "deks", "_SUCCESS")); err == nil {
+		t.Errorf("--success-marker=false still wrote _SUCCESS")
+	}
+	for _, root := range []string{filepath.Join(dir, "dst2"), runDir2} {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(d.Name(), ".tmp") {
+				t.Errorf("a temporary of the killed run survived the resume: %s", p)
+			}
+			return nil
+		})
+	}
+}
+
+// readParquetRows opens a Parquet file whole (footer and row count).
+func readParquetRows(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	pf, err := parquet.OpenFile(f, st.Size())
+	if err != nil {
+		return 0, err
+	}
+	return pf.NumRows(), nil
+}
