@@ -235,7 +235,7 @@ func (j *Job) Validate() error {
 		return cfgErr("max_cell_bytes", "%d: must be between 0 (default %d) and %d", j.MaxCell, schemas.MaxCellBytes, schemas.MaxCellBytes)
 	}
 	if j.HSMRate < 0 {
-		return cfgErr("hsm_rate", "%g: must be 0 (unlimited) or a positive number of operations per second", j.HSMRate)
+		return cfgErr("hsm_rate", "%g: must be 0 (the custodian's default: unlimited for PKCS#11, the published quota for a KMS) or a positive number of operations per second", j.HSMRate)
 	}
 	if _, err := transforms.ParseBudget(j.MaxFailures); err != nil {
 		return cfgErr("max_failures", "%v", err)

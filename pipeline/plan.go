@@ -21,17 +21,21 @@ import (
 
 // Report is the outcome of a dry run.
 type Report struct {
-	Checks      []keys.Check
-	DEKFiles    int
-	DEKs        int
-	KEKs        map[string]int // kek reference -> DEKs wrapped by it
-	Wraps       map[string]int
-	DataFiles   int
-	OtherFiles  int // files under source.data that are not *.parquet (ignored)
-	Records     int64
-	DataBytes   int64
-	HSMOps      int64
-	HSMOpsNote  string
+	Checks     []keys.Check
+	DEKFiles   int
+	DEKs       int
+	KEKs       map[string]int // kek reference -> DEKs wrapped by it
+	Wraps      map[string]int
+	DataFiles  int
+	OtherFiles int // files under source.data that are not *.parquet (ignored)
+	Records    int64
+	DataBytes  int64
+	HSMOps     int64
+	HSMOpsNote string
+	// Load is the HSM-operation estimate per custodian, in API calls and
+	// in minutes at the rate the run allows it (KMS custodians are
+	// reached through rate-limited APIs); empty when a KEK did not open.
+	Load        []CustodianLoad
 	DuplicateID []string
 	// Predicted is what the findings say a run of the job will fail; a
 	// plan fails when that is more than the job's failure budget allows.
@@ -113,8 +117,8 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.add(false, "source KEK", "%v", srcErr)
 	} else {
 		r.add(true, "source KEK", "%s opened (module loaded, token found, PIN accepted, key found)", src.URI())
-		if p, ok := src.(keys.Preflighter); ok {
-			r.Checks = append(r.Checks, p.Preflight(ctx, false, true)...)
+		if checks, ok := keys.Preflight(ctx, src, false, true); ok {
+			r.Checks = append(r.Checks, checks...)
 		}
 	}
 	dst, dstErr := transforms.OpenKEK(ctx, spec.TargetKEK, spec.TargetWrap, 2)
@@ -122,8 +126,8 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.add(false, "target KEK", "%v", dstErr)
 	} else {
 		r.add(true, "target KEK", "%s opened, wrap %s", dst.URI(), dst.Mechanism())
-		if p, ok := dst.(keys.Preflighter); ok {
-			r.Checks = append(r.Checks, p.Preflight(ctx, true, true)...)
+		if checks, ok := keys.Preflight(ctx, dst, true, true); ok {
+			r.Checks = append(r.Checks, checks...)
 		}
 	}
 
@@ -264,7 +268,179 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.HSMOps = int64(r.DEKs) * 4
 		r.HSMOpsNote = "per DEK: source unwrap, random from the target HSM, target wrap, target unwrap to verify; records cost no HSM work (each further worker process unwraps each DEK it meets once more on each side)"
 	}
+	if src != nil && dst != nil {
+		var note string
+		r.Load, note = estimateLoad(j, r, src, dst)
+		if note != "" {
+			r.HSMOpsNote = note
+		}
+		r.HSMOps = 0
+		for _, l := range r.Load {
+			r.HSMOps += l.Calls
+		}
+		r.HSMOpsNote += loadNote(r.Load)
+	}
 	return r
+}
+
+// CustodianLoad is what a run asks of one custodian: its API calls (HSM
+// operations) and how long they take at the rate the run allows it.
+type CustodianLoad struct {
+	Side      string // "source", "target", or "source and target" (one custodian)
+	Custodian string // keys.Custodian: rate limits are shared per custodian
+	Calls     int64
+	Per       string  // what the calls are
+	Rate      float64 // operations/s: the job's hsm_rate, else the scheme's default; 0: unlimited
+	RateFrom  string  // where Rate comes from
+}
+
+// Minutes is how long the calls take at Rate; 0 when the rate is unlimited.
+func (l CustodianLoad) Minutes() float64 {
+	if l.Rate <= 0 {
+		return 0
+	}
+	return float64(l.Calls) / l.Rate / 60
+}
+
+func (l CustodianLoad) String() string {
+	s := fmt.Sprintf("%s %s: %d API calls (%s)", l.Side, l.Custodian, l.Calls, l.Per)
+	if l.Rate <= 0 {
+		return s + ", rate unlimited (" + l.RateFrom + ")"
+	}
+	return s + fmt.Sprintf(", %s minutes at %s/s (%s)", minutes(l.Minutes()), strconvRate(l.Rate), l.RateFrom)
+}
+
+func minutes(m float64) string {
+	switch {
+	case m >= 100:
+		return fmt.Sprintf("%.0f", m)
+	case m >= 1:
+		return fmt.Sprintf("%.1f", m)
+	case m > 0 && m < 0.01:
+		return "under 0.01"
+	}
+	return fmt.Sprintf("%.2f", m)
+}
+
+func strconvRate(r float64) string {
+	if r == float64(int64(r)) {
+		return fmt.Sprintf("%d", int64(r))
+	}
+	return fmt.Sprintf("%g", r)
+}
+
+// estimateLoad splits the run's HSM operations by custodian. Per DEK, a
+// rewrap unwraps with the source and wraps with the target, then unwraps
+// the new wrap with the target to verify it; where the source custodian
+// rewraps into the target itself (keys.CanRewrap for the DEKs' wrap), that
+// is one rewrap call at the source and at most one verifying unwrap at the
+// target. A reencrypt unwraps each source DEK once, and per new DEK asks
+// the target for randomness (dek_source hsm, when it has a generator),
+// wraps and verifies. The calls of one custodian share its budget: when
+// source and target are one custodian, they are added. These are the
+// calls of one worker process; each further process unwraps each DEK it
+// meets once more. note, when not empty, replaces the mode's generic
+// description of the HSM operations.
+func estimateLoad(j *Job, r *Report, src, dst keys.KEK) (load []CustodianLoad, note string) {
+	deks := int64(r.DEKs)
+	verify := int64(1)
+	if j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit {
+		verify = 0
+	}
+	var inside int64
+	if j.Mode == schemas.ModeRewrap {
+		for mech, n := range r.Wraps {
+			if keys.CanRewrap(src, dst, mech) {
+				inside += int64(n)
+			}
+		}
+		inside = min(inside, deks)
+	}
+	var s, t CustodianLoad
+	switch j.Mode {
+	case schemas.ModeRewrap:
+		out := deks - inside
+		s.Calls, t.Calls = inside+out, out*(1+verify)+inside*verify
+		switch {
+		case inside == 0:
+			s.Per, t.Per = "1 unwrap per DEK", "1 wrap per DEK"
+			if verify > 0 {
+				t.Per += " and 1 unwrap to verify it"
+			}
+		case out == 0:
+			s.Per, t.Per = "1 rewrap inside the custodian per DEK", "at most 1 unwrap per DEK to verify the custodian's rewrap"
+		default:
+			s.Per = fmt.Sprintf("%d rewraps inside the custodian, %d unwraps", inside, out)
+			t.Per = fmt.Sprintf("%d wraps and up to %d unwraps to verify", out, (out+inside)*verify)
+		}
+		if inside > 0 {
+			note = "per DEK the source custodian rewraps inside (" + plural(inside, "DEK", "DEKs") + "): 1 rewrap there"
+			if verify > 0 {
+				note += " and at most 1 target unwrap to verify"
+			}
+			if out > 0 {
+				note += "; per other DEK: source unwrap, target wrap, target unwrap to verify"
+			}
+		}
+	case schemas.ModeReencrypt:
+		gen := int64(0)
+		if j.DEKSource != "crypto-rand" && keys.CanGenerate(dst) {
+			gen = 1
+		}
+		s.Calls, t.Calls = deks, deks*(gen+1+verify)
+		s.Per = "1 unwrap per DEK"
+		t.Per = "per new DEK: 1 wrap"
+		if gen > 0 {
+			t.Per = "per new DEK: 1 random, 1 wrap"
+		} else {
+			note = "per DEK: source unwrap, target wrap, target unwrap to verify (new DEKs from crypto/rand); records cost no HSM work (each further worker process unwraps each DEK it meets once more on each side)"
+		}
+		if verify > 0 {
+			t.Per += ", 1 unwrap to verify"
+		}
+	default:
+		return nil, ""
+	}
+	s.Side, s.Custodian = "source", keys.Custodian(src)
+	t.Side, t.Custodian = "target", keys.Custodian(dst)
+	s.Rate, s.RateFrom = rateOf(j, src)
+	t.Rate, t.RateFrom = rateOf(j, dst)
+	if s.Custodian == t.Custodian {
+		s.Side, s.Calls, s.Per = "source and target", s.Calls+t.Calls, "source: "+s.Per+"; target: "+t.Per
+		return []CustodianLoad{s}, note
+	}
+	return []CustodianLoad{s, t}, note
+}
+
+// rateOf is the rate the run allows k's custodian: the job's hsm_rate,
+// else the scheme's default (a KMS's published quota); 0 is unlimited.
+func rateOf(j *Job, k keys.KEK) (float64, string) {
+	if j.HSMRate > 0 {
+		return j.HSMRate, "hsm_rate"
+	}
+	scheme, _, _ := strings.Cut(k.URI(), ":")
+	if d := keys.DefaultRate(k); d > 0 {
+		return d, "the " + scheme + " default; set hsm_rate to change it"
+	}
+	return 0, "no hsm_rate, and " + scheme + " has no default"
+}
+
+// loadNote is the estimate per custodian, for the plan's HSM line.
+func loadNote(load []CustodianLoad) string {
+	if len(load) == 0 {
+		return ""
+	}
+	parts := make([]string, len(load))
+	slowest := 0.0
+	for i, l := range load {
+		parts[i] = l.String()
+		slowest = max(slowest, l.Minutes())
+	}
+	s := "; per custodian, in one worker process: " + strings.Join(parts, "; ")
+	if slowest >= 0.01 {
+		s += fmt.Sprintf("; at these rates the run takes at least %s minutes", minutes(slowest))
+	}
+	return s
 }
 
 // maxCountedDEKs caps the dek_ids a plan keeps to count the records under

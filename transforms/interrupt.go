@@ -2,6 +2,7 @@ package transforms
 
 import (
 	"errors"
+	"strings"
 	"sync/atomic"
 )
 
@@ -34,4 +35,37 @@ func checkInterrupt() error {
 // custodian that refuses us, output that cannot be written, a stop request.
 func stops(err error) bool {
 	return isFatalKeyErr(err) || isOutputErr(err) || errors.Is(err, ErrInterrupted)
+}
+
+// The cause of a stopped run: Beam wraps a DoFn's error in layers of its
+// own context (the stage, the plan line) and on some paths drops it, so
+// the first error that stops the run is kept here, in this process, for
+// the CLI to print in one line. (A remote runner's workers are other
+// processes: there the CLI falls back to the error Beam returns.)
+var stopCause atomic.Pointer[string]
+
+// noteStop keeps *err as the run's stop cause when it stops the run and is
+// the first to; deferred by every migrating DoFn's Setup and ProcessElement.
+func noteStop(err *error) {
+	if *err == nil || errors.Is(*err, ErrInterrupted) || errors.Is(*err, ErrFailureBudget) {
+		return
+	}
+	msg := strings.TrimSpace((*err).Error())
+	stopCause.CompareAndSwap(nil, &msg)
+}
+
+// StopCause is the first error that stopped a DoFn of this process ("" if
+// none).
+func StopCause() string {
+	if p := stopCause.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// ResetStop clears the stop request and cause before a run starts (a
+// process that runs several pipelines, such as tests, starts each clean).
+func ResetStop() {
+	interrupted.Store(false)
+	stopCause.Store(nil)
 }

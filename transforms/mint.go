@@ -45,8 +45,8 @@ type MintDEKsFn struct {
 }
 
 // Setup opens both KEKs (once per process).
-func (f *MintDEKsFn) Setup(ctx context.Context) error {
-	var err error
+func (f *MintDEKsFn) Setup(ctx context.Context) (err error) {
+	defer noteStop(&err)
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
 		return err
 	}
@@ -55,7 +55,8 @@ func (f *MintDEKsFn) Setup(ctx context.Context) error {
 }
 
 // ProcessElement mints the replacements for the DEKs of DEK table file rel.
-func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(DEKMap), emitRes func(UnitResult)) error {
+func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(DEKMap), emitRes func(UnitResult)) (err error) {
+	defer noteStop(&err)
 	markStarted()
 	if err := checkInterrupt(); err != nil {
 		return err

@@ -47,8 +47,8 @@ type ReencryptFn struct {
 }
 
 // Setup opens both KEKs (once per process).
-func (f *ReencryptFn) Setup(ctx context.Context) error {
-	var err error
+func (f *ReencryptFn) Setup(ctx context.Context) (err error) {
+	defer noteStop(&err)
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
 		return err
 	}
@@ -112,7 +112,8 @@ type rowOutcome struct {
 }
 
 // ProcessElement re-encrypts record file rel.
-func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(*DEKMap) bool, emit func(UnitResult)) error {
+func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(*DEKMap) bool, emit func(UnitResult)) (err error) {
+	defer noteStop(&err)
 	markStarted()
 	f.loadMaps(deks)
 	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {

@@ -32,8 +32,8 @@ type RewrapFn struct {
 }
 
 // Setup opens both KEKs (once per process).
-func (f *RewrapFn) Setup(ctx context.Context) error {
-	var err error
+func (f *RewrapFn) Setup(ctx context.Context) (err error) {
+	defer noteStop(&err)
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
 		return err
 	}
@@ -41,7 +41,8 @@ func (f *RewrapFn) Setup(ctx context.Context) error {
 }
 
 // ProcessElement rewraps the DEK table file rel.
-func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(*SampleCell) bool, emit func(UnitResult)) error {
+func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(*SampleCell) bool, emit func(UnitResult)) (err error) {
+	defer noteStop(&err)
 	markStarted()
 	if err := checkInterrupt(); err != nil {
 		return err

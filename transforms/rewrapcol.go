@@ -37,8 +37,8 @@ type RewrapKeyColumnFn struct {
 }
 
 // Setup opens both KEKs (once per process).
-func (f *RewrapKeyColumnFn) Setup(ctx context.Context) error {
-	var err error
+func (f *RewrapKeyColumnFn) Setup(ctx context.Context) (err error) {
+	defer noteStop(&err)
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
 		return err
 	}
@@ -47,7 +47,8 @@ func (f *RewrapKeyColumnFn) Setup(ctx context.Context) error {
 }
 
 // ProcessElement rewraps the key column of record file rel.
-func (f *RewrapKeyColumnFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) error {
+func (f *RewrapKeyColumnFn) ProcessElement(ctx context.Context, rel string, emit func(UnitResult)) (err error) {
+	defer noteStop(&err)
 	markStarted()
 	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
 		return f.rewrapFile(ctx, srcPath, dstPath, part)

@@ -166,6 +166,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	// starts, nothing is touched; after, no unit starts, units in flight
 	// stop at their next batch or commit, the manifest says interrupted.
 	// A second one exits at once (pending files never get final names).
+	transforms.ResetStop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var started atomic.Bool
@@ -275,7 +276,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		if strings.Contains(runErr.Error(), transforms.ErrFailureBudget.Error()) {
 			return withCode(exitFailures, fmt.Errorf("run %s stopped: %s", j.RunID, budgetMessage(runErr)))
 		}
-		return withCode(exitFatal, fmt.Errorf("run %s stopped: %v\nCommitted units are kept: fix the cause and re-run with --run-id %s --resume", j.RunID, cleanBeamErr(runErr), j.RunID))
+		cause := transforms.StopCause()
+		if cause == "" {
+			cause = cleanBeamErr(runErr) // a remote runner: the cause is in its workers
+		}
+		if f.verbose {
+			fmt.Fprintf(stderr, "rekey run %s: the runner's error: %v\n", j.RunID, runErr)
+		}
+		return withCode(exitFatal, fmt.Errorf("run %s stopped: %s\nCommitted units are kept: fix the cause and re-run with --run-id %s --resume", j.RunID, oneLine(cause), j.RunID))
 	}
 	m, err := readManifest(ctx, j.Ledger, j.RunID)
 	if err != nil {
@@ -297,6 +305,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return withCode(exitFailures, fmt.Errorf("%d failed (ledger rows with status failed); the first: %s\nTo finish the run: fix the cause, then re-run with --run-id %s --resume (failed units are tried again; see docs/OPERATIONS.md \"How to finish a run\")", m.Totals.Failed, firstFailure(m.Failures), j.RunID))
 	}
 	return nil
+}
+
+// oneLine keeps the first line of a cause, capped, so a stop prints as one
+// line however the error was built.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 1000 {
+		s = s[:1000] + "..."
+	}
+	return s
 }
 
 // successDirs are the target folders a successful run marks with
@@ -349,6 +370,14 @@ func cleanBeamErr(err error) string {
 			line = line[k:]
 		}
 		return strings.TrimSpace(line)
+	}
+	// A DoFn's own error follows Beam's "DoFn[...] failed:" line.
+	if i := strings.LastIndex(msg, "] failed:\n"); i >= 0 {
+		for _, l := range strings.Split(msg[i+len("] failed:\n"):], "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				return l
+			}
+		}
 	}
 	for _, marker := range []string{"source KEK: ", "target KEK: ", "KEK: "} {
 		if i := strings.LastIndex(msg, marker); i >= 0 {

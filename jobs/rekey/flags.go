@@ -72,7 +72,7 @@ func (f *jobFlags) register(withMode bool) {
 	defInt(&f.cacheSize, "cache-size", 0, "unwrapped DEKs kept in memory per process (default 4096; evicted keys are zeroed)")
 	defInt(&f.maxCell, "max-cell-bytes", 0, "largest cell accepted (default and limit 64 MiB)")
 	ours["hsm-rate"] = true
-	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "HSM operations per second per HSM, per worker process (0: unlimited); shared HSMs need this")
+	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "custodian operations per second per HSM or KMS, per worker process (0: the custodian's default: unlimited for PKCS#11, the vendor's published quota for a KMS); shared HSMs need this")
 	defString(&f.maxFail, "max-failures", "", "stop the run past this many failures: a count (100), a percentage (0.1%), or 0 for the first")
 	defBool(&f.verifyCommit, "verify-before-commit", true, "check every new wrapped DEK (target unwrap) and every new cell (decrypt again) before committing; false only to measure its cost")
 	defBool(&f.successMarker, "success-marker", true, "write an empty _SUCCESS into the target folders when the run completes with nothing failed (downstream jobs wait for it); --success-marker=false to turn it off")
