@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
 	"maps"
+
+	"gopkg.in/yaml.v3"
 
 	"rekey/providers/keys"
 	"rekey/providers/storage"
@@ -95,9 +97,66 @@ func ParseJob(b []byte) (*Job, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("job file is empty")
 		}
-		return nil, fmt.Errorf("job file: %v", err)
+		return nil, fmt.Errorf("job file: %s", explainYAML(err))
 	}
 	return &j, nil
+}
+
+// yamlUnknown is yaml.v3's message for an unknown key.
+var yamlUnknown = regexp.MustCompile(`field (\S+) not found in type pipeline\.(\w+)`)
+
+// explainYAML rewrites yaml.v3's messages about unknown keys in the job
+// file's terms: where the key was, the keys allowed there, and the nearest
+// one ("sorce": did you mean "source"?), instead of Go type names.
+func explainYAML(err error) string {
+	where := map[string]reflect.Type{"Job": reflect.TypeOf(Job{}), "Side": reflect.TypeOf(Side{}), "Columns": reflect.TypeOf(Columns{})}
+	names := map[string]string{"Job": "at the top level", "Side": "in source/target", "Columns": "in columns"}
+	return yamlUnknown.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		sub := yamlUnknown.FindStringSubmatch(m)
+		key, typ := sub[1], sub[2]
+		t, ok := where[typ]
+		if !ok {
+			return fmt.Sprintf("unknown key %q", key)
+		}
+		var keys []string
+		for i := 0; i < t.NumField(); i++ {
+			if k, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); k != "" && k != "-" {
+				keys = append(keys, k)
+			}
+		}
+		msg := fmt.Sprintf("unknown key %q %s", key, names[typ])
+		best, bestD := "", 3
+		for _, k := range keys {
+			if d := editDistance(key, k); d < bestD {
+				best, bestD = k, d
+			}
+		}
+		if best != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", best)
+		}
+		return msg + "; known keys there: " + strings.Join(keys, ", ")
+	})
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // Defaults fills what the user left out.

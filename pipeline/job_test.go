@@ -75,6 +75,13 @@ func TestParseJobRejectsTyposAndEmpty(t *testing.T) {
 	if _, err := pipeline.ParseJob([]byte(strings.Replace(goodJob, "ledger:", "ledgr:", 1))); err == nil || !strings.Contains(err.Error(), "ledgr") {
 		t.Fatalf("typo not reported: %v", err)
 	}
+	// Issue 15 item 13: the message speaks the job file's terms, not Go's,
+	// and suggests the nearest key.
+	_, err := pipeline.ParseJob([]byte("version: 1\nmode: rewrap\nsorce: {}\ntarget:\n  dkes: /x\n"))
+	if err == nil || strings.Contains(err.Error(), "pipeline.") || !strings.Contains(err.Error(), `did you mean "source"`) ||
+		!strings.Contains(err.Error(), `"dkes" in source/target (did you mean "deks"?)`) {
+		t.Fatalf("typos: %v", err)
+	}
 	if _, err := pipeline.ParseJob(nil); err == nil {
 		t.Fatal("empty job file accepted")
 	}
