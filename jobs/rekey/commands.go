@@ -251,7 +251,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "  progress: the workers run on %s; watch its UI (Beam counters rekey/files, deks, records, bytes, failed)\n", *runners.Runner)
 		progress = -1
 	}
-	stop := startProgress(stderr, progress, j.Mode)
+	// The files the run's stages count: record files, or DEK table files
+	// for a rewrap of a DEK table.
+	files := int64(r.DataFiles)
+	if j.Mode == schemas.ModeRewrap && !spec.ColumnKeys() {
+		files = int64(r.DEKFiles)
+	}
+	stop := startProgress(stderr, progress, j.Mode, progressTotals{Files: files, DEKs: int64(r.DEKs), Records: r.Records})
 	started.Store(true)
 	if sigs.received() != nil {
 		transforms.Interrupt() // a signal during the preflight's last moments
@@ -446,13 +452,23 @@ func humanBytes(n int64) string {
 }
 
 // startProgress prints a progress line at an interval until stop is called.
-func startProgress(w io.Writer, every time.Duration, mode string) (stop func()) {
+// progressTotals are what the plan counted, for done/total, percent and
+// ETA in the progress line (0: not known).
+type progressTotals struct {
+	Files, DEKs, Records int64
+}
+
+func startProgress(w io.Writer, every time.Duration, mode string, total progressTotals) (stop func()) {
 	if every < 0 {
 		return func() {}
 	}
+	tty := false
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		tty = w == io.Writer(os.Stderr)
+	}
 	if every == 0 {
 		every = 10 * time.Second
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		if tty {
 			every = 2 * time.Second
 		}
 	}
@@ -467,14 +483,52 @@ func startProgress(w io.Writer, every time.Duration, mode string) (stop func()) 
 				return
 			case <-t.C:
 				p := &transforms.Progress
-				el := time.Since(start).Seconds()
-				rec := p.Records.Load()
-				fmt.Fprintf(w, "  [%4.0fs] files %d  DEKs %d  records %d (%.0f/s)  %s  failed %d\n",
-					el, p.Files.Load(), p.DEKs.Load(), rec, float64(rec)/el, humanBytes(p.Bytes.Load()), p.Failed.Load())
+				fmt.Fprintln(w, progressLine(time.Since(start), mode, total, p.Files.Load(), p.DEKs.Load(), p.Records.Load(), p.Bytes.Load(), p.Failed.Load(), tty))
 			}
 		}
 	}()
 	return func() { close(done) }
+}
+
+// progressLine is one progress report: done/total of each unit whose total
+// the plan knows, the share done (DEKs for a rewrap, records or else files
+// for a reencrypt), the rate and the time left; on a terminal a bar too.
+func progressLine(el time.Duration, mode string, total progressTotals, files, deks, records, bytes, failed int64, bar bool) string {
+	of := func(n, t int64) string {
+		if t > 0 {
+			return fmt.Sprintf("%d/%d", n, t)
+		}
+		return fmt.Sprint(n)
+	}
+	frac := -1.0
+	switch {
+	case mode == schemas.ModeRewrap && total.DEKs > 0:
+		frac = float64(deks) / float64(total.DEKs)
+	case total.Records > 0:
+		frac = float64(records) / float64(total.Records)
+	case total.Files > 0:
+		frac = float64(files) / float64(total.Files)
+	}
+	secs := max(el.Seconds(), 0.001)
+	line := fmt.Sprintf("  [%4.0fs] files %s  DEKs %s  records %s (%.0f/s)  %s  failed %d", el.Seconds(), of(files, total.Files), of(deks, total.DEKs),
+		of(records, total.Records), float64(records)/secs, humanBytes(bytes), failed)
+	if mode == schemas.ModeRewrap {
+		line = fmt.Sprintf("  [%4.0fs] files %s  DEKs %s (%.0f/s)  failed %d", el.Seconds(), of(files, total.Files), of(deks, total.DEKs), float64(deks)/secs, failed)
+	}
+	if frac < 0 {
+		return line
+	}
+	frac = min(frac, 1)
+	line += fmt.Sprintf("  %3.0f%%", frac*100)
+	if frac > 0 && frac < 1 {
+		left := time.Duration(float64(el) * (1 - frac) / frac).Round(time.Second)
+		line += "  ETA " + left.String()
+	}
+	if bar {
+		n := int(frac * 20)
+		line += "  [" + strings.Repeat("#", n) + strings.Repeat(".", 20-n) + "]"
+	}
+	return line
 }
 
 // isLocalRunner reports runners whose workers are this process.

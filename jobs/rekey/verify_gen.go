@@ -107,7 +107,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildVerify(s, spec)
-	stop := startProgress(stderr, f.progress, "verify")
+	stop := startProgress(stderr, f.progress, "verify", progressTotals{})
 	start := time.Now()
 	_, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
@@ -460,7 +460,7 @@ func cmdGen(args []string, stdout, stderr io.Writer) error {
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildGen(s, g)
 	start := time.Now()
-	stop := startProgress(stderr, -1, "gen")
+	stop := startProgress(stderr, -1, "gen", progressTotals{})
 	_, err := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if err != nil {
