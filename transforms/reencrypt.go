@@ -255,6 +255,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 	batch := spec.rowBatch()
 	rows := make([]parquet.Row, batch)
 	outcomes := make([]rowOutcome, batch)
+	rowBase := int64(0) // the file's row number of rows[0]
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
@@ -308,10 +309,15 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 						keep = append(keep, detach(rows[i], &layout))
 					} else {
 						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
+						if o.id == "" {
+							// No record id to find it by: say where it is.
+							l.Error += fmt.Sprintf(" (row %d of %s, counting from 0)", rowBase+int64(i), srcPath)
+						}
 					}
 					res.add(&l)
 					batchLedger = append(batchLedger, l)
 				}
+				rowBase += int64(n)
 				if err := led.Write(batchLedger); err != nil {
 					rr.Close()
 					return res, err
