@@ -10,7 +10,8 @@ export REKEY_SOURCE_PIN="${REKEY_SOURCE_PIN:-demo-source-1234}"
 export REKEY_TARGET_PIN="${REKEY_TARGET_PIN:-demo-target-5678}"
 export SOFTHSM2_CONF="$PWD/demo/softhsm/softhsm2.conf"
 REKEY=bin/rekey
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: piped to a file, the output stays plain text.
+if [ -t 1 ]; then step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else step() { printf '\n== %s\n' "$*"; }; fi
 
 step "versitygw on 127.0.0.1 (posix store in demo/s3, bucket rekey-demo)"
 rm -rf demo/s3 && mkdir -p demo/s3/store/rekey-demo
