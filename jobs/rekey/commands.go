@@ -197,6 +197,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer lease.Release(context.WithoutCancel(ctx))
 	// Preflight: the same checks as plan, without the per-file footer scan.
 	r := pipeline.Plan(ctx, j, false)
+	if sig := sigs.received(); sig != nil {
+		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v during its preflight; nothing was touched", j.RunID, sig))
+	}
 	if r.Failed() {
 		for _, c := range r.Checks {
 			if !c.OK {
