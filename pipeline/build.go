@@ -10,6 +10,9 @@ import (
 // Build adds a migration run to the pipeline at s: rewrap or reencrypt,
 // ending with the run manifest.
 func Build(s beam.Scope, spec transforms.Spec) {
+	// The per-process counters (progress, failure budget) start at zero
+	// for every run built in this process.
+	transforms.ResetProgress()
 	s = s.Scope("rekey")
 	var results beam.PCollection
 	if spec.ColumnKeys() {

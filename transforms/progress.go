@@ -20,3 +20,15 @@ var Progress struct {
 func markStarted() {
 	Progress.Started.CompareAndSwap(0, time.Now().UnixNano())
 }
+
+// ResetProgress zeroes the counters before a run: they are per process,
+// and the failure budget reads them, so a process that runs several jobs
+// (tests, programs embedding rekey) must start each at zero.
+func ResetProgress() {
+	Progress.Files.Store(0)
+	Progress.Records.Store(0)
+	Progress.DEKs.Store(0)
+	Progress.Failed.Store(0)
+	Progress.Bytes.Store(0)
+	Progress.Started.Store(0)
+}
