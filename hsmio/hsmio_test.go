@@ -45,7 +45,9 @@ func run(m *testing.M) int {
 	}
 	// "pinprobe" is never logged into with the right PIN, so a wrong PIN
 	// is always checked by the token (login state is per process).
-	for _, tok := range []string{"src", "dst", "pinprobe"} {
+	// "failover" is the token whose sessions TestLoginLostInAFailOver
+	// closes under hsmio's feet; nothing else uses it.
+	for _, tok := range []string{"src", "dst", "pinprobe", "failover"} {
 		if err := softhsm.InitToken(conf, tok, "5678", pin); err != nil {
 			panic(err)
 		}
@@ -68,8 +70,18 @@ func run(m *testing.M) int {
 	if err := softhsm.CreateKey("dst", pin, softhsm.KeySpec{Label: "kek-aes"}); err != nil {
 		panic(err)
 	}
+	if err := softhsm.CreateKey("failover", pin, softhsm.KeySpec{Label: "kek-aes"}); err != nil {
+		panic(err)
+	}
 	os.Setenv("REKEY_TEST_PIN", pin)
 	os.Setenv("REKEY_WRONG_PIN", "0000")
+	// crypto11 insists on initializing a module itself, and a copy of the
+	// fault module (sessions_test.go) initializes SoftHSM2 underneath when
+	// it is first: SoftHSM2 is opened through hsmio first, whatever test
+	// runs first.
+	if _, err := hsmio.OpenRawToken(hsmio.URI{Token: "dst", ModulePath: softhsm.Module, PinSource: "env:REKEY_TEST_PIN"}); err != nil {
+		panic(err)
+	}
 	return m.Run()
 }
 

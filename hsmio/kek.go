@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ThalesGroup/crypto11"
@@ -69,76 +70,87 @@ type KEK struct {
 	uri   URI
 	tok   *token
 	mech  string
+	isAES bool
 	isRSA bool
-
-	aes     *crypto11.SecretKey
-	gcm     cipher.AEAD
-	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
+	// hasPriv: the token holds the private key of the pair (else only the
+	// public key: wrap only).
+	hasPriv bool
 	rsaPub  *rsa.PublicKey
-	handle  atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
-	keyURI  string        // URI(), computed once: it keys the DEK cache on every lookup
+
+	// objs are the key's crypto11 objects in the token's current
+	// generation, found again on first use after a replacement.
+	objs   atomic.Pointer[c11Key]
+	handle atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
+	keyURI string        // URI(), computed once: it keys the DEK cache on every lookup
 	// noRewrap is set once the token has shown it cannot rewrap inside
 	// (see rewrap.go); rewraps then go through rekey.
 	noRewrap atomic.Bool
+	// oaep remembers, per RSA-OAEP wrap, that the token refused its
+	// parameters: later unwraps fail at once with the same advice.
+	oaepMu sync.Mutex
+	oaep   map[string]error
+}
+
+// c11Key is a KEK's crypto11 objects in one generation.
+type c11Key struct {
+	gen     *generation
+	aes     *crypto11.SecretKey
+	gcm     cipher.AEAD
+	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
 }
 
 var _ keys.KEK = (*KEK)(nil)
 var _ keys.Generator = (*KEK)(nil)
 var _ keys.Preflighter = (*KEK)(nil)
 
-// Open logs in to the token named by uri and finds the key.
-func Open(_ context.Context, uri string, opts keys.Options) (*KEK, error) {
+// retry is hsmio's own retry of transient HSM errors, for what no
+// keys.WithRetry wraps (opening a key, the preflight): the same policy.
+// n, if not nil, counts the transient errors that were retried.
+func retry(ctx context.Context, n *retried, op func() error) error {
+	return keys.RetryPolicy{}.Do(ctx, func() error {
+		err := op()
+		if err != nil && keys.IsRetryable(err) && n != nil {
+			n.add(err)
+		}
+		return err
+	})
+}
+
+// retried counts the transient errors a retry absorbed.
+type retried struct {
+	n     int
+	first error
+}
+
+func (r *retried) add(err error) {
+	if r.first == nil {
+		r.first = err
+	}
+	r.n++
+}
+
+// Open logs in to the token named by uri and finds the key. Transient HSM
+// errors are retried (keys.RetryPolicy's bounds).
+func Open(ctx context.Context, uri string, opts keys.Options) (*KEK, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
 	}
+	var k *KEK
+	if err := retry(ctx, nil, func() (err error) { k, err = open(ctx, u, opts); return err }); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func open(ctx context.Context, u URI, opts keys.Options) (*KEK, error) {
 	tok, err := openToken(u, opts.Sessions)
 	if err != nil {
 		return nil, err
 	}
 	k := &KEK{uri: u, tok: tok, keyURI: u.KeyURI()}
-	ref := fmt.Sprintf("%s", u.KeyURI())
-	var id []byte
-	if len(u.ID) > 0 {
-		id = u.ID
-	}
-	var label []byte
-	if u.Object != "" {
-		label = []byte(u.Object)
-	}
-	if u.Type == "" || u.Type == "secret-key" {
-		sk, err := tok.c11.FindKey(id, label)
-		if err != nil && strings.Contains(err.Error(), "not found") {
-			sk, err = nil, nil
-		}
-		if err != nil {
-			return nil, classify(err, "find key "+ref)
-		}
-		if sk != nil {
-			k.aes = sk
-		}
-	}
-	if k.aes == nil && u.Type != "secret-key" {
-		kp, err := tok.c11.FindKeyPair(id, label)
-		if err != nil && strings.Contains(err.Error(), "not found") {
-			kp, err = nil, nil
-		}
-		if err != nil {
-			return nil, classify(err, "find key pair "+ref)
-		}
-		if kp != nil {
-			pub, ok := kp.Public().(*rsa.PublicKey)
-			if !ok {
-				return nil, fmt.Errorf("key %s: %w: it is a %T key pair; rekey wraps DEKs with AES or RSA keys", ref, keys.ErrMechanism, kp.Public())
-			}
-			k.isRSA, k.rsaPub = true, pub
-			if sd, ok := kp.(crypto11.SignerDecrypter); ok {
-				k.rsaPriv = sd
-			}
-		}
-	}
-	if k.aes == nil && !k.isRSA {
-		return nil, fmt.Errorf("key %s on token %q: %w (check object= in the URI; list keys with: pkcs11-tool --module %s --token-label %q --login --list-objects)", ref, u.Token, keys.ErrKeyNotFound, u.ModulePath, u.Token)
+	if err := tok.withC11(ctx, k.find); err != nil {
+		return nil, err
 	}
 	k.mech = opts.Wrap
 	if k.mech == "" {
@@ -150,18 +162,112 @@ func Open(_ context.Context, uri string, opts keys.Options) (*KEK, error) {
 	if err := k.checkMech(k.mech); err != nil {
 		return nil, err
 	}
-	if k.aes != nil {
-		if k.gcm, err = k.aes.NewGCM(); err != nil {
-			return nil, classify(err, "AES-GCM on "+ref)
+	return k, nil
+}
+
+// find looks the key up in generation g when it is opened: an AES secret
+// key, else an RSA key pair.
+func (k *KEK) find(g *generation) error {
+	u := k.uri
+	ref := u.KeyURI()
+	id, label := k.lookup()
+	o := &c11Key{gen: g}
+	if u.Type == "" || u.Type == "secret-key" {
+		sk, err := g.c11.FindKey(id, label)
+		if err != nil && strings.Contains(err.Error(), "not found") {
+			sk, err = nil, nil
+		}
+		if err != nil {
+			return classify(err, "find key "+ref)
+		}
+		if sk != nil {
+			if o.gcm, err = sk.NewGCM(); err != nil {
+				return classify(err, "AES-GCM on "+ref)
+			}
+			o.aes, k.isAES = sk, true
 		}
 	}
-	return k, nil
+	if !k.isAES && u.Type != "secret-key" {
+		kp, err := g.c11.FindKeyPair(id, label)
+		if err != nil && strings.Contains(err.Error(), "not found") {
+			kp, err = nil, nil
+		}
+		if err != nil {
+			return classify(err, "find key pair "+ref)
+		}
+		if kp != nil {
+			pub, ok := kp.Public().(*rsa.PublicKey)
+			if !ok {
+				return fmt.Errorf("key %s: %w: it is a %T key pair; rekey wraps DEKs with AES or RSA key pairs", ref, keys.ErrMechanism, kp.Public())
+			}
+			k.isRSA, k.rsaPub = true, pub
+			if sd, ok := kp.(crypto11.SignerDecrypter); ok {
+				o.rsaPriv, k.hasPriv = sd, true
+			}
+		}
+	}
+	if !k.isAES && !k.isRSA {
+		return fmt.Errorf("key %s on token %q: %w (check object= in the URI; list keys with: pkcs11-tool --module %s --token-label %q --login --list-objects)", ref, u.Token, keys.ErrKeyNotFound, u.ModulePath, u.Token)
+	}
+	k.objs.Store(o)
+	return nil
+}
+
+func (k *KEK) lookup() (id, label []byte) {
+	if len(k.uri.ID) > 0 {
+		id = k.uri.ID
+	}
+	if k.uri.Object != "" {
+		label = []byte(k.uri.Object)
+	}
+	return id, label
+}
+
+// in returns the key's crypto11 objects in generation g, finding the key
+// again if g replaced the generation it was found in (a pointer compare
+// otherwise: no PKCS#11 call).
+func (k *KEK) in(g *generation) (*c11Key, error) {
+	if o := k.objs.Load(); o != nil && o.gen == g {
+		return o, nil
+	}
+	ref := k.URI()
+	id, label := k.lookup()
+	o := &c11Key{gen: g}
+	switch {
+	case k.isAES:
+		sk, err := g.c11.FindKey(id, label)
+		if err != nil {
+			if strings.Contains(err.Error(), "not found") {
+				return nil, fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
+			}
+			return nil, err
+		}
+		if o.gcm, err = sk.NewGCM(); err != nil {
+			return nil, err
+		}
+		o.aes = sk
+	case k.hasPriv:
+		kp, err := g.c11.FindKeyPair(id, label)
+		if err != nil {
+			if strings.Contains(err.Error(), "not found") {
+				return nil, fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
+			}
+			return nil, err
+		}
+		sd, ok := kp.(crypto11.SignerDecrypter)
+		if !ok {
+			return nil, fmt.Errorf("key %s: %w: the private key is gone", ref, keys.ErrKeyNotFound)
+		}
+		o.rsaPriv = sd
+	}
+	k.objs.Store(o)
+	return o, nil
 }
 
 func (k *KEK) checkMech(m string) error {
 	switch m {
 	case schemas.WrapAESGCM, schemas.WrapAESKWP:
-		if k.aes == nil {
+		if !k.isAES {
 			return fmt.Errorf("key %s: %w: %s needs an AES key, this is an RSA key pair (use rsa-oaep-sha256 or rsa-oaep-sha1)", k.URI(), keys.ErrMechanism, m)
 		}
 	case schemas.WrapRSAOAEPSHA1, schemas.WrapRSAOAEPSHA256:
@@ -174,44 +280,143 @@ func (k *KEK) checkMech(m string) error {
 	return nil
 }
 
+// ckm is the PKCS#11 mechanism each wrap uses on the token, and its name.
+var ckm = map[string]struct {
+	m    uint
+	name string
+}{
+	schemas.WrapAESGCM:        {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"},
+	schemas.WrapAESKWP:        {pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
+	schemas.WrapRSAOAEPSHA1:   {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP with SHA-1"},
+	schemas.WrapRSAOAEPSHA256: {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP with SHA-256"},
+}
+
+// offered lists the wraps for this key's type whose mechanism the token
+// lists (nil if it lists none).
+func (k *KEK) offered(except string) []string {
+	mechs := k.tok.mechanisms()
+	var out []string
+	for _, m := range []string{schemas.WrapAESGCM, schemas.WrapAESKWP, schemas.WrapRSAOAEPSHA256, schemas.WrapRSAOAEPSHA1} {
+		if m == except || k.checkMech(m) != nil {
+			continue
+		}
+		if _, ok := mechs[ckm[m].m]; !ok {
+			continue
+		}
+		if k.oaepRefused(m) != nil {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// noMech is the error for a wrap the token cannot do: it names the
+// mechanism and what the token offers instead.
+func (k *KEK) noMech(m string, cause error) error {
+	var msg string
+	if cause != nil {
+		msg = fmt.Sprintf("token %q cannot do %s (%s): %v", k.tok.name, m, ckm[m].name, cause)
+	} else {
+		msg = fmt.Sprintf("token %q does not offer %s (%s is not in its mechanism list)", k.tok.name, m, ckm[m].name)
+	}
+	if alt := k.offered(m); len(alt) > 0 {
+		msg += fmt.Sprintf("; it offers %s: use that wrap (--target-wrap %s for new wraps)", strings.Join(alt, ", "), alt[0])
+	} else {
+		msg += "; it offers no other wrap for this key"
+	}
+	return fmt.Errorf("%w: %s", keys.ErrMechanism, msg)
+}
+
+// tokenOffers checks that the token lists the mechanism of wrap m (a token
+// that lists no mechanisms is trusted to have it).
+func (k *KEK) tokenOffers(m string) error {
+	mechs := k.tok.mechanisms()
+	if mechs == nil {
+		return nil
+	}
+	if _, ok := mechs[ckm[m].m]; !ok {
+		return k.noMech(m, nil)
+	}
+	return k.oaepRefused(m)
+}
+
+func (k *KEK) oaepRefused(m string) error {
+	k.oaepMu.Lock()
+	defer k.oaepMu.Unlock()
+	return k.oaep[m]
+}
+
 // URI implements keys.KEK.
 func (k *KEK) URI() string { return k.keyURI }
 
 // Mechanism implements keys.KEK.
 func (k *KEK) Mechanism() string { return k.mech }
 
+// handleInvalid reports the token saying a key handle is no longer valid.
+func handleInvalid(err error) bool {
+	p, ok := errCode(err)
+	return ok && (p == pkcs11.CKR_KEY_HANDLE_INVALID || p == pkcs11.CKR_OBJECT_HANDLE_INVALID)
+}
+
+// withKey runs f on a raw session with the AES key's handle. A handle the
+// token no longer knows (after a fail-over, say) is looked up again, once.
+func (k *KEK) withKey(ctx context.Context, f func(sh pkcs11.SessionHandle, key pkcs11.ObjectHandle) error) error {
+	return k.tok.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		cached := k.handle.Load() != 0
+		h, err := k.aesHandle(sh)
+		if err != nil {
+			return err
+		}
+		err = f(sh, h)
+		if cached && handleInvalid(err) {
+			k.handle.Store(0)
+			if h, err = k.aesHandle(sh); err != nil {
+				return err
+			}
+			err = f(sh, h)
+		}
+		return err
+	})
+}
+
 // Wrap implements keys.KEK.
-func (k *KEK) Wrap(_ context.Context, b keys.Binding, dek *keys.DEK) (out []byte, err error) {
+func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []byte, err error) {
 	what := fmt.Sprintf("wrap DEK (%s) with %s (%s)", b, k.URI(), k.mech)
 	switch k.mech {
 	case schemas.WrapAESGCM:
+		if err := k.tokenOffers(k.mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
 		nonce := make([]byte, schemas.NonceSize)
 		if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 			return nil, err
 		}
-		// crypto11's Seal panics on HSM errors; turn that back into an error.
-		defer func() {
-			if r := recover(); r != nil {
-				out = nil
-				if e, ok := r.(error); ok {
-					err = classify(e, what)
-				} else {
-					err = fmt.Errorf("%s: %v", what, r)
-				}
+		err = k.tok.withC11(ctx, func(g *generation) error {
+			o, err := k.in(g)
+			if err != nil {
+				return err
 			}
-		}()
-		return k.gcm.Seal(nonce, nonce, dek.Bytes(), gcmAAD(b)), nil
+			// Seal panics on HSM errors; withC11 turns that back into
+			// an error. nonce has no spare capacity: Seal appends to a
+			// copy.
+			out = o.gcm.Seal(nonce, nonce, dek.Bytes(), gcmAAD(b))
+			return nil
+		})
+		if err != nil {
+			return nil, classify(err, what)
+		}
+		return out, nil
 	case schemas.WrapAESKWP:
 		if dek.Len()%8 != 0 {
 			// RFC 5649 pads other lengths, and the padding does not
 			// always come off again on unwrap (SoftHSM returns it).
 			return nil, fmt.Errorf("%s: %w: aes-kwp wraps secrets whose length is a multiple of 8 bytes; this one is %d (use aes-gcm)", what, keys.ErrMechanism, dek.Len())
 		}
-		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
-			kek, err := k.aesHandle(sh)
-			if err != nil {
-				return err
-			}
+		if err := k.tokenOffers(k.mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			obj, err := k.tok.p11.CreateObject(sh, []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
@@ -230,19 +435,93 @@ func (k *KEK) Wrap(_ context.Context, b keys.Binding, dek *keys.DEK) (out []byte
 			return nil, classify(err, what)
 		}
 		return out, nil
-	case schemas.WrapRSAOAEPSHA256:
-		out, err = rsa.EncryptOAEP(sha256.New(), rand.Reader, k.rsaPub, dek.Bytes(), nil)
-	case schemas.WrapRSAOAEPSHA1:
-		out, err = rsa.EncryptOAEP(sha1.New(), rand.Reader, k.rsaPub, dek.Bytes(), nil) //nolint:gosec
+	case schemas.WrapRSAOAEPSHA256, schemas.WrapRSAOAEPSHA1:
+		if k.hasPriv {
+			// A wrap the token will not unwrap is no wrap at all.
+			if err := k.oaepRefused(k.mech); err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+		}
+		h := sha256.New()
+		if k.mech == schemas.WrapRSAOAEPSHA1 {
+			h = sha1.New() //nolint:gosec
+		}
+		out, err = rsa.EncryptOAEP(h, rand.Reader, k.rsaPub, dek.Bytes(), nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		return out, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+	return nil, fmt.Errorf("%s: %w: unknown wrap", what, keys.ErrMechanism)
+}
+
+// badParams reports a token refusing a mechanism's parameters: SoftHSM
+// answers CKR_ARGUMENTS_BAD to OAEP with SHA-256, others
+// CKR_MECHANISM_PARAM_INVALID or CKR_MECHANISM_INVALID.
+func badParams(err error) bool {
+	p, ok := errCode(err)
+	return ok && (p == pkcs11.CKR_ARGUMENTS_BAD || p == pkcs11.CKR_MECHANISM_PARAM_INVALID || p == pkcs11.CKR_MECHANISM_INVALID)
+}
+
+// decryptOAEP decrypts with the private key on the token, through crypto11.
+func (k *KEK) decryptOAEP(ctx context.Context, mech string, wrapped []byte) (plain []byte, err error) {
+	h := crypto.SHA256
+	if mech == schemas.WrapRSAOAEPSHA1 {
+		h = crypto.SHA1
 	}
-	return out, nil
+	err = k.tok.withC11(ctx, func(g *generation) error {
+		o, err := k.in(g)
+		if err != nil {
+			return err
+		}
+		plain, err = o.rsaPriv.Decrypt(nil, wrapped, &rsa.OAEPOptions{Hash: h})
+		return err
+	})
+	return plain, err
+}
+
+// refuseOAEP records that the token refused the parameters of an OAEP
+// wrap, after checking whether it takes the other OAEP wrap (a test
+// decryption of a random secret), so the advice names one that works.
+func (k *KEK) refuseOAEP(ctx context.Context, mech string, cause error) error {
+	other := schemas.WrapRSAOAEPSHA1
+	if mech == schemas.WrapRSAOAEPSHA1 {
+		other = schemas.WrapRSAOAEPSHA256
+	}
+	k.oaepMu.Lock()
+	if k.oaep == nil {
+		k.oaep = map[string]error{}
+	}
+	k.oaep[mech] = fmt.Errorf("%w: token %q cannot do %s (%s): %v", keys.ErrMechanism, k.tok.name, mech, ckm[mech].name, cause)
+	k.oaepMu.Unlock()
+	if k.oaepRefused(other) == nil {
+		secret := make([]byte, keys.DEKSize)
+		if _, err := io.ReadFull(rand.Reader, secret); err == nil {
+			h := sha256.New()
+			if other == schemas.WrapRSAOAEPSHA1 {
+				h = sha1.New() //nolint:gosec
+			}
+			if ct, err := rsa.EncryptOAEP(h, rand.Reader, k.rsaPub, secret, nil); err == nil {
+				got, err := k.decryptOAEP(ctx, other, ct)
+				if badParams(err) || (err == nil && !bytes.Equal(got, secret)) {
+					k.oaepMu.Lock()
+					k.oaep[other] = fmt.Errorf("%w: token %q cannot do %s (%s)", keys.ErrMechanism, k.tok.name, other, ckm[other].name)
+					k.oaepMu.Unlock()
+				}
+				clear(got)
+			}
+		}
+		clear(secret)
+	}
+	err := k.noMech(mech, cause)
+	k.oaepMu.Lock()
+	k.oaep[mech] = err
+	k.oaepMu.Unlock()
+	return err
 }
 
 // Unwrap implements keys.KEK.
-func (k *KEK) Unwrap(_ context.Context, b keys.Binding, mech string, wrapped []byte) (*keys.DEK, error) {
+func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped []byte) (*keys.DEK, error) {
 	what := fmt.Sprintf("unwrap DEK (%s) with %s (%s)", b, k.URI(), mech)
 	if err := k.checkMech(mech); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
@@ -258,18 +537,27 @@ func (k *KEK) Unwrap(_ context.Context, b keys.Binding, mech string, wrapped []b
 		if n := len(wrapped) - schemas.NonceSize - schemas.TagSize; n < keys.MinSecret || n > keys.MaxSecret {
 			return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes, want %d to %d", what, keys.ErrUnwrapFailed, len(wrapped), schemas.NonceSize+keys.MinSecret+schemas.TagSize, schemas.NonceSize+keys.MaxSecret+schemas.TagSize)
 		}
-		plain, err = k.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
+		if err := k.tokenOffers(mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		err = k.tok.withC11(ctx, func(g *generation) error {
+			o, err := k.in(g)
+			if err != nil {
+				return err
+			}
+			plain, err = o.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
+			return err
+		})
 	case schemas.WrapAESKWP:
 		// RFC 5649: an 8-byte integrity block plus the padded key, in
 		// 8-byte blocks.
 		if len(wrapped) < 8+keys.MinSecret || len(wrapped)%8 != 0 {
 			return nil, fmt.Errorf("%s: %w: an aes-kwp wrapped key is a multiple of 8 bytes and at least %d; this one is %d", what, keys.ErrUnwrapFailed, 8+keys.MinSecret, len(wrapped))
 		}
-		err = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
-			kek, err := k.aesHandle(sh)
-			if err != nil {
-				return err
-			}
+		if err := k.tokenOffers(mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			obj, err := k.tok.p11.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, wrapped, []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
@@ -289,14 +577,16 @@ func (k *KEK) Unwrap(_ context.Context, b keys.Binding, mech string, wrapped []b
 			return nil
 		})
 	case schemas.WrapRSAOAEPSHA256, schemas.WrapRSAOAEPSHA1:
-		if k.rsaPriv == nil {
+		if !k.hasPriv {
 			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what, keys.ErrKeyNotFound)
 		}
-		h := crypto.SHA256
-		if mech == schemas.WrapRSAOAEPSHA1 {
-			h = crypto.SHA1
+		if err := k.tokenOffers(mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		plain, err = k.rsaPriv.Decrypt(nil, wrapped, &rsa.OAEPOptions{Hash: h})
+		plain, err = k.decryptOAEP(ctx, mech, wrapped)
+		if badParams(err) {
+			return nil, fmt.Errorf("%s: %w", what, k.refuseOAEP(ctx, mech, err))
+		}
 	}
 	if err != nil {
 		return nil, classify(err, what)
@@ -327,49 +617,132 @@ func (k *KEK) aesHandle(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
 }
 
 // GenerateDEK implements keys.Generator with the token's RNG.
-func (k *KEK) GenerateDEK(context.Context) (*keys.DEK, error) {
-	r, err := k.tok.c11.NewRandomReader()
-	if err != nil {
-		return nil, classify(err, "HSM random on token "+k.uri.Token)
-	}
+func (k *KEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
 	b := make([]byte, keys.DEKSize)
 	defer clear(b)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, classify(err, "HSM random on token "+k.uri.Token)
+	err := k.tok.withC11(ctx, func(g *generation) error {
+		r, err := g.c11.NewRandomReader()
+		if err != nil {
+			return err
+		}
+		_, err = io.ReadFull(r, b)
+		return err
+	})
+	if err != nil {
+		return nil, classify(err, "HSM random on token "+k.tok.name)
 	}
 	return keys.NewDEK(b)
 }
 
+// Sessions is how many operations with this key can run at once on its
+// token: what the callers asked for (the largest keys.Options.Sessions of
+// the opens, and Reserve), capped by the token's session limit
+// (C_GetTokenInfo; one session holds the login, and the rest are split
+// between crypto11's pool and the raw calls of aes-kwp). Callers that run
+// more workers than this make the others wait for a session: cap the
+// workers to it.
+func (k *KEK) Sessions() int {
+	return k.tok.usable(k.mech == schemas.WrapAESKWP)
+}
+
+// SessionLimit is the token's session limit, 0 if it reports none.
+func (k *KEK) SessionLimit() int { return k.tok.limit }
+
+// Reserve asks for n concurrent operations on the key's token: the pools
+// grow to n sessions, within the token's session limit (they never
+// shrink), and it returns Sessions. A caller that caches KEKs calls it when
+// a later user needs more concurrency than the one that opened the key.
+func (k *KEK) Reserve(n int) (int, error) {
+	if n > 0 {
+		if err := k.tok.reserve(n); err != nil {
+			return k.Sessions(), err
+		}
+	}
+	return k.Sessions(), nil
+}
+
 // Preflight implements keys.Preflighter: attributes, then a round trip of a
-// throwaway key.
+// throwaway key. Transient HSM errors are retried as everywhere else, and
+// reported as a warning when there were any.
 func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.Check {
 	var out []keys.Check
+	var tr retried
 	ref := k.URI()
-	out = append(out, keys.Check{Name: "key " + ref, OK: true, Info: map[bool]string{true: "RSA key pair", false: "AES key"}[k.isRSA] + ", wrap " + k.mech})
-	_ = k.tok.withSession(func(sh pkcs11.SessionHandle) error {
+	kind := "AES key"
+	if k.isRSA {
+		kind = "RSA key pair"
+		if !k.hasPriv {
+			kind = "RSA public key"
+		}
+	}
+	out = append(out, keys.Check{Name: "key " + ref, OK: true, Info: kind + ", wrap " + k.mech})
+	if limit := k.tok.limit; limit > 0 {
+		usable, wanted := k.Sessions(), int(k.tok.wanted.Load())
+		c := keys.Check{Name: "sessions on token " + k.tok.name, OK: true,
+			Info: fmt.Sprintf("the token allows %d sessions (%d were open elsewhere): rekey keeps 1 for its login and runs at most %d %s operations at once", limit, k.tok.others, usable, k.mech)}
+		if usable < wanted {
+			c.Warn = true
+			c.Info = fmt.Sprintf("workers capped to %d HSM sessions by the token's session limit %d (%d asked for, %d open elsewhere, 1 kept for the login): the other workers wait for a session; run with --workers %d", usable, limit, wanted, k.tok.others, usable)
+		}
+		out = append(out, c)
+	}
+	if err := k.tokenOffers(k.mech); err != nil && !(k.isRSA && !needUnwrap) {
+		// An RSA wrap is made here, in software; only its unwrap needs
+		// the token's mechanism.
+		return append(out, keys.Check{Name: "wrap " + k.mech + " on " + ref, OK: false, Info: err.Error()})
+	}
+	if k.isRSA && !k.hasPriv {
+		if needUnwrap {
+			out = append(out, keys.Check{Name: "private key of " + ref, OK: false, Info: "not found: unwrap impossible"})
+		}
+	} else {
+		err := retry(ctx, &tr, func() error {
+			checks, err := k.attrChecks(ctx, needWrap, needUnwrap)
+			if err == nil {
+				out = append(out, checks...)
+			}
+			return classify(err, "read the attributes of "+ref)
+		})
+		if err != nil {
+			out = append(out, keys.Check{Name: "attributes of " + ref, OK: false, Info: err.Error()})
+		}
+	}
+	out = append(out, k.roundTrip(ctx, &tr, needWrap)...)
+	if tr.n > 0 {
+		out = append(out, keys.Check{Name: "HSM errors during the preflight of " + ref, OK: true, Warn: true,
+			Info: fmt.Sprintf("%d transient error(s), each retried successfully; the first: %v", tr.n, tr.first)})
+	}
+	return out
+}
+
+// attrChecks reads the key's usage attributes.
+func (k *KEK) attrChecks(ctx context.Context, needWrap, needUnwrap bool) ([]keys.Check, error) {
+	ref := k.URI()
+	var checks []keys.Check
+	err := k.tok.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		checks = nil
 		class := uint(pkcs11.CKO_SECRET_KEY)
 		if k.isRSA {
 			class = pkcs11.CKO_PRIVATE_KEY
 		}
 		h, ok, err := k.tok.findObject(sh, class, k.uri.Object, k.uri.ID)
-		if err != nil || !ok {
-			if k.isRSA && needUnwrap {
-				out = append(out, keys.Check{Name: "private key of " + ref, OK: false, Info: "not found: unwrap impossible"})
-			}
-			return nil
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s", keys.ErrKeyNotFound, ref)
 		}
 		attrs := []uint{pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_SENSITIVE}
-		if !k.isRSA {
+		if k.isAES {
 			attrs = append(attrs, pkcs11.CKA_ENCRYPT, pkcs11.CKA_WRAP)
 		}
 		a, err := k.tok.boolAttrs(sh, h, attrs...)
 		if err != nil {
-			out = append(out, keys.Check{Name: "attributes of " + ref, Warn: true, OK: true, Info: "cannot read: " + err.Error()})
-			return nil
+			return err
 		}
 		need := func(attr uint, name string, when bool) {
 			if when && !a[attr] {
-				out = append(out, keys.Check{Name: name + " on " + ref, OK: false, Info: "not set: the key does not permit this operation"})
+				checks = append(checks, keys.Check{Name: name + " on " + ref, OK: false, Info: "not set: the key does not permit this operation"})
 			}
 		}
 		switch k.mech {
@@ -383,35 +756,41 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 			need(pkcs11.CKA_DECRYPT, "CKA_DECRYPT", needUnwrap)
 		}
 		if a[pkcs11.CKA_EXTRACTABLE] {
-			out = append(out, keys.Check{Name: "CKA_EXTRACTABLE on " + ref, OK: true, Warn: true, Info: "the KEK is extractable: a KEK should never leave its HSM; create it with CKA_EXTRACTABLE=false"})
+			checks = append(checks, keys.Check{Name: "CKA_EXTRACTABLE on " + ref, OK: true, Warn: true, Info: "the KEK is extractable: a KEK should never leave its HSM; create it with CKA_EXTRACTABLE=false"})
 		}
 		return nil
 	})
+	return checks, err
+}
+
+// roundTrip wraps a throwaway key and unwraps it again.
+func (k *KEK) roundTrip(ctx context.Context, tr *retried, needWrap bool) []keys.Check {
+	ref := k.URI()
 	if !needWrap {
 		// A source key may allow unwrap only; a round trip would need wrap.
-		return out
+		return nil
 	}
 	test, err := keys.NewDEK(bytes.Repeat([]byte{0x5a}, keys.DEKSize))
 	if err != nil {
-		return append(out, keys.Check{Name: "round trip", OK: false, Info: err.Error()})
+		return []keys.Check{{Name: "round trip", OK: false, Info: err.Error()}}
 	}
 	defer test.Zero()
-	w, err := k.Wrap(ctx, keys.ByID("rekey-preflight"), test)
-	if err != nil {
-		return append(out, keys.Check{Name: "test wrap with " + ref, OK: false, Info: err.Error()})
+	var w []byte
+	if err := retry(ctx, tr, func() (err error) { w, err = k.Wrap(ctx, keys.ByID("rekey-preflight"), test); return err }); err != nil {
+		return []keys.Check{{Name: "test wrap with " + ref, OK: false, Info: err.Error()}}
 	}
-	if k.isRSA && k.rsaPriv == nil {
-		return append(out, keys.Check{Name: "test wrap with " + ref, OK: true, Info: "public key only: unwrap not tested"})
+	if k.isRSA && !k.hasPriv {
+		return []keys.Check{{Name: "test wrap with " + ref, OK: true, Info: "public key only: unwrap not tested"}}
 	}
-	got, err := k.Unwrap(ctx, keys.ByID("rekey-preflight"), k.mech, w)
-	if err != nil {
-		return append(out, keys.Check{Name: "test unwrap with " + ref, OK: false, Info: err.Error()})
+	var got *keys.DEK
+	if err := retry(ctx, tr, func() (err error) { got, err = k.Unwrap(ctx, keys.ByID("rekey-preflight"), k.mech, w); return err }); err != nil {
+		return []keys.Check{{Name: "test unwrap with " + ref, OK: false, Info: err.Error()}}
 	}
 	defer got.Zero()
 	if !bytes.Equal(got.Bytes(), test.Bytes()) {
-		return append(out, keys.Check{Name: "test round trip with " + ref, OK: false, Info: "unwrapped key differs from the wrapped one"})
+		return []keys.Check{{Name: "test round trip with " + ref, OK: false, Info: "unwrapped key differs from the wrapped one"}}
 	}
-	return append(out, keys.Check{Name: "test wrap/unwrap round trip with " + ref, OK: true, Info: k.mech})
+	return []keys.Check{{Name: "test wrap/unwrap round trip with " + ref, OK: true, Info: k.mech}}
 }
 
 // Matches reports whether a DEK table's kek reference names this key.

@@ -1,6 +1,7 @@
 package hsmio
 
 import (
+	"context"
 	"strings"
 
 	"github.com/miekg/pkcs11"
@@ -24,11 +25,14 @@ type RawToken struct {
 // OpenRawToken logs in to the token u names, or reuses the process's login
 // to it, and returns its raw context. u's object, id and type are ignored.
 //
-// A token first opened here gets a crypto11 session pool of two: a KEK
-// opened later on the same token (same module, token and PIN) in the same
-// process shares that pool.
+// A token first opened here gets session pools of two: a KEK opened later
+// on the same token (same module, token and PIN) in the same process shares
+// them, and grows them to what it asks for. The caller's own sessions count
+// against the token's session limit like any other. Transient HSM errors
+// are retried (keys.RetryPolicy's bounds).
 func OpenRawToken(u URI) (RawToken, error) {
-	tok, err := openToken(u, 2)
+	var tok *token
+	err := retry(context.Background(), nil, func() (err error) { tok, err = openToken(u, 2); return err })
 	if err != nil {
 		return RawToken{}, err
 	}

@@ -39,7 +39,7 @@ var _ keys.Rewrapper = (*KEK)(nil)
 // keys of the same token.
 func (k *KEK) CanRewrapTo(dst keys.KEK, srcMech string) bool {
 	d, ok := dst.(*KEK)
-	return ok && d.tok == k.tok && k.aes != nil && d.aes != nil && !k.noRewrap.Load() &&
+	return ok && d.tok == k.tok && k.isAES && d.isAES && !k.noRewrap.Load() &&
 		srcMech == schemas.WrapAESKWP && d.mech == schemas.WrapAESKWP
 }
 
@@ -64,7 +64,7 @@ func unsupported(err error) bool {
 const minHMACKey = 32
 
 // Rewrap implements keys.Rewrapper.
-func (k *KEK) Rewrap(_ context.Context, r keys.RewrapRequest) (keys.RewrapResult, error) {
+func (k *KEK) Rewrap(ctx context.Context, r keys.RewrapRequest) (keys.RewrapResult, error) {
 	d, ok := r.Dst.(*KEK)
 	if !ok || !k.CanRewrapTo(d, r.SrcMech) {
 		return keys.RewrapResult{}, fmt.Errorf("%w: %s (%s) to %s", keys.ErrNoRewrap, k.URI(), r.SrcMech, r.Dst.URI())
@@ -78,7 +78,7 @@ func (k *KEK) Rewrap(_ context.Context, r keys.RewrapRequest) (keys.RewrapResult
 		return keys.RewrapResult{}, fmt.Errorf("%s: %w: a %d-byte key cannot be checked inside the token", what, keys.ErrNoRewrap, len(w)-8)
 	}
 	var res keys.RewrapResult
-	err := k.tok.withSession(func(sh pkcs11.SessionHandle) error {
+	err := k.tok.withSession(ctx, func(sh pkcs11.SessionHandle) error {
 		p11 := k.tok.p11
 		src, err := k.aesHandle(sh)
 		if err != nil {

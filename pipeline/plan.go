@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -112,7 +113,13 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	}
 
 	// Keys first: a wrong PIN or label is the most common mistake.
-	src, srcErr := transforms.OpenKEK(ctx, spec.SourceKEK, spec.SourceWrap, 2)
+	// Opened for the run's workers, so that a custodian's session limit
+	// shows here (a warning naming the cap) and not in the run.
+	workers := spec.Workers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	src, srcErr := transforms.OpenKEK(ctx, spec.SourceKEK, spec.SourceWrap, workers)
 	if srcErr != nil {
 		r.add(false, "source KEK", "%v", srcErr)
 	} else {
@@ -121,7 +128,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 			r.Checks = append(r.Checks, checks...)
 		}
 	}
-	dst, dstErr := transforms.OpenKEK(ctx, spec.TargetKEK, spec.TargetWrap, 2)
+	dst, dstErr := transforms.OpenKEK(ctx, spec.TargetKEK, spec.TargetWrap, workers)
 	if dstErr != nil {
 		r.add(false, "target KEK", "%v", dstErr)
 	} else {

@@ -43,19 +43,28 @@ func (s *Spec) openPair(ctx context.Context) (src, dst keys.KEK, err error) {
 	return src, dst, nil
 }
 
-// OpenKEK opens (once per process) the KEK at uri using wrap.
+// OpenKEK opens (once per process) the KEK at uri using wrap, with room
+// for sessions concurrent operations: a key already open (the preflight
+// opened it first) grows its custodian's sessions to that, within the
+// custodian's limit (keys.Reserve); operations past the limit wait for a
+// session.
 func OpenKEK(ctx context.Context, uri, wrap string, sessions int) (keys.KEK, error) {
 	keksMu.Lock()
 	defer keksMu.Unlock()
 	id := uri + "\x00" + wrap
-	if k := keks[id]; k != nil {
-		return k, nil
+	k := keks[id]
+	if k == nil {
+		var err error
+		if k, err = keys.Open(ctx, uri, keys.Options{Wrap: wrap, Sessions: sessions}); err != nil {
+			return nil, err
+		}
+		keks[id] = k
 	}
-	k, err := keys.Open(ctx, uri, keys.Options{Wrap: wrap, Sessions: sessions})
-	if err != nil {
-		return nil, err
+	if sessions > 0 {
+		if _, err := keys.Reserve(k, sessions); err != nil {
+			return nil, fmt.Errorf("open %s for %d concurrent operations: %w", keys.Redact(uri), sessions, err)
+		}
 	}
-	keks[id] = k
 	return k, nil
 }
 

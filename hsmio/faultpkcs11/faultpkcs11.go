@@ -1,8 +1,10 @@
 // Package faultpkcs11 builds and configures rekey's fault-injecting PKCS#11
-// module (csrc/faultpkcs11.c): a module that forwards every
-// call to a real one (SoftHSM2 here) and makes a chosen share of chosen
-// calls fail, or succeed with wrong data, the way a faulty HSM does. The
-// fault tests point a key URI's module-path at it.
+// module (csrc/faultpkcs11.c): a module that forwards every call to a real
+// one (SoftHSM2 here) and makes a chosen share of chosen calls fail, succeed
+// with wrong data, lose their session, or take longer, the way a faulty or
+// overloaded HSM does; it can also cap the number of open sessions, as a
+// token with a small session limit does. The fault tests point a key URI's
+// module-path at it.
 //
 // It is test tooling: no production job should name it. Nothing here reads
 // or prints key material; the module's log names calls, never data.
@@ -33,6 +35,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 //go:embed csrc/faultpkcs11.c
@@ -42,14 +45,37 @@ var source []byte
 // make test); without it Build compiles one into the user cache.
 const EnvPrebuilt = "REKEY_FAULTPKCS11"
 
-// Calls the module can disturb.
-var Calls = []string{"C_OpenSession", "C_Login", "C_FindObjectsInit", "C_GetAttributeValue", "C_EncryptInit",
-	"C_Encrypt", "C_DecryptInit", "C_Decrypt", "C_WrapKey", "C_UnwrapKey", "C_GenerateRandom"}
+// Calls the module can disturb: every function that takes a session but
+// C_CloseSession, and the token queries (the CALLS list of the C source).
+var Calls = []string{"C_GetSlotList", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_OpenSession",
+	"C_GetSessionInfo", "C_Login", "C_Logout", "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_GetObjectSize",
+	"C_GetAttributeValue", "C_SetAttributeValue", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal",
+	"C_EncryptInit", "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", "C_DecryptInit", "C_Decrypt", "C_DecryptUpdate",
+	"C_DecryptFinal", "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestKey", "C_DigestFinal", "C_SignInit",
+	"C_Sign", "C_SignUpdate", "C_SignFinal", "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal",
+	"C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey", "C_DeriveKey", "C_SeedRandom",
+	"C_GenerateRandom", "C_GetOperationState", "C_SetOperationState", "C_InitPIN", "C_SetPIN", "C_SignRecoverInit",
+	"C_SignRecover", "C_VerifyRecoverInit", "C_VerifyRecover", "C_DigestEncryptUpdate", "C_DecryptDigestUpdate",
+	"C_SignEncryptUpdate", "C_DecryptVerifyUpdate", "C_GetFunctionStatus", "C_CancelFunction"}
 
 // Modes.
 const (
 	Fail    = "fail"    // the call returns Code without doing anything visible
 	Corrupt = "corrupt" // the call succeeds and one bit of its output is flipped
+	// Drop: the call returns Code (default CKR_SESSION_HANDLE_INVALID) and
+	// the HSM forgets its session (all sessions of the copy with DropAll):
+	// every later call on it returns CKR_SESSION_HANDLE_INVALID.
+	Drop  = "drop"
+	Delay = "delay" // the call sleeps Delay, then runs
+	Trace = "trace" // the call runs untouched and is logged
+)
+
+// Session-loss codes a Drop can answer with.
+const (
+	SessionHandleInvalid = "CKR_SESSION_HANDLE_INVALID"
+	SessionClosed        = "CKR_SESSION_CLOSED"
+	DeviceRemoved        = "CKR_DEVICE_REMOVED"
+	TokenNotPresent      = "CKR_TOKEN_NOT_PRESENT"
 )
 
 // Config is one configuration of the module (see csrc/faultpkcs11.c for the
@@ -57,13 +83,23 @@ const (
 type Config struct {
 	Module string   // the real module; default SoftHSM2's
 	Calls  []string // calls to disturb; none: forward everything
-	Mode   string   // Fail (default) or Corrupt
+	Mode   string   // Fail (default), Corrupt, Drop, Delay or Trace
 	Rate   float64  // share of eligible calls disturbed, 0..1 (always written: 0 means none)
-	Code   string   // fail mode's CKR_ name or number; default CKR_DEVICE_ERROR
+	Code   string   // fail and drop mode's CKR_ name or number; default CKR_DEVICE_ERROR (fail), CKR_SESSION_HANDLE_INVALID (drop)
 	Seed   uint64   // which calls are chosen depends on the seed and the call's index only
 	After  uint64   // the first After eligible calls are never disturbed
+	Every  uint64   // > 0: disturb every Every-th eligible call after those (Rate is then ignored)
 	Max    uint64   // at most Max calls disturbed; 0: no limit
-	Log    string   // file getting one line per disturbed call
+	Log    string   // file getting one line per disturbed (in Trace mode: traced) call, and per session MaxSessions refused
+	// DropAll makes a Drop lose every session of the copy at once (a
+	// network HSM failing over), not just the call's.
+	DropAll bool
+	Delay   time.Duration // Delay mode's sleep; default 100ms
+	// MaxSessions > 0 caps the sessions open through the copy at once:
+	// C_OpenSession past it returns CKR_SESSION_COUNT, and C_GetTokenInfo
+	// reports it as the token's ulMaxSessionCount and ulMaxRwSessionCount.
+	// It applies whatever Mode and Calls are.
+	MaxSessions int
 }
 
 // Validate checks c before any module is loaded with it.
@@ -77,8 +113,13 @@ func (c Config) Validate() error {
 			return fmt.Errorf("faultpkcs11: unknown call %q (known: %s)", name, strings.Join(Calls, ", "))
 		}
 	}
-	if c.Mode != "" && c.Mode != Fail && c.Mode != Corrupt {
-		return fmt.Errorf("faultpkcs11: mode %q is not %s or %s", c.Mode, Fail, Corrupt)
+	switch c.Mode {
+	case "", Fail, Corrupt, Drop, Delay, Trace:
+	default:
+		return fmt.Errorf("faultpkcs11: mode %q is not %s, %s, %s, %s or %s", c.Mode, Fail, Corrupt, Drop, Delay, Trace)
+	}
+	if c.Delay < 0 || c.MaxSessions < 0 {
+		return fmt.Errorf("faultpkcs11: negative delay %v or session cap %d", c.Delay, c.MaxSessions)
 	}
 	if !(c.Rate >= 0 && c.Rate <= 1) {
 		return fmt.Errorf("faultpkcs11: rate %g is not between 0 and 1", c.Rate)
@@ -93,7 +134,15 @@ func (c Config) Environ() []string {
 		"REKEY_FAULT_RATE=" + strconv.FormatFloat(c.Rate, 'g', -1, 64),
 		"REKEY_FAULT_SEED=" + strconv.FormatUint(c.Seed, 10),
 		"REKEY_FAULT_AFTER=" + strconv.FormatUint(c.After, 10),
+		"REKEY_FAULT_EVERY=" + strconv.FormatUint(c.Every, 10),
 		"REKEY_FAULT_MAX=" + strconv.FormatUint(c.Max, 10),
+		"REKEY_FAULT_MAX_SESSIONS=" + strconv.Itoa(c.MaxSessions),
+	}
+	if c.DropAll {
+		env = append(env, "REKEY_FAULT_DROP=all")
+	}
+	if c.Delay > 0 {
+		env = append(env, "REKEY_FAULT_DELAY_MS="+strconv.FormatInt(c.Delay.Milliseconds(), 10))
 	}
 	for k, v := range map[string]string{"REKEY_FAULT_MODULE": c.Module, "REKEY_FAULT_MODE": c.Mode, "REKEY_FAULT_CODE": c.Code, "REKEY_FAULT_LOG": c.Log} {
 		if v != "" {
@@ -249,7 +298,10 @@ func ForTest(t testing.TB, c Config) string {
 }
 
 // Logged returns the lines of a module log (Config.Log): one per disturbed
-// call, "<call> <mode> <index>". A missing log means no call was disturbed.
+// (or traced) call, "<call> <mode> <index>", where index counts the copy's
+// eligible calls from 0, and one per session refused for MaxSessions,
+// "C_OpenSession session-count <index>". A missing log means no call was
+// disturbed.
 func Logged(path string) ([]string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -7,7 +7,8 @@
 // successor pairs on the target (ExportPublic, CreateSuccessor).
 //
 // Key material never leaves a token in clear: keys leave the source only
-// through C_WrapKey and enter the target only through C_UnwrapKey, and
+// through C_WrapKey and enter the target only through C_UnwrapKey (first
+// as a session object that is checked, then as the stored copy), and
 // every attribute read goes through one reader (KeyToken.attr) that
 // refuses CKA_VALUE and the RSA private components (SecretAttr). A
 // KeyToken can report each object-touching call (Trace), which is how the
@@ -25,7 +26,8 @@
 // Limits: objects are paired and copied by label, so two source keys with
 // one label collide on the target; private keys travel only under the
 // aes-kwp transport; keys whose check value cannot be computed inside the
-// target HSM are not copied (the unverified copy is destroyed); EC public
+// target HSM are not copied (their trial copy, a session object, is
+// destroyed: nothing reaches the target's store unverified); EC public
 // keys are exported for P-224/256/384/521 and Ed25519 only. docs/KEYS.md
 // describes the commands.
 package inventory

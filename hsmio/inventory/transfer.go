@@ -134,6 +134,10 @@ type transport struct {
 	unwraper pkcs11.ObjectHandle // on dst
 	label    string
 	made     []madeObj
+	// noValueLen: the target refuses CKA_VALUE_LEN in unwrap templates.
+	noValueLen bool
+	// leftover lists session objects that could not be destroyed.
+	leftover []error
 }
 
 type madeObj struct {
@@ -171,6 +175,8 @@ func (t *transport) destroy() []error {
 		}
 	}
 	t.made = nil
+	errs = append(errs, t.leftover...)
+	t.leftover = nil
 	return errs
 }
 
@@ -438,8 +444,15 @@ func (t *transport) deliverAES(h uint, imp, aes, priv pkcs11.ObjectHandle) (pkcs
 	return got, nil
 }
 
-// move wraps key on the source and unwraps it on the target with tmpl.
-func (t *transport) move(key pkcs11.ObjectHandle, label string, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+// move wraps key on the source once, and unwraps it on the target twice:
+// first as a session object (the trial copy), which check must accept,
+// then, the trial destroyed, as the token object tmpl describes, which
+// check must accept too. So nothing is stored on the target before the
+// copy is known to be right, and a failed attempt leaves nothing behind
+// (SoftHSM keeps a half-made token object in its store when an unwrap into
+// the token fails on the template; a failed session object is gone with
+// the session).
+func (t *transport) move(key pkcs11.ObjectHandle, label string, tmpl []*pkcs11.Attribute, check func(pkcs11.ObjectHandle) error) (pkcs11.ObjectHandle, error) {
 	ssh, err := t.src.session()
 	if err != nil {
 		return 0, err
@@ -454,20 +467,51 @@ func (t *transport) move(key pkcs11.ObjectHandle, label string, tmpl []*pkcs11.A
 	}
 	blob, err := t.src.api.WrapKey(ssh, mech, t.wrapper, key)
 	if err != nil {
-		return 0, hsmio.Classify(err, fmt.Sprintf("wrap key %q on source token %q", label, t.src.Label()))
+		return 0, fmt.Errorf("%w; nothing was created on the target", hsmio.Classify(err, fmt.Sprintf("wrap key %q on source token %q", label, t.src.Label())))
 	}
-	h, err := t.dst.api.UnwrapKey(dsh, mech, t.unwraper, blob, tmpl)
+	defer clear(blob)
+	trial := append(without(tmpl, pkcs11.CKA_TOKEN), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false))
+	h, err := t.unwrap(dsh, mech, blob, trial)
+	if err != nil {
+		return 0, fmt.Errorf("%w; nothing was created on the target", hsmio.Classify(err, fmt.Sprintf("unwrap key %q on target token %q", label, t.dst.Label())))
+	}
+	err = check(h)
+	if derr := t.dst.destroy(h); derr != nil {
+		// A session object: it goes with the session at the latest.
+		t.leftover = append(t.leftover, fmt.Errorf("destroy the trial copy of %q on token %q: %v (it is a session object: it disappears when rekey exits)", label, t.dst.Label(), derr))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("key %q: the copy on target token %q is not verified: %w; the copy was destroyed (it was a session object: nothing was stored on the target)", label, t.dst.Label(), err)
+	}
+	h, err = t.unwrap(dsh, mech, blob, tmpl)
+	if err != nil {
+		return 0, fmt.Errorf("%w; nothing was stored on the target", hsmio.Classify(err, fmt.Sprintf("unwrap key %q into target token %q", label, t.dst.Label())))
+	}
+	if err := check(h); err != nil {
+		_ = t.dst.destroy(h)
+		return 0, fmt.Errorf("key %q: the stored copy on target token %q is not verified (its trial copy was): %w; the copy was destroyed", label, t.dst.Label(), err)
+	}
+	return h, nil
+}
+
+// unwrap unwraps blob on the target with tmpl. Some tokens show the size
+// of an unwrapped key only when the template gives CKA_VALUE_LEN; others
+// (SoftHSM) refuse it: the first unwrap (a trial copy, a session object)
+// finds out which, and later ones follow.
+func (t *transport) unwrap(sh pkcs11.SessionHandle, mech []*pkcs11.Mechanism, blob []byte, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if t.noValueLen {
+		tmpl = without(tmpl, pkcs11.CKA_VALUE_LEN)
+	}
+	h, err := t.dst.api.UnwrapKey(sh, mech, t.unwraper, blob, tmpl)
 	var p pkcs11.Error
 	if err != nil && errors.As(err, &p) && (p == pkcs11.CKR_ATTRIBUTE_READ_ONLY || p == pkcs11.CKR_TEMPLATE_INCONSISTENT) {
 		if short := without(tmpl, pkcs11.CKA_VALUE_LEN); len(short) < len(tmpl) {
-			h, err = t.dst.api.UnwrapKey(dsh, mech, t.unwraper, blob, short)
+			if h, err = t.dst.api.UnwrapKey(sh, mech, t.unwraper, blob, short); err == nil {
+				t.noValueLen = true
+			}
 		}
 	}
-	clear(blob)
-	if err != nil {
-		return 0, hsmio.Classify(err, fmt.Sprintf("unwrap key %q on target token %q", label, t.dst.Label()))
-	}
-	return h, nil
+	return h, err
 }
 
 func without(tmpl []*pkcs11.Attribute, t uint) []*pkcs11.Attribute {
@@ -518,22 +562,18 @@ func (t *transport) copySecret(r *CopyResult, opts CopyOptions) {
 	}
 	if e.Bits > 0 {
 		// Some tokens show the size of an unwrapped key only when the
-		// template gives it; others (SoftHSM) refuse it: move retries
-		// without.
+		// template gives it; others refuse it (see unwrap).
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, e.Bits/8))
 	}
-	h, err := t.move(e.obj, e.Label, tmpl)
-	if err != nil {
-		t.fail(r, fmt.Errorf("%w; nothing was created on the target", err))
-		return
-	}
-	got, err := t.dst.kcvWith(h, method)
-	if err != nil || got != want {
-		_ = t.dst.destroy(h)
-		if err == nil {
+	_, err = t.move(e.obj, e.Label, tmpl, func(h pkcs11.ObjectHandle) error {
+		got, err := t.dst.kcvWith(h, method)
+		if err == nil && got != want {
 			err = fmt.Errorf("check value on the target is %s, on the source %s", got, want)
 		}
-		t.fail(r, fmt.Errorf("key %q: copy on target token %q not verified: %w; the copy was destroyed", e.Label, t.dst.Label(), err))
+		return err
+	})
+	if err != nil {
+		t.fail(r, err)
 		return
 	}
 	r.Status = schemas.StatusMigrated
@@ -614,14 +654,14 @@ func (t *transport) copyPrivate(r *CopyResult, opts CopyOptions) {
 	for _, a := range []uint{pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE} {
 		tmpl = append(tmpl, pkcs11.NewAttribute(a, e.usage[a]))
 	}
-	h, err := t.move(e.obj, e.Label, tmpl)
+	_, err = t.move(e.obj, e.Label, tmpl, func(h pkcs11.ObjectHandle) error {
+		if err := t.dst.proveHolds(h, e.usage, pub); err != nil {
+			return fmt.Errorf("it does not match the source public key: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		t.fail(r, fmt.Errorf("%w; nothing was created on the target", err))
-		return
-	}
-	if err := t.dst.proveHolds(h, e.usage, pub); err != nil {
-		_ = t.dst.destroy(h)
-		t.fail(r, fmt.Errorf("key pair %q: copy on target token %q does not match the source public key: %w; the copy was destroyed", e.Label, t.dst.Label(), err))
+		t.fail(r, err)
 		return
 	}
 	if err := t.copyPublic(&e); err != nil {

@@ -15,7 +15,11 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
+	"os"
+	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -176,9 +180,57 @@ func secretReads(calls []Call) []Call {
 	return bad
 }
 
+// tokenObjects lists the token objects of a token ("<class> <label>", sorted)
+// as a new process finds them in the token store: this process's view can
+// miss an object that a failed call left in the store.
+func tokenObjects(t *testing.T, label string) []string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envListObjects+"="+label)
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%v: %s", err, ee.Stderr)
+		}
+		t.Fatalf("list the token objects of %q in a new process: %v", label, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		lines = nil
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+// added is after less before (both sorted, as multisets); removed the
+// reverse.
+func added(before, after []string) (add, removed []string) {
+	n := map[string]int{}
+	for _, l := range before {
+		n[l]++
+	}
+	for _, l := range after {
+		if n[l] > 0 {
+			n[l]--
+		} else {
+			add = append(add, l)
+		}
+	}
+	for l, k := range n {
+		for ; k > 0; k-- {
+			removed = append(removed, l)
+		}
+	}
+	sort.Strings(add)
+	sort.Strings(removed)
+	return add, removed
+}
+
 func TestKeysCopyMovesTransferableUnderWrap(t *testing.T) {
 	keyFixtures(t)
 	ctx := context.Background()
+	srcBefore, dstBefore := tokenObjects(t, "ksrc"), tokenObjects(t, "kdst")
 	src, dst := openKT(t, "ksrc"), openKT(t, "kdst")
 	var mu sync.Mutex
 	var calls []Call
@@ -315,6 +367,21 @@ func TestKeysCopyMovesTransferableUnderWrap(t *testing.T) {
 		}
 	}
 
+	// The target's token store holds exactly what it held before and the
+	// copied keys (a key pair: its private and public objects); nothing
+	// else, persistent or unlabeled, was left there, and the source's is
+	// unchanged: every other object of the run was a session object.
+	dstAfter := tokenObjects(t, "kdst")
+	add, removed := added(dstBefore, dstAfter)
+	wantAdded := []string{`private-key "ec-x"`, `private-key "rsa-x"`, `public-key "ec-x"`, `public-key "rsa-x"`,
+		`secret-key "aes-wrap-only-x"`, `secret-key "aes-x"`, `secret-key "gen-x"`}
+	if strings.Join(add, "; ") != strings.Join(wantAdded, "; ") || len(removed) > 0 {
+		t.Errorf("target token objects: added %q, removed %q; want added exactly the copied keys %q", add, removed, wantAdded)
+	}
+	if got := tokenObjects(t, "ksrc"); strings.Join(got, "; ") != strings.Join(srcBefore, "; ") {
+		t.Errorf("source token objects changed: before %q, after %q", srcBefore, got)
+	}
+
 	// A rerun changes nothing: the copied keys are skipped, the clash is
 	// still reported.
 	before := len(inv)
@@ -339,6 +406,9 @@ func TestKeysCopyMovesTransferableUnderWrap(t *testing.T) {
 	inv2, _ := dst.Inventory(ctx)
 	if len(inv2) != before {
 		t.Errorf("rerun changed the target: %d entries, was %d", len(inv2), before)
+	}
+	if got := tokenObjects(t, "kdst"); strings.Join(got, "; ") != strings.Join(dstAfter, "; ") {
+		t.Errorf("rerun changed the target's token objects: %q, after the first run %q", got, dstAfter)
 	}
 	if bad := secretReads(calls); len(bad) > 0 {
 		t.Fatalf("rerun requested key material: %+v", bad)

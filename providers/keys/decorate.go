@@ -45,6 +45,16 @@ func Base(k KEK) KEK {
 	}
 }
 
+// Reserve asks k's custodian for n concurrent operations (see Reserver)
+// and returns how many it can run at once: n when it sets no limit.
+func Reserve(k KEK, n int) (int, error) {
+	r, ok := find[Reserver](Base(k))
+	if !ok {
+		return n, nil
+	}
+	return r.Reserve(n)
+}
+
 // CanGenerate reports whether k's custodian has a random generator.
 func CanGenerate(k KEK) bool {
 	_, ok := find[Generator](Base(k))

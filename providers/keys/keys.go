@@ -234,6 +234,15 @@ type Preflighter interface {
 	Preflight(ctx context.Context, needWrap, needUnwrap bool) []Check
 }
 
+// Reserver is implemented by KEKs whose custodian limits concurrent
+// sessions (a PKCS#11 token's session count): Reserve grows what this
+// process may use to n operations at once, within the custodian's limit,
+// and returns how many it can run at once. Callers use Reserve, which
+// sees through decorators.
+type Reserver interface {
+	Reserve(n int) (int, error)
+}
+
 // Options tune how a KEK is opened.
 type Options struct {
 	// Wrap is the mechanism Wrap uses (one of the scheme's); empty picks

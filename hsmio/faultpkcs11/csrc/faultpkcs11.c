@@ -1,11 +1,13 @@
 /*
  * faultpkcs11: a PKCS#11 module that forwards to a real one (SoftHSM2 by
- * default) and makes a chosen share of chosen calls fail, or return wrong
- * data without an error, the way a faulty HSM does. Test tooling for rekey:
- * it must never be given to a production job.
+ * default) and disturbs chosen calls the way a faulty or overloaded HSM
+ * does: it makes them fail, return wrong data without an error, lose their
+ * session, or take longer; and it can cap the number of open sessions. Test
+ * tooling for rekey: it must never be given to a production job.
  *
  * It exports one symbol, C_GetFunctionList, which returns a copy of the real
- * module's function list with the chosen entries replaced by wrappers.
+ * module's function list with the entries that take a session, and a few
+ * others, replaced by wrappers.
  *
  * Configuration, read once per loaded instance (at the first
  * C_GetFunctionList or C_Initialize), from the environment; a file named
@@ -14,35 +16,60 @@
  * configured differently):
  *
  *   REKEY_FAULT_MODULE  real module (default /usr/lib/softhsm/libsofthsm2.so)
- *   REKEY_FAULT_CALLS   comma list of calls to disturb, any of: C_OpenSession,
- *                       C_Login, C_FindObjectsInit, C_GetAttributeValue,
- *                       C_EncryptInit, C_Encrypt, C_DecryptInit, C_Decrypt,
- *                       C_WrapKey, C_UnwrapKey, C_GenerateRandom
- *                       (empty: forward everything untouched)
- *   REKEY_FAULT_MODE    fail (default): the call returns REKEY_FAULT_CODE;
+ *   REKEY_FAULT_CALLS   comma list of calls to disturb (names in CALLS below:
+ *                       C_OpenSession, C_Login, C_Encrypt, C_GetTokenInfo, ...;
+ *                       empty: disturb nothing)
+ *   REKEY_FAULT_MODE    fail (default): the call returns REKEY_FAULT_CODE
+ *                       without doing anything visible;
  *                       corrupt: the call runs, and when it succeeded with
- *                       output one bit of the output is flipped
+ *                       output one bit of the output is flipped;
+ *                       drop: the call returns REKEY_FAULT_CODE and the HSM
+ *                       forgets its session: every later call on that handle
+ *                       returns CKR_SESSION_HANDLE_INVALID, and it no longer
+ *                       counts as open (REKEY_FAULT_DROP=all: every session
+ *                       of this instance is forgotten, a fail-over);
+ *                       delay: the call sleeps REKEY_FAULT_DELAY_MS, then runs;
+ *                       trace: the call runs untouched and is logged (the
+ *                       way to learn which calls a piece of code makes)
  *   REKEY_FAULT_RATE    share of eligible calls disturbed, 0..1 (default 1)
- *   REKEY_FAULT_CODE    fail mode's return value: a CKR_ name below or a
- *                       number (default CKR_DEVICE_ERROR)
+ *   REKEY_FAULT_CODE    the return value of fail and drop: a CKR_ name below or
+ *                       a number (default CKR_DEVICE_ERROR for fail,
+ *                       CKR_SESSION_HANDLE_INVALID for drop)
+ *   REKEY_FAULT_DROP    session (default) or all, for drop mode
+ *   REKEY_FAULT_DELAY_MS  delay mode's sleep in milliseconds (default 100)
  *   REKEY_FAULT_SEED    which calls are chosen is a function of the seed and
  *                       the call's index only (default 1)
  *   REKEY_FAULT_AFTER   the first N eligible calls are never disturbed
+ *   REKEY_FAULT_EVERY   N > 0: disturb every Nth eligible call after those
+ *                       (the Nth, the 2Nth, ...) instead of a random share
  *   REKEY_FAULT_MAX     at most N calls are disturbed (0: no limit)
  *   REKEY_FAULT_LOG     file to append one line per disturbed call to
- *                       ("<call> <mode> <index>"; never any data)
+ *                       ("<call> <mode> <index>"; never any data), and one
+ *                       per session refused for REKEY_FAULT_MAX_SESSIONS
+ *                       ("C_OpenSession session-count <index>")
+ *   REKEY_FAULT_MAX_SESSIONS  N > 0: at most N sessions opened through this
+ *                       instance are open at once; C_OpenSession past that
+ *                       returns CKR_SESSION_COUNT, and C_GetTokenInfo reports
+ *                       N as ulMaxSessionCount and ulMaxRwSessionCount and
+ *                       the open ones as ulSessionCount and ulRwSessionCount.
+ *                       Independent of the mode and the calls.
  *
- * Eligible calls: in fail mode every call of the chosen functions; in
- * corrupt mode the calls that return data into a caller buffer (C_Decrypt,
- * C_Encrypt, C_WrapKey, C_GenerateRandom, C_GetAttributeValue with a value
- * buffer) and C_UnwrapKey. A corrupted C_UnwrapKey creates the right object,
- * and the next C_GetAttributeValue that reads its CKA_VALUE gets one bit
- * flipped: to the caller, the unwrap returned a wrong key. Functions without
- * output (C_Login, C_*Init, C_OpenSession) are left alone in corrupt mode.
+ * Eligible calls: in fail, drop, delay and trace mode every call of the
+ * chosen functions; in corrupt mode the calls that return data into a caller
+ * buffer (C_Decrypt, C_Encrypt, C_WrapKey, C_GenerateRandom,
+ * C_GetAttributeValue with a value buffer) and C_UnwrapKey. A corrupted
+ * C_UnwrapKey creates the right object, and the next C_GetAttributeValue that
+ * reads its CKA_VALUE gets one bit flipped: to the caller, the unwrap
+ * returned a wrong key. Other functions are left alone in corrupt mode.
  *
  * A failed C_Encrypt/C_Decrypt ends the real operation first (it is run into
  * a scratch buffer that is wiped), so the session stays usable, as it would
- * after a real error.
+ * after a real error. A dropped session stays open in the real module until
+ * its holder calls C_CloseSession on it (which returns
+ * CKR_SESSION_HANDLE_INVALID, as an HSM that lost the session does): its
+ * handle cannot be reused by the real module before that, so a caller that
+ * keeps a dropped handle keeps failing, as it would on a real HSM. Login
+ * state is the real module's: a drop does not log the token out.
  *
  * The real module is shared with every other user in the process: if it is
  * initialized already, C_Initialize succeeds here, and C_Finalize finalizes
@@ -67,31 +94,84 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pkcs11.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
-enum {
-	F_OPENSESSION,
-	F_LOGIN,
-	F_FINDOBJECTSINIT,
-	F_GETATTRIBUTEVALUE,
-	F_ENCRYPTINIT,
-	F_ENCRYPT,
-	F_DECRYPTINIT,
-	F_DECRYPT,
-	F_WRAPKEY,
-	F_UNWRAPKEY,
-	F_GENERATERANDOM,
-	F_COUNT
-};
+/* The calls that can be disturbed: every function that takes a session
+ * but C_CloseSession, and the token queries. X(enum suffix, name); the Go
+ * package lists the same names (Calls). */
+#define CALLS(X)                                                                                                       \
+	X(GETSLOTLIST, "C_GetSlotList")                                                                                \
+	X(GETTOKENINFO, "C_GetTokenInfo")                                                                              \
+	X(GETMECHANISMLIST, "C_GetMechanismList")                                                                      \
+	X(GETMECHANISMINFO, "C_GetMechanismInfo")                                                                      \
+	X(OPENSESSION, "C_OpenSession")                                                                                \
+	X(GETSESSIONINFO, "C_GetSessionInfo")                                                                          \
+	X(LOGIN, "C_Login")                                                                                            \
+	X(LOGOUT, "C_Logout")                                                                                          \
+	X(CREATEOBJECT, "C_CreateObject")                                                                              \
+	X(COPYOBJECT, "C_CopyObject")                                                                                  \
+	X(DESTROYOBJECT, "C_DestroyObject")                                                                            \
+	X(GETOBJECTSIZE, "C_GetObjectSize")                                                                            \
+	X(GETATTRIBUTEVALUE, "C_GetAttributeValue")                                                                    \
+	X(SETATTRIBUTEVALUE, "C_SetAttributeValue")                                                                    \
+	X(FINDOBJECTSINIT, "C_FindObjectsInit")                                                                        \
+	X(FINDOBJECTS, "C_FindObjects")                                                                                \
+	X(FINDOBJECTSFINAL, "C_FindObjectsFinal")                                                                      \
+	X(ENCRYPTINIT, "C_EncryptInit")                                                                                \
+	X(ENCRYPT, "C_Encrypt")                                                                                        \
+	X(ENCRYPTUPDATE, "C_EncryptUpdate")                                                                            \
+	X(ENCRYPTFINAL, "C_EncryptFinal")                                                                              \
+	X(DECRYPTINIT, "C_DecryptInit")                                                                                \
+	X(DECRYPT, "C_Decrypt")                                                                                        \
+	X(DECRYPTUPDATE, "C_DecryptUpdate")                                                                            \
+	X(DECRYPTFINAL, "C_DecryptFinal")                                                                              \
+	X(DIGESTINIT, "C_DigestInit")                                                                                  \
+	X(DIGEST, "C_Digest")                                                                                          \
+	X(DIGESTUPDATE, "C_DigestUpdate")                                                                              \
+	X(DIGESTKEY, "C_DigestKey")                                                                                    \
+	X(DIGESTFINAL, "C_DigestFinal")                                                                                \
+	X(SIGNINIT, "C_SignInit")                                                                                      \
+	X(SIGN, "C_Sign")                                                                                              \
+	X(SIGNUPDATE, "C_SignUpdate")                                                                                  \
+	X(SIGNFINAL, "C_SignFinal")                                                                                    \
+	X(VERIFYINIT, "C_VerifyInit")                                                                                  \
+	X(VERIFY, "C_Verify")                                                                                          \
+	X(VERIFYUPDATE, "C_VerifyUpdate")                                                                              \
+	X(VERIFYFINAL, "C_VerifyFinal")                                                                                \
+	X(GENERATEKEY, "C_GenerateKey")                                                                                \
+	X(GENERATEKEYPAIR, "C_GenerateKeyPair")                                                                        \
+	X(WRAPKEY, "C_WrapKey")                                                                                        \
+	X(UNWRAPKEY, "C_UnwrapKey")                                                                                    \
+	X(DERIVEKEY, "C_DeriveKey")                                                                                    \
+	X(SEEDRANDOM, "C_SeedRandom")                                                                                  \
+	X(GENERATERANDOM, "C_GenerateRandom")                                                                          \
+	X(GETOPERATIONSTATE, "C_GetOperationState")                                                                    \
+	X(SETOPERATIONSTATE, "C_SetOperationState")                                                                    \
+	X(INITPIN, "C_InitPIN")                                                                                        \
+	X(SETPIN, "C_SetPIN")                                                                                          \
+	X(SIGNRECOVERINIT, "C_SignRecoverInit")                                                                        \
+	X(SIGNRECOVER, "C_SignRecover")                                                                                \
+	X(VERIFYRECOVERINIT, "C_VerifyRecoverInit")                                                                    \
+	X(VERIFYRECOVER, "C_VerifyRecover")                                                                            \
+	X(DIGESTENCRYPTUPDATE, "C_DigestEncryptUpdate")                                                                \
+	X(DECRYPTDIGESTUPDATE, "C_DecryptDigestUpdate")                                                                \
+	X(SIGNENCRYPTUPDATE, "C_SignEncryptUpdate")                                                                    \
+	X(DECRYPTVERIFYUPDATE, "C_DecryptVerifyUpdate")                                                                \
+	X(GETFUNCTIONSTATUS, "C_GetFunctionStatus")                                                                    \
+	X(CANCELFUNCTION, "C_CancelFunction")
 
-static const char *const fnames[F_COUNT] = {
-	"C_OpenSession", "C_Login", "C_FindObjectsInit", "C_GetAttributeValue", "C_EncryptInit", "C_Encrypt",
-	"C_DecryptInit", "C_Decrypt", "C_WrapKey", "C_UnwrapKey", "C_GenerateRandom",
-};
+#define X_ENUM(e, n) F_##e,
+#define X_NAME(e, n) n,
+enum { CALLS(X_ENUM) F_COUNT };
+static const char *const fnames[F_COUNT] = {CALLS(X_NAME)};
+
+enum { M_FAIL, M_CORRUPT, M_DROP, M_DELAY, M_TRACE };
+static const char *const mnames[] = {"fail", "corrupt", "drop", "delay", "trace"};
 
 static const struct {
 	const char *name;
@@ -105,8 +185,12 @@ static const struct {
 	{"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
 	{"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
 	{"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
+	{"CKR_SESSION_COUNT", CKR_SESSION_COUNT},
 	{"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+	{"CKR_OPERATION_ACTIVE", CKR_OPERATION_ACTIVE},
 	{"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
+	{"CKR_MECHANISM_INVALID", CKR_MECHANISM_INVALID},
+	{"CKR_ARGUMENTS_BAD", CKR_ARGUMENTS_BAD},
 	{"CKR_PIN_INCORRECT", CKR_PIN_INCORRECT},
 	{"CKR_ENCRYPTED_DATA_INVALID", CKR_ENCRYPTED_DATA_INVALID},
 	{"CKR_WRAPPED_KEY_INVALID", CKR_WRAPPED_KEY_INVALID},
@@ -115,10 +199,12 @@ static const struct {
 static struct {
 	char module[4096];
 	int enabled[F_COUNT];
-	int corrupt;
+	int mode;
+	int drop_all;
 	double rate;
 	CK_RV code;
-	uint64_t seed, after, max;
+	int code_set;
+	uint64_t seed, after, every, max, delay_ms, max_sessions;
 	int logfd;
 	char err[8704]; /* configuration or load error, reported by C_Initialize */
 	CK_RV errcode;
@@ -130,13 +216,26 @@ static CK_FUNCTION_LIST_PTR real;
 static CK_FUNCTION_LIST list;
 static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
 static int initialized, owns_real;
-static atomic_uint_fast64_t eligible, injected;
+static atomic_uint_fast64_t eligible, injected, refused;
 
 /* Objects made by corrupted C_UnwrapKey calls whose value is yet to be read. */
 #define MAX_TAINTED 256
 static pthread_mutex_t taint_mu = PTHREAD_MUTEX_INITIALIZER;
 static CK_OBJECT_HANDLE tainted[MAX_TAINTED];
 static int ntainted;
+
+/* Sessions opened through this instance: live, or dropped (the HSM forgot
+ * them; the real session stays open until its holder closes it, so that
+ * its handle is not handed out again meanwhile). */
+struct sess {
+	CK_SESSION_HANDLE h;
+	CK_SLOT_ID slot;
+	int dead;
+};
+static pthread_mutex_t sess_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sess *sessions;
+static size_t nsess, capsess;
+static atomic_size_t ndead; /* fast path: no lock while nothing was dropped */
 
 /* ---- configuration ---- */
 
@@ -204,6 +303,7 @@ static void configure(void)
 	cfg.rate = 1;
 	cfg.code = CKR_DEVICE_ERROR;
 	cfg.seed = 1;
+	cfg.delay_ms = 100;
 	snprintf(cfg.module, sizeof cfg.module, "%s",
 		 setting("REKEY_FAULT_MODULE", buf, sizeof buf) ? buf : "/usr/lib/softhsm/libsofthsm2.so");
 	if (setting("REKEY_FAULT_CALLS", buf, sizeof buf)) {
@@ -216,20 +316,31 @@ static void configure(void)
 				}
 			}
 			if (!found) {
-				snprintf(cfg.err, sizeof cfg.err,
-					 "REKEY_FAULT_CALLS: unknown call %s (known: C_OpenSession, C_Login, C_FindObjectsInit, "
-					 "C_GetAttributeValue, C_EncryptInit, C_Encrypt, C_DecryptInit, C_Decrypt, C_WrapKey, "
-					 "C_UnwrapKey, C_GenerateRandom)",
-					 tok);
+				snprintf(cfg.err, sizeof cfg.err, "REKEY_FAULT_CALLS: unknown call %s (known: the C_ functions that take a session, C_GetSlotList, C_GetTokenInfo, C_GetMechanismList, C_GetMechanismInfo)", tok);
 				return;
 			}
 		}
 	}
 	if (setting("REKEY_FAULT_MODE", buf, sizeof buf) && buf[0]) {
-		if (strcmp(buf, "corrupt") == 0)
-			cfg.corrupt = 1;
-		else if (strcmp(buf, "fail") != 0) {
-			snprintf(cfg.err, sizeof cfg.err, "REKEY_FAULT_MODE: %s is not fail or corrupt", buf);
+		int found = 0;
+		for (int i = 0; i < (int)(sizeof mnames / sizeof mnames[0]); i++) {
+			if (strcmp(buf, mnames[i]) == 0) {
+				cfg.mode = i;
+				found = 1;
+			}
+		}
+		if (!found) {
+			snprintf(cfg.err, sizeof cfg.err, "REKEY_FAULT_MODE: %s is not fail, corrupt, drop, delay or trace", buf);
+			return;
+		}
+	}
+	if (cfg.mode == M_DROP)
+		cfg.code = CKR_SESSION_HANDLE_INVALID;
+	if (setting("REKEY_FAULT_DROP", buf, sizeof buf) && buf[0]) {
+		if (strcmp(buf, "all") == 0)
+			cfg.drop_all = 1;
+		else if (strcmp(buf, "session") != 0) {
+			snprintf(cfg.err, sizeof cfg.err, "REKEY_FAULT_DROP: %s is not session or all", buf);
 			return;
 		}
 	}
@@ -262,7 +373,12 @@ static void configure(void)
 	struct {
 		const char *key;
 		uint64_t *dst;
-	} nums[] = {{"REKEY_FAULT_SEED", &cfg.seed}, {"REKEY_FAULT_AFTER", &cfg.after}, {"REKEY_FAULT_MAX", &cfg.max}};
+	} nums[] = {{"REKEY_FAULT_SEED", &cfg.seed},
+		    {"REKEY_FAULT_AFTER", &cfg.after},
+		    {"REKEY_FAULT_EVERY", &cfg.every},
+		    {"REKEY_FAULT_MAX", &cfg.max},
+		    {"REKEY_FAULT_DELAY_MS", &cfg.delay_ms},
+		    {"REKEY_FAULT_MAX_SESSIONS", &cfg.max_sessions}};
 	for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
 		if (setting(nums[i].key, buf, sizeof buf) && buf[0] && parse_u64(buf, nums[i].dst) != 0) {
 			snprintf(cfg.err, sizeof cfg.err, "%s: %s is not a non-negative integer", nums[i].key, buf);
@@ -296,6 +412,16 @@ static uint64_t splitmix64(uint64_t x)
 	return x ^ (x >> 31);
 }
 
+static void logline(const char *call, const char *what, uint64_t n)
+{
+	if (cfg.logfd < 0)
+		return;
+	char line[96];
+	int l = snprintf(line, sizeof line, "%s %s %llu\n", call, what, (unsigned long long)n);
+	if (l > 0)
+		(void)!write(cfg.logfd, line, (size_t)l);
+}
+
 /* decide counts one eligible call of function f and reports whether to
  * disturb it; *hash gets bits for choosing what to flip. */
 static int decide(int f, uint64_t *hash)
@@ -306,7 +432,10 @@ static int decide(int f, uint64_t *hash)
 	if (n < cfg.after)
 		return 0;
 	uint64_t h = splitmix64(cfg.seed ^ splitmix64(n));
-	if (cfg.rate < 1) {
+	if (cfg.every) {
+		if ((n - cfg.after) % cfg.every != cfg.every - 1)
+			return 0;
+	} else if (cfg.rate < 1) {
 		/* h's top 53 bits as a uniform share in [0,1) */
 		if ((double)(h >> 11) / 9007199254740992.0 >= cfg.rate)
 			return 0;
@@ -320,13 +449,7 @@ static int decide(int f, uint64_t *hash)
 	}
 	if (hash)
 		*hash = splitmix64(h);
-	if (cfg.logfd >= 0) {
-		char line[96];
-		int l = snprintf(line, sizeof line, "%s %s %llu\n", fnames[f], cfg.corrupt ? "corrupt" : "fail",
-				 (unsigned long long)n);
-		if (l > 0)
-			(void)!write(cfg.logfd, line, (size_t)l);
-	}
+	logline(fnames[f], mnames[cfg.mode], n);
 	return 1;
 }
 
@@ -335,6 +458,99 @@ static void flip(CK_BYTE_PTR p, CK_ULONG len, uint64_t h)
 	if (p && len)
 		p[(h >> 8) % len] ^= (CK_BYTE)(1u << (h & 7));
 }
+
+/* ---- sessions ---- */
+
+/* find returns the index of live-or-dead session h, or -1. sess_mu held. */
+static long find_sess(CK_SESSION_HANDLE h)
+{
+	for (size_t i = 0; i < nsess; i++)
+		if (sessions[i].h == h)
+			return (long)i;
+	return -1;
+}
+
+static size_t nlive(void)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < nsess; i++)
+		n += !sessions[i].dead;
+	return n;
+}
+
+static void forget_sess(long i)
+{
+	if (sessions[i].dead)
+		atomic_fetch_sub(&ndead, 1);
+	sessions[i] = sessions[--nsess];
+}
+
+static int is_dead(CK_SESSION_HANDLE h)
+{
+	if (atomic_load(&ndead) == 0)
+		return 0;
+	pthread_mutex_lock(&sess_mu);
+	long i = find_sess(h);
+	int dead = i >= 0 && sessions[i].dead;
+	pthread_mutex_unlock(&sess_mu);
+	return dead;
+}
+
+/* drop makes the HSM forget session h (or, with REKEY_FAULT_DROP=all, every
+ * session of this instance). */
+static void drop(int has_s, CK_SESSION_HANDLE h)
+{
+	pthread_mutex_lock(&sess_mu);
+	for (size_t i = 0; i < nsess; i++) {
+		if (!sessions[i].dead && (cfg.drop_all || (has_s && sessions[i].h == h))) {
+			sessions[i].dead = 1;
+			atomic_fetch_add(&ndead, 1);
+		}
+	}
+	pthread_mutex_unlock(&sess_mu);
+}
+
+static void nap(void)
+{
+	struct timespec ts = {(time_t)(cfg.delay_ms / 1000), (long)(cfg.delay_ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
+}
+
+/* gate runs before a call of f (on session s when has_s). It returns 0 when
+ * the call goes on to the real module, 1 when s was dropped earlier and 2
+ * when the call is failed or dropped now; *rv is then the call's result. */
+enum { GO, DEAD, STOPPED };
+static int gate(int f, int has_s, CK_SESSION_HANDLE s, CK_RV *rv)
+{
+	if (has_s && is_dead(s)) {
+		*rv = CKR_SESSION_HANDLE_INVALID;
+		return DEAD;
+	}
+	if (cfg.mode == M_CORRUPT || !decide(f, NULL))
+		return GO;
+	switch (cfg.mode) {
+	case M_DELAY:
+		nap();
+		return GO;
+	case M_TRACE:
+		return GO;
+	case M_DROP:
+		drop(has_s, s);
+		*rv = cfg.code;
+		return STOPPED;
+	default:
+		*rv = cfg.code;
+		return STOPPED;
+	}
+}
+
+#define GATE(f, s)                                                                                                     \
+	do {                                                                                                           \
+		CK_RV gate_rv;                                                                                         \
+		if (gate((f), 1, (s), &gate_rv) != GO)                                                                 \
+			return gate_rv;                                                                                \
+	} while (0)
 
 /* ---- wrappers ---- */
 
@@ -379,25 +595,103 @@ static CK_RV w_Finalize(CK_VOID_PTR reserved)
 	return rv;
 }
 
+static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR p, CK_ULONG_PTR n)
+{
+	CK_RV rv;
+	if (gate(F_GETSLOTLIST, 0, 0, &rv) != GO)
+		return rv;
+	return real->C_GetSlotList(present, p, n);
+}
+
+static CK_RV w_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	CK_RV rv;
+	if (gate(F_GETTOKENINFO, 0, 0, &rv) != GO)
+		return rv;
+	rv = real->C_GetTokenInfo(slot, info);
+	if (rv == CKR_OK && info != NULL && cfg.max_sessions) {
+		pthread_mutex_lock(&sess_mu);
+		size_t n = nlive();
+		pthread_mutex_unlock(&sess_mu);
+		info->ulMaxSessionCount = info->ulMaxRwSessionCount = (CK_ULONG)cfg.max_sessions;
+		info->ulSessionCount = info->ulRwSessionCount = (CK_ULONG)n;
+	}
+	return rv;
+}
+
+static CK_RV w_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR p, CK_ULONG_PTR n)
+{
+	CK_RV rv;
+	if (gate(F_GETMECHANISMLIST, 0, 0, &rv) != GO)
+		return rv;
+	return real->C_GetMechanismList(slot, p, n);
+}
+
+static CK_RV w_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE m, CK_MECHANISM_INFO_PTR info)
+{
+	CK_RV rv;
+	if (gate(F_GETMECHANISMINFO, 0, 0, &rv) != GO)
+		return rv;
+	return real->C_GetMechanismInfo(slot, m, info);
+}
+
 static CK_RV w_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR ph)
 {
-	if (!cfg.corrupt && decide(F_OPENSESSION, NULL))
-		return cfg.code;
-	return real->C_OpenSession(slot, flags, app, notify, ph);
+	CK_RV rv;
+	if (gate(F_OPENSESSION, 0, 0, &rv) != GO)
+		return rv;
+	pthread_mutex_lock(&sess_mu);
+	if (cfg.max_sessions && nlive() >= cfg.max_sessions) {
+		pthread_mutex_unlock(&sess_mu);
+		logline("C_OpenSession", "session-count", atomic_fetch_add(&refused, 1));
+		return CKR_SESSION_COUNT;
+	}
+	rv = real->C_OpenSession(slot, flags, app, notify, ph);
+	if (rv == CKR_OK && ph != NULL) {
+		if (nsess == capsess) {
+			size_t c = capsess ? 2 * capsess : 64;
+			struct sess *grown = realloc(sessions, c * sizeof *grown);
+			if (grown == NULL) {
+				(void)real->C_CloseSession(*ph);
+				pthread_mutex_unlock(&sess_mu);
+				return CKR_HOST_MEMORY;
+			}
+			sessions = grown;
+			capsess = c;
+		}
+		sessions[nsess++] = (struct sess){*ph, slot, 0};
+	}
+	pthread_mutex_unlock(&sess_mu);
+	return rv;
 }
 
-static CK_RV w_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pinlen)
+static CK_RV w_CloseSession(CK_SESSION_HANDLE s)
 {
-	if (!cfg.corrupt && decide(F_LOGIN, NULL))
-		return cfg.code;
-	return real->C_Login(s, user, pin, pinlen);
+	pthread_mutex_lock(&sess_mu);
+	long i = find_sess(s);
+	int dead = i >= 0 && sessions[i].dead;
+	CK_RV rv = real->C_CloseSession(s);
+	if (i >= 0 && (dead || rv == CKR_OK))
+		forget_sess(i);
+	pthread_mutex_unlock(&sess_mu);
+	/* The HSM lost a dropped session long ago. */
+	return dead ? CKR_SESSION_HANDLE_INVALID : rv;
 }
 
-static CK_RV w_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+static CK_RV w_CloseAllSessions(CK_SLOT_ID slot)
 {
-	if (!cfg.corrupt && decide(F_FINDOBJECTSINIT, NULL))
-		return cfg.code;
-	return real->C_FindObjectsInit(s, t, n);
+	pthread_mutex_lock(&sess_mu);
+	CK_RV rv = real->C_CloseAllSessions(slot);
+	if (rv == CKR_OK) {
+		for (size_t i = 0; i < nsess;) {
+			if (sessions[i].slot == slot)
+				forget_sess((long)i);
+			else
+				i++;
+		}
+	}
+	pthread_mutex_unlock(&sess_mu);
+	return rv;
 }
 
 static int untaint(CK_OBJECT_HANDLE h)
@@ -417,8 +711,7 @@ static int untaint(CK_OBJECT_HANDLE h)
 
 static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
-	if (!cfg.corrupt && decide(F_GETATTRIBUTEVALUE, NULL))
-		return cfg.code;
+	GATE(F_GETATTRIBUTEVALUE, s);
 	CK_RV rv = real->C_GetAttributeValue(s, o, t, n);
 	if (rv != CKR_OK)
 		return rv;
@@ -439,30 +732,17 @@ static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATT
 		return rv;
 	}
 	uint64_t h;
-	if (cfg.corrupt && decide(F_GETATTRIBUTEVALUE, &h))
+	if (cfg.mode == M_CORRUPT && decide(F_GETATTRIBUTEVALUE, &h))
 		flip(t[vi].pValue, t[vi].ulValueLen, h);
 	return rv;
 }
 
 static CK_RV w_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 {
+	GATE(F_DESTROYOBJECT, s);
 	CK_RV rv = real->C_DestroyObject(s, o);
 	untaint(o);
 	return rv;
-}
-
-static CK_RV w_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
-{
-	if (!cfg.corrupt && decide(F_ENCRYPTINIT, NULL))
-		return cfg.code;
-	return real->C_EncryptInit(s, m, k);
-}
-
-static CK_RV w_DecryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
-{
-	if (!cfg.corrupt && decide(F_DECRYPTINIT, NULL))
-		return cfg.code;
-	return real->C_DecryptInit(s, m, k);
 }
 
 typedef CK_RV (*single_part)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
@@ -486,16 +766,18 @@ static void end_operation(single_part fn, CK_SESSION_HANDLE s, CK_BYTE_PTR in, C
 static CK_RV single(int f, single_part fn, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
 		    CK_ULONG_PTR outlen)
 {
-	if (!cfg.corrupt) {
-		if (decide(f, NULL)) {
+	CK_RV rv;
+	switch (gate(f, 1, s, &rv)) {
+	case DEAD:
+		return rv;
+	case STOPPED:
+		if (cfg.mode == M_FAIL)
 			end_operation(fn, s, in, inlen);
-			return cfg.code;
-		}
-		return fn(s, in, inlen, out, outlen);
+		return rv;
 	}
-	CK_RV rv = fn(s, in, inlen, out, outlen);
+	rv = fn(s, in, inlen, out, outlen);
 	uint64_t h;
-	if (rv == CKR_OK && out != NULL && outlen != NULL && *outlen > 0 && decide(f, &h))
+	if (cfg.mode == M_CORRUPT && rv == CKR_OK && out != NULL && outlen != NULL && *outlen > 0 && decide(f, &h))
 		flip(out, *outlen, h);
 	return rv;
 }
@@ -513,11 +795,10 @@ static CK_RV w_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inlen, CK_B
 static CK_RV w_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk, CK_OBJECT_HANDLE k, CK_BYTE_PTR out,
 		       CK_ULONG_PTR outlen)
 {
-	if (!cfg.corrupt && decide(F_WRAPKEY, NULL))
-		return cfg.code;
+	GATE(F_WRAPKEY, s);
 	CK_RV rv = real->C_WrapKey(s, m, wk, k, out, outlen);
 	uint64_t h;
-	if (cfg.corrupt && rv == CKR_OK && out != NULL && outlen != NULL && *outlen > 0 && decide(F_WRAPKEY, &h))
+	if (cfg.mode == M_CORRUPT && rv == CKR_OK && out != NULL && outlen != NULL && *outlen > 0 && decide(F_WRAPKEY, &h))
 		flip(out, *outlen, h);
 	return rv;
 }
@@ -525,10 +806,9 @@ static CK_RV w_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE
 static CK_RV w_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk, CK_BYTE_PTR in, CK_ULONG inlen,
 			 CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph)
 {
-	if (!cfg.corrupt && decide(F_UNWRAPKEY, NULL))
-		return cfg.code;
+	GATE(F_UNWRAPKEY, s);
 	CK_RV rv = real->C_UnwrapKey(s, m, uk, in, inlen, t, n, ph);
-	if (cfg.corrupt && rv == CKR_OK && ph != NULL && decide(F_UNWRAPKEY, NULL)) {
+	if (cfg.mode == M_CORRUPT && rv == CKR_OK && ph != NULL && decide(F_UNWRAPKEY, NULL)) {
 		pthread_mutex_lock(&taint_mu);
 		if (ntainted == MAX_TAINTED) /* forget the oldest */
 			memmove(tainted, tainted + 1, sizeof tainted[0] * --ntainted);
@@ -540,14 +820,78 @@ static CK_RV w_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAND
 
 static CK_RV w_GenerateRandom(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG len)
 {
-	if (!cfg.corrupt && decide(F_GENERATERANDOM, NULL))
-		return cfg.code;
+	GATE(F_GENERATERANDOM, s);
 	CK_RV rv = real->C_GenerateRandom(s, out, len);
 	uint64_t h;
-	if (cfg.corrupt && rv == CKR_OK && out != NULL && len > 0 && decide(F_GENERATERANDOM, &h))
+	if (cfg.mode == M_CORRUPT && rv == CKR_OK && out != NULL && len > 0 && decide(F_GENERATERANDOM, &h))
 		flip(out, len, h);
 	return rv;
 }
+
+/* The other functions that take a session: a dropped session fails them,
+ * and they can be failed, dropped, delayed or traced. */
+#define PASS(name, F, params, args)                                                                                    \
+	static CK_RV w_##name params                                                                                   \
+	{                                                                                                              \
+		GATE(F, s);                                                                                            \
+		return real->C_##name args;                                                                            \
+	}
+#define BUF CK_BYTE_PTR in, CK_ULONG inlen
+#define OUT CK_BYTE_PTR out, CK_ULONG_PTR outlen
+PASS(GetSessionInfo, F_GETSESSIONINFO, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR i), (s, i))
+PASS(Login, F_LOGIN, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG l), (s, u, pin, l))
+PASS(Logout, F_LOGOUT, (CK_SESSION_HANDLE s), (s))
+PASS(CreateObject, F_CREATEOBJECT, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph), (s, t, n, ph))
+PASS(CopyObject, F_COPYOBJECT, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph),
+     (s, o, t, n, ph))
+PASS(GetObjectSize, F_GETOBJECTSIZE, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ULONG_PTR n), (s, o, n))
+PASS(SetAttributeValue, F_SETATTRIBUTEVALUE, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))
+PASS(FindObjectsInit, F_FINDOBJECTSINIT, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
+PASS(FindObjects, F_FINDOBJECTS, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_ULONG_PTR n), (s, ph, max, n))
+PASS(FindObjectsFinal, F_FINDOBJECTSFINAL, (CK_SESSION_HANDLE s), (s))
+PASS(EncryptInit, F_ENCRYPTINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(EncryptUpdate, F_ENCRYPTUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(EncryptFinal, F_ENCRYPTFINAL, (CK_SESSION_HANDLE s, OUT), (s, out, outlen))
+PASS(DecryptInit, F_DECRYPTINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(DecryptUpdate, F_DECRYPTUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(DecryptFinal, F_DECRYPTFINAL, (CK_SESSION_HANDLE s, OUT), (s, out, outlen))
+PASS(DigestInit, F_DIGESTINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m), (s, m))
+PASS(Digest, F_DIGEST, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(DigestUpdate, F_DIGESTUPDATE, (CK_SESSION_HANDLE s, BUF), (s, in, inlen))
+PASS(DigestKey, F_DIGESTKEY, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k), (s, k))
+PASS(DigestFinal, F_DIGESTFINAL, (CK_SESSION_HANDLE s, OUT), (s, out, outlen))
+PASS(SignInit, F_SIGNINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(Sign, F_SIGN, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(SignUpdate, F_SIGNUPDATE, (CK_SESSION_HANDLE s, BUF), (s, in, inlen))
+PASS(SignFinal, F_SIGNFINAL, (CK_SESSION_HANDLE s, OUT), (s, out, outlen))
+PASS(VerifyInit, F_VERIFYINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(Verify, F_VERIFY, (CK_SESSION_HANDLE s, BUF, CK_BYTE_PTR sig, CK_ULONG siglen), (s, in, inlen, sig, siglen))
+PASS(VerifyUpdate, F_VERIFYUPDATE, (CK_SESSION_HANDLE s, BUF), (s, in, inlen))
+PASS(VerifyFinal, F_VERIFYFINAL, (CK_SESSION_HANDLE s, BUF), (s, in, inlen))
+PASS(GenerateKey, F_GENERATEKEY, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph),
+     (s, m, t, n, ph))
+PASS(GenerateKeyPair, F_GENERATEKEYPAIR,
+     (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pt, CK_ULONG pn, CK_ATTRIBUTE_PTR vt, CK_ULONG vn,
+      CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv),
+     (s, m, pt, pn, vt, vn, pub, priv))
+PASS(DeriveKey, F_DERIVEKEY,
+     (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE base, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph),
+     (s, m, base, t, n, ph))
+PASS(SeedRandom, F_SEEDRANDOM, (CK_SESSION_HANDLE s, BUF), (s, in, inlen))
+PASS(GetOperationState, F_GETOPERATIONSTATE, (CK_SESSION_HANDLE s, OUT), (s, out, outlen))
+PASS(SetOperationState, F_SETOPERATIONSTATE, (CK_SESSION_HANDLE s, BUF, CK_OBJECT_HANDLE ek, CK_OBJECT_HANDLE ak), (s, in, inlen, ek, ak))
+PASS(InitPIN, F_INITPIN, (CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG l), (s, pin, l))
+PASS(SetPIN, F_SETPIN, (CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR o, CK_ULONG ol, CK_UTF8CHAR_PTR n, CK_ULONG nl), (s, o, ol, n, nl))
+PASS(SignRecoverInit, F_SIGNRECOVERINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(SignRecover, F_SIGNRECOVER, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(VerifyRecoverInit, F_VERIFYRECOVERINIT, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
+PASS(VerifyRecover, F_VERIFYRECOVER, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(DigestEncryptUpdate, F_DIGESTENCRYPTUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(DecryptDigestUpdate, F_DECRYPTDIGESTUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(SignEncryptUpdate, F_SIGNENCRYPTUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(DecryptVerifyUpdate, F_DECRYPTVERIFYUPDATE, (CK_SESSION_HANDLE s, BUF, OUT), (s, in, inlen, out, outlen))
+PASS(GetFunctionStatus, F_GETFUNCTIONSTATUS, (CK_SESSION_HANDLE s), (s))
+PASS(CancelFunction, F_CANCELFUNCTION, (CK_SESSION_HANDLE s), (s))
 
 static CK_RV fail_Initialize(CK_VOID_PTR args)
 {
@@ -591,18 +935,31 @@ static void load(void)
 	list = *real;
 	list.C_Initialize = w_Initialize;
 	list.C_Finalize = w_Finalize;
+	list.C_GetSlotList = w_GetSlotList;
+	list.C_GetTokenInfo = w_GetTokenInfo;
+	list.C_GetMechanismList = w_GetMechanismList;
+	list.C_GetMechanismInfo = w_GetMechanismInfo;
+	list.C_OpenSession = w_OpenSession;
+	list.C_CloseSession = w_CloseSession;
+	list.C_CloseAllSessions = w_CloseAllSessions;
 	list.C_GetAttributeValue = w_GetAttributeValue; /* also delivers corrupted unwraps */
 	list.C_DestroyObject = w_DestroyObject;
-	list.C_OpenSession = w_OpenSession;
-	list.C_Login = w_Login;
-	list.C_FindObjectsInit = w_FindObjectsInit;
-	list.C_EncryptInit = w_EncryptInit;
 	list.C_Encrypt = w_Encrypt;
-	list.C_DecryptInit = w_DecryptInit;
 	list.C_Decrypt = w_Decrypt;
 	list.C_WrapKey = w_WrapKey;
 	list.C_UnwrapKey = w_UnwrapKey;
 	list.C_GenerateRandom = w_GenerateRandom;
+#define SET(name) list.C_##name = w_##name;
+	SET(GetSessionInfo) SET(Login) SET(Logout) SET(CreateObject) SET(CopyObject) SET(GetObjectSize)
+	SET(SetAttributeValue) SET(FindObjectsInit) SET(FindObjects) SET(FindObjectsFinal) SET(EncryptInit)
+	SET(EncryptUpdate) SET(EncryptFinal) SET(DecryptInit) SET(DecryptUpdate) SET(DecryptFinal) SET(DigestInit)
+	SET(Digest) SET(DigestUpdate) SET(DigestKey) SET(DigestFinal) SET(SignInit) SET(Sign) SET(SignUpdate)
+	SET(SignFinal) SET(VerifyInit) SET(Verify) SET(VerifyUpdate) SET(VerifyFinal) SET(GenerateKey)
+	SET(GenerateKeyPair) SET(DeriveKey) SET(SeedRandom) SET(GetOperationState) SET(SetOperationState) SET(InitPIN)
+	SET(SetPIN) SET(SignRecoverInit) SET(SignRecover) SET(VerifyRecoverInit) SET(VerifyRecover)
+	SET(DigestEncryptUpdate) SET(DecryptDigestUpdate) SET(SignEncryptUpdate) SET(DecryptVerifyUpdate)
+	SET(GetFunctionStatus) SET(CancelFunction)
+#undef SET
 }
 
 EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR pp)
