@@ -58,7 +58,10 @@ const ManifestFormat = "rekey-manifest/1"
 // Totals are the counts of a run; the manifest and the summary table print
 // them. Failed counts every failed ledger row, whatever its unit.
 type Totals struct {
-	Files           int64 `json:"files"`
+	Files int64 `json:"files"`
+	// DEKTableFiles counts the DEK table files among Files (the units that
+	// rewrap or replace a DEK table file); the rest are record files.
+	DEKTableFiles   int64 `json:"dek_table_files,omitempty"`
 	FilesFailed     int64 `json:"files_failed"`
 	FilesSkipped    int64 `json:"files_skipped"`
 	DEKs            int64 `json:"deks"`
@@ -76,6 +79,7 @@ type Totals struct {
 // Add accumulates o into t.
 func (t *Totals) Add(o Totals) {
 	t.Files += o.Files
+	t.DEKTableFiles += o.DEKTableFiles
 	t.FilesFailed += o.FilesFailed
 	t.FilesSkipped += o.FilesSkipped
 	t.DEKs += o.DEKs

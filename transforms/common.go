@@ -106,6 +106,7 @@ func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *r
 			return false, readErr
 		}
 		row, fres := fileFailure(spec, srcPath, 0, readErr)
+		fres.Totals.DEKTableFiles = 1
 		if err := ledger.WritePart(ctx, part, []schemas.LedgerRow{row}); err != nil {
 			return false, err
 		}

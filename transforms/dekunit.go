@@ -49,7 +49,7 @@ func openDEKTable(ctx context.Context, spec *Spec, srcPath, dstPath, part, targe
 	}
 	u := &dekTable{spec: spec, srcPath: srcPath, dstPath: dstPath, part: part, targetKEK: targetKEK,
 		out: out, lw: lw, index: schemas.NewDEKIndex(), res: UnitResult{Unit: srcPath}}
-	u.res.Totals.Files = 1
+	u.res.Totals.Files, u.res.Totals.DEKTableFiles = 1, 1
 	return u, nil
 }
 

@@ -73,6 +73,7 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
 		return err
 	} else if done {
+		res.Totals.DEKTableFiles = 1
 		// Resume: the new DEKs of this file are committed; replay them.
 		if err := f.replay(ctx, srcPath, dstPath, emit); err != nil {
 			return err

@@ -57,6 +57,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 	if res, done, err := alreadyDone(ctx, spec, &part, srcPath); err != nil {
 		return err
 	} else if done {
+		res.Totals.DEKTableFiles = 1
 		emit(res)
 		return nil
 	}
@@ -66,6 +67,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		if err != nil {
 			return err
 		}
+		res.Totals.DEKTableFiles = 1
 		emit(res)
 		return nil
 	}

@@ -157,8 +157,8 @@ func loadJobFile(path string) (*pipeline.Job, bool, error) {
 func printAudit(w io.Writer, r *transforms.AuditReport, took time.Duration) {
 	t := r.Totals
 	fmt.Fprintf(w, "rekey audit: %s (%s)\n", r.KEK, took.Round(time.Millisecond))
-	fmt.Fprintf(w, "  DEK tables: %d DEKs in %d files; %d wrapped by this KEK\n", t.DEKs, t.DEKTableFiles, t.DEKsReferencing)
-	fmt.Fprintf(w, "  datasets:   %d records in %d files; %d records in %d files use those DEKs\n", t.Records, t.RecordFiles, t.RecordsReferencing, t.FilesReferencing)
+	fmt.Fprintf(w, "  DEK tables: %d DEKs in %s; %d wrapped by this KEK\n", t.DEKs, plural(int64(t.DEKTableFiles), "file"), t.DEKsReferencing)
+	fmt.Fprintf(w, "  datasets:   %d records in %s; %d records in %s use those DEKs\n", t.Records, plural(int64(t.RecordFiles), "file"), t.RecordsReferencing, plural(int64(t.FilesReferencing), "file"))
 	if t.RecordsUnresolved > 0 {
 		fmt.Fprintf(w, "  unresolved: %d records name a dek_id that is in none of the DEK tables\n", t.RecordsUnresolved)
 	}

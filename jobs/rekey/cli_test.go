@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -38,6 +39,22 @@ func TestCLIUsageAndExitCodes(t *testing.T) {
 	if out := rekey(t, exitOK, "run", "--help"); !strings.Contains(out, "--target-wrap") || !strings.Contains(out, "--resume") || strings.Contains(out, "--logging_endpoint") {
 		t.Fatalf("run --help should list rekey's flags and not Beam's internals:\n%s", out)
 	}
+	// Issue 15 item 13: defaults are shown; each command lists its own
+	// flags only (verify no run-only ones, ledger no --runner).
+	if out := rekey(t, exitOK, "gen", "--help"); !strings.Contains(out, "(default 4)") || !strings.Contains(out, "(default 1000)") || !strings.Contains(out, "--runner") {
+		t.Fatalf("gen --help should show defaults:\n%s", out)
+	}
+	if out := rekey(t, exitOK, "verify", "--help"); strings.Contains(out, "  --resume") || strings.Contains(out, "  --max-failures") ||
+		strings.Contains(out, "  --success-marker") || strings.Contains(out, "  --lease-ttl") || strings.Contains(out, "  --target-wrap") ||
+		!strings.Contains(out, "--target-only") || !strings.Contains(out, "accepted and ignored") {
+		t.Fatalf("verify --help should list verify's flags, not run's:\n%s", out)
+	}
+	if out := rekey(t, exitOK, "ledger", "--help"); strings.Contains(out, "--runner") || strings.Contains(out, "Beam's runner flags") {
+		t.Fatalf("ledger --help runs no pipeline and should not offer --runner:\n%s", out)
+	}
+	if got := plural(1, "file") + ", " + plural(9, "file"); got != "1 file, 9 files" {
+		t.Fatalf("plural: %s", got)
+	}
 	rekey(t, exitUsage)
 	rekey(t, exitUsage, "frobnicate")
 	rekey(t, exitUsage, "run", "--no-such-flag")
@@ -69,6 +86,11 @@ func TestCLIRunVerifyAndFailures(t *testing.T) {
 	out = rekey(t, exitOK, append([]string{"run", "--run-id", "r1"}, common...)...)
 	if !strings.Contains(out, "succeeded") || !strings.Contains(out, "120") {
 		t.Fatalf("run:\n%s", out)
+	}
+	// The summary's files are the 3 record files the plan counted; the
+	// DEK table file gets its own line (issue 15 item 13).
+	if !regexp.MustCompile(`files\s+3\s+3\s+0\s+0\n`).MatchString(out) || !strings.Contains(out, "DEK table: 1 file\n") {
+		t.Fatalf("run summary should count 3 record files and 1 DEK table file:\n%s", out)
 	}
 	rekey(t, exitPreflight, append([]string{"run", "--run-id", "r1"}, common...)...) // ledger exists
 	out = rekey(t, exitOK, append([]string{"verify", "--run-id", "r1"}, common[:len(common)-2]...)...)

@@ -83,7 +83,7 @@ func signalCode(sig os.Signal) int {
 // and Beam's flags, the job file with the flags over it, validation.
 func loadJobCommand(cmd, synopsis string, args []string, stdout io.Writer) (*jobFlags, *pipeline.Job, error) {
 	f := &jobFlags{}
-	f.register(true)
+	f.register(false)
 	set, err := parseFlags(cmd, synopsis, args, stdout)
 	if err != nil {
 		return nil, nil, err
@@ -126,7 +126,7 @@ func printReport(w io.Writer, j *pipeline.Job, r *pipeline.Report) {
 		}
 		fmt.Fprintf(w, "  [%s] %s: %s\n", mark, c.Name, c.Info)
 	}
-	fmt.Fprintf(w, "\n  DEKs:          %d in %d files\n", r.DEKs, r.DEKFiles)
+	fmt.Fprintf(w, "\n  DEKs:          %d in %s\n", r.DEKs, plural(int64(r.DEKFiles), "file"))
 	for k, n := range r.KEKs {
 		fmt.Fprintf(w, "  KEK referenced: %s (%d DEKs)\n", k, n)
 	}
@@ -276,7 +276,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v; its manifest could not be written (%v). Committed units are kept: finish with --run-id %s --resume", j.RunID, sig, err, j.RunID))
 		}
 		printSummary(stdout, &m, time.Since(start))
-		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v: %d files, %d DEKs and %d records committed, the rest not started or dropped (no partial file has a final name).\nTo finish it: rekey run <the same job> --run-id %s --resume", j.RunID, sig, m.Totals.Files, m.Totals.DEKsMigrated, m.Totals.RecordsMigrated, j.RunID))
+		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v: %d DEKs and %d records committed, the rest not started or dropped (no partial file has a final name).\nTo finish it: rekey run <the same job> --run-id %s --resume", j.RunID, sig, m.Totals.DEKsMigrated, m.Totals.RecordsMigrated, j.RunID))
 	}
 	if sig := sigs.received(); sig != nil {
 		fmt.Fprintf(stderr, "rekey run %s: %v received, but every unit had already been done: the run finished\n", j.RunID, sig)
@@ -421,7 +421,17 @@ func printSummary(w io.Writer, m *schemas.Manifest, took time.Duration) {
 	if m.Mode == schemas.ModeReencrypt {
 		fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "records", t.Records, t.RecordsMigrated, "-", t.RecordsFailed)
 	}
-	fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "files", t.Files, t.Files-t.FilesFailed-t.FilesSkipped, t.FilesSkipped, t.FilesFailed)
+	// A reencrypt's record files and its DEK table files are units alike;
+	// "files" counts the record files, as the plan does, and the DEK table
+	// gets a line of its own. (A rewrap's files are its DEK table files.)
+	files := t.Files
+	if m.Mode == schemas.ModeReencrypt {
+		files -= t.DEKTableFiles
+	}
+	fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "files", files, files-t.FilesFailed-t.FilesSkipped, t.FilesSkipped, t.FilesFailed)
+	if m.Mode == schemas.ModeReencrypt && t.DEKTableFiles > 0 {
+		fmt.Fprintf(w, "  DEK table: %s\n", plural(t.DEKTableFiles, "file"))
+	}
 	secs := took.Seconds()
 	if secs > 0 {
 		if m.Mode == schemas.ModeReencrypt {
@@ -541,4 +551,12 @@ func isLocalRunner() bool {
 		return true
 	}
 	return false
+}
+
+// plural is "1 file", "2 files".
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -31,8 +31,22 @@ type jobFlags struct {
 	set                                       map[string]bool
 }
 
-// ours lists the flags rekey defines, so --help shows them and not Beam's.
-var ours = map[string]bool{}
+// ours lists the flags rekey defines, so --help shows them and not Beam's;
+// hidden are those of ours a command accepts but does not list.
+var ours, hidden = map[string]bool{}, map[string]bool{}
+
+// beamCommands run a Beam pipeline: they take --runner and Beam's flags.
+var beamCommands = map[string]bool{"run": true, "plan": true, "verify": true, "gen": true, "audit": true}
+
+// showDefault says whether --help adds "(default X)" to a flag's usage: when
+// the default is not the zero value and the usage does not already say it.
+func showDefault(f *flag.Flag) bool {
+	switch f.DefValue {
+	case "", "0", "false", "0s":
+		return false
+	}
+	return !strings.Contains(f.Usage, "default")
+}
 
 func defString(p *string, name, value, usage string) {
 	ours[name] = true
@@ -49,11 +63,21 @@ func defBool(p *bool, name string, value bool, usage string) {
 	flag.CommandLine.BoolVar(p, name, value, usage)
 }
 
-func (f *jobFlags) register(withMode bool) {
-	defString(&f.job, "job", "", "job file (YAML, see README \"Job file\"); flags below override it")
-	if withMode {
-		defString(&f.mode, "mode", "", "rewrap (DEKs only, data untouched) or reencrypt (every record)")
+// register defines the job flags. verify (forVerify) accepts them all, so
+// that a run's command line can be verified as it is, but its --help
+// lists only those that say what to check and how, not the ones that
+// steer a run (resume, failure budget, marker, lease, ...).
+func (f *jobFlags) register(forVerify bool) {
+	hide := func(names ...string) {
+		if forVerify {
+			for _, n := range names {
+				hidden[n] = true
+			}
+		}
 	}
+	hide("target-wrap", "dek-source", "max-failures", "verify-before-commit", "success-marker", "incremental", "resume", "lease-ttl")
+	defString(&f.job, "job", "", "job file (YAML, see README \"Job file\"); flags below override it")
+	defString(&f.mode, "mode", "", "rewrap (DEKs only, data untouched) or reencrypt (every record)")
 	defString(&f.runID, "run-id", "", "run id: names the ledger folder run_id=<id> (default: UTC timestamp)")
 	defString(&f.srcData, "source-data", "", "source record dataset folder")
 	defString(&f.srcDEKs, "source-deks", "", "source DEK table folder")
@@ -87,14 +111,16 @@ func (f *jobFlags) register(withMode bool) {
 
 // parseFlags parses args into flag.CommandLine (rekey's and Beam's flags).
 func parseFlags(cmd, synopsis string, args []string, stdout io.Writer) (map[string]bool, error) {
-	ours["runner"] = true
+	if beamCommands[cmd] {
+		ours["runner"] = true
+	}
 	flag.CommandLine.Init("rekey "+cmd, flag.ContinueOnError)
 	flag.CommandLine.SetOutput(stdout)
 	flag.CommandLine.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: rekey %s [flags]\n\n%s\n\nFlags:\n", cmd, synopsis)
 		var names []string
 		flag.CommandLine.VisitAll(func(f *flag.Flag) {
-			if ours[f.Name] {
+			if ours[f.Name] && !hidden[f.Name] {
 				names = append(names, f.Name)
 			}
 		})
@@ -105,9 +131,22 @@ func parseFlags(cmd, synopsis string, args []string, stdout io.Writer) (map[stri
 			if n == "runner" {
 				usage = "Beam runner: direct (default; in-process), prism (in-process portable runner), universal (--endpoint=HOST:PORT job service), dataflow, flink, spark"
 			}
+			if showDefault(f) {
+				usage += fmt.Sprintf(" (default %s)", f.DefValue)
+			}
 			fmt.Fprintf(stdout, "  --%s\n    \t%s\n", n, usage)
 		}
-		fmt.Fprintln(stdout, "\nBeam's runner flags (--endpoint, --environment_type, --job_name, --project, --region, ...) are accepted too.")
+		if len(hidden) > 0 {
+			var hs []string
+			for n := range hidden {
+				hs = append(hs, "--"+n)
+			}
+			sort.Strings(hs)
+			fmt.Fprintf(stdout, "\nrekey run's flags that steer a run (%s) are accepted and ignored, so a run's command line can be checked as it is.\n", strings.Join(hs, ", "))
+		}
+		if beamCommands[cmd] {
+			fmt.Fprintln(stdout, "\nBeam's runner flags (--endpoint, --environment_type, --job_name, --project, --region, ...) are accepted too.")
+		}
 	}
 	if err := flag.CommandLine.Parse(args); err != nil {
 		if err == flag.ErrHelp {

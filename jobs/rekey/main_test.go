@@ -35,4 +35,5 @@ func resetFlags() {
 	})
 	flag.CommandLine = fs
 	clear(ours)
+	clear(hidden)
 }

@@ -231,7 +231,7 @@ func printVerify(w io.Writer, rep *transforms.VerifyReport, took time.Duration) 
 	if rep.Data != "" {
 		fmt.Fprintf(w, "; %d records: %d decrypt, %d fail", t.Records, t.RecordsMigrated, t.RecordsFailed)
 	}
-	fmt.Fprintf(w, "; %d files unreadable\n", t.FilesFailed)
+	fmt.Fprintf(w, "; %s unreadable\n", plural(t.FilesFailed, "file"))
 }
 
 // verifyProblems says in one line why a verify is not OK.
@@ -252,13 +252,13 @@ func verifyProblems(rep *transforms.VerifyReport) string {
 	side("records", c.Records)
 	side("DEKs", c.DEKs)
 	if n := c.Files.Failed; n > 0 {
-		out = append(out, fmt.Sprintf("%d files cannot be read", n))
+		out = append(out, fmt.Sprintf("%s cannot be read", plural(n, "file")))
 	}
 	if c.Files.Missing+c.Files.Extra > 0 {
-		out = append(out, fmt.Sprintf("%d files missing and %d extra at the target", c.Files.Missing, c.Files.Extra))
+		out = append(out, fmt.Sprintf("%s missing and %d extra at the target", plural(c.Files.Missing, "file"), c.Files.Extra))
 	}
 	if l := rep.Ledger; l != nil && l.Decides && len(l.Problems) > 0 {
-		out = append(out, fmt.Sprintf("%d differences with the ledger of run %s", len(l.Problems), l.RunID))
+		out = append(out, fmt.Sprintf("%s with the ledger of run %s", plural(int64(len(l.Problems)), "difference"), l.RunID))
 	}
 	if len(out) == 0 {
 		return "see the report"
@@ -339,21 +339,26 @@ func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Ver
 	}
 	var out []string
 	t := rep.Totals
-	rows, err := ledger.Read(ctx, j.Ledger, j.RunID)
-	if err != nil {
-		return nil, err
-	}
+	// The ledger is streamed and aggregated per target file: memory grows
+	// with the number of files, not of records.
 	// An incremental run skipped the files whose target an earlier run
 	// made: they are checked by decrypting, not against this run's ledger.
 	skipped := map[string]bool{}
 	want := map[string]int64{}
-	for _, r := range rows {
-		switch {
-		case r.Unit == schemas.UnitFile && r.Status == schemas.StatusSkipped:
-			skipped[r.Target] = true
-		case r.Unit == schemas.UnitRecord && r.Status == schemas.StatusMigrated:
-			want[r.Target]++
+	err = ledger.Scan(ctx, j.Ledger, j.RunID, false, func(rows []schemas.LedgerRow) error {
+		for i := range rows {
+			r := &rows[i]
+			switch {
+			case r.Unit == schemas.UnitFile && r.Status == schemas.StatusSkipped:
+				skipped[r.Target] = true
+			case r.Unit == schemas.UnitRecord && r.Status == schemas.StatusMigrated:
+				want[r.Target]++
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(skipped) == 0 && t.DEKsMigrated != m.Totals.DEKsMigrated || len(skipped) > 0 && t.DEKsMigrated < m.Totals.DEKsMigrated {
 		out = append(out, fmt.Sprintf("DEK table has %d DEKs that unwrap; run %s migrated %d", t.DEKsMigrated, j.RunID, m.Totals.DEKsMigrated))

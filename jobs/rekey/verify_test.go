@@ -92,7 +92,7 @@ func TestCLIVerifyComparesWithSource(t *testing.T) {
 	// Alone, the same target looks fine, and verify says what that means.
 	wantVerify(t, exitOK, []string{"NOT COMPARED WITH A SOURCE", "OK (target only"}, "--data", dir+"/full/data", "--deks", dir+"/full/deks", "--kek", dst, "--report", dir+"/alone.json")
 	// With --ledger and --run-id, the ledger is what it compares with then.
-	wantVerify(t, exitFailures, []string{"NOT COMPARED WITH A SOURCE", "ledger:  MISMATCH", "differences with the ledger of run full"}, append([]string{"--target-only"}, target("full")...)...)
+	wantVerify(t, exitFailures, []string{"NOT COMPARED WITH A SOURCE", "ledger:  MISMATCH", "with the ledger of run full"}, append([]string{"--target-only"}, target("full")...)...)
 
 	// (a) A run whose failure budget let 2 records fail: they are missing.
 	f0 := dir + "/src/data/part-00000.parquet"
