@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"sort"
 	"strings"
 
@@ -115,10 +114,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	// Keys first: a wrong PIN or label is the most common mistake.
 	// Opened for the run's workers, so that a custodian's session limit
 	// shows here (a warning naming the cap) and not in the run.
-	workers := spec.Workers
-	if workers <= 0 {
-		workers = runtime.NumCPU()
-	}
+	workers := spec.KeyWorkers()
 	src, srcErr := transforms.OpenKEK(ctx, spec.SourceKEK, spec.SourceWrap, workers)
 	if srcErr != nil {
 		r.add(false, "source KEK", "%v", srcErr)

@@ -129,7 +129,7 @@ func (f *ReencryptFn) columnPairsFor(ctx context.Context, known map[string]*file
 	}
 	resolved := make([]*filePair, len(missing))
 	rowsOut := make([]*schemas.DEKRow, len(missing))
-	_ = parallel(len(missing), f.Spec.workers(), func(_, i int) error {
+	_ = parallel(len(missing), f.Spec.KeyWorkers(), func(_, i int) error {
 		resolved[i], rowsOut[i] = f.resolveColumn(ctx, minted.rel, missing[i].key, missing[i].blob, missing[i].b)
 		return nil
 	})

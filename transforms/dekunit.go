@@ -81,7 +81,7 @@ func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b 
 		if begin != nil {
 			begin(b)
 		}
-		if fatal := parallel(len(rows), spec.workers(), func(_, i int) error { return decide(b, i) }); fatal != nil {
+		if fatal := parallel(len(rows), spec.KeyWorkers(), func(_, i int) error { return decide(b, i) }); fatal != nil {
 			return fatal
 		}
 		keep := b.out[:0]

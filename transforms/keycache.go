@@ -18,7 +18,7 @@ var (
 
 // openKEK opens a DoFn's KEK with the spec's HSM rate limit.
 func (s *Spec) openKEK(ctx context.Context, uri, wrap string) (keys.KEK, error) {
-	k, err := OpenKEK(ctx, uri, wrap, s.workers())
+	k, err := OpenKEK(ctx, uri, wrap, s.KeyWorkers())
 	if err != nil {
 		return nil, err
 	}
@@ -54,8 +54,13 @@ func OpenKEK(ctx context.Context, uri, wrap string, sessions int) (keys.KEK, err
 	id := uri + "\x00" + wrap
 	k := keks[id]
 	if k == nil {
-		var err error
-		if k, err = keys.Open(ctx, uri, keys.Options{Wrap: wrap, Sessions: sessions}); err != nil {
+		// Opening can meet what every later call can: a throttled KMS, an
+		// HSM failing over. It is retried the same way.
+		err := keys.RetryPolicy{}.Do(ctx, func() (err error) {
+			k, err = keys.Open(ctx, uri, keys.Options{Wrap: wrap, Sessions: sessions})
+			return err
+		})
+		if err != nil {
 			return nil, err
 		}
 		keks[id] = k

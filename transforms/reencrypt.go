@@ -542,7 +542,7 @@ type filePair struct {
 func (f *ReencryptFn) pairsFor(ctx context.Context, known map[string]*filePair, rows []parquet.Row, l *recordLayout) map[string]*filePair {
 	missing := newDEKIDs(known, rows, l.dek)
 	resolved := make([]*filePair, len(missing))
-	_ = parallel(len(missing), f.Spec.workers(), func(_, i int) error {
+	_ = parallel(len(missing), f.Spec.KeyWorkers(), func(_, i int) error {
 		resolved[i] = f.resolve(ctx, missing[i])
 		return nil
 	})

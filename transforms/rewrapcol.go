@@ -175,7 +175,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 						}
 					}
 				}
-				fatal := parallel(len(fresh), spec.workers(), func(_, i int) error {
+				fatal := parallel(len(fresh), spec.KeyWorkers(), func(_, i int) error {
 					f.rewrapKey(ctx, fresh[i])
 					return fresh[i].fatal
 				})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/schemas/format"
 	"rekey/transforms/ledger"
@@ -72,6 +73,17 @@ func (s *Spec) workers() int {
 		return s.Workers
 	}
 	return runtime.NumCPU()
+}
+
+// KeyWorkers is how many custodian calls a stage keeps in flight: the
+// job's --workers, or by default the larger of the CPUs and what the
+// source's and target's schemes suggest (a KMS API answers in tens of
+// milliseconds, so one call per CPU leaves its quota idle).
+func (s *Spec) KeyWorkers() int {
+	if s.Workers > 0 {
+		return s.Workers
+	}
+	return max(runtime.NumCPU(), keys.DefaultConcurrency(s.SourceKEK), keys.DefaultConcurrency(s.TargetKEK))
 }
 
 func (s *Spec) rowBatch() int {

@@ -382,7 +382,7 @@ func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit fu
 
 func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []error {
 	errs := make([]error, len(rows))
-	_ = parallel(len(rows), f.rs.workers(), func(_, i int) error {
+	_ = parallel(len(rows), f.rs.KeyWorkers(), func(_, i int) error {
 		r := &rows[i]
 		if err := r.Validate(); err != nil {
 			errs[i] = err

@@ -24,6 +24,9 @@ const (
 const (
 	GatewayRate  = 1000
 	InstanceRate = 1000
+	// DefaultConcurrency: requests a worker process keeps in flight on one
+	// custodian when the job sets no --workers (see keys.Scheme).
+	DefaultConcurrency = 16
 )
 
 func init() {
@@ -36,11 +39,12 @@ func init() {
 			}
 			return k, nil
 		},
-		Parse:      func(uri string) (keys.Ref, error) { return parseKeysRef(GatewayScheme, uri) },
-		Mechanisms: []string{GatewayMech},
-		Example:    GatewayExample,
-		Import:     "rekey/providers/alikms",
-		Rate:       GatewayRate,
+		Parse:       func(uri string) (keys.Ref, error) { return parseKeysRef(GatewayScheme, uri) },
+		Mechanisms:  []string{GatewayMech},
+		Example:     GatewayExample,
+		Import:      "rekey/providers/alikms",
+		Rate:        GatewayRate,
+		Concurrency: DefaultConcurrency,
 	})
 	keys.Register(keys.Scheme{
 		Name: InstanceScheme,
@@ -51,11 +55,12 @@ func init() {
 			}
 			return k, nil
 		},
-		Parse:      func(uri string) (keys.Ref, error) { return parseKeysRef(InstanceScheme, uri) },
-		Mechanisms: []string{InstanceMech},
-		Example:    InstanceExample,
-		Import:     "rekey/providers/alikms",
-		Rate:       InstanceRate,
+		Parse:       func(uri string) (keys.Ref, error) { return parseKeysRef(InstanceScheme, uri) },
+		Mechanisms:  []string{InstanceMech},
+		Example:     InstanceExample,
+		Import:      "rekey/providers/alikms",
+		Rate:        InstanceRate,
+		Concurrency: DefaultConcurrency,
 	})
 }
 

@@ -25,6 +25,11 @@ const Mechanism = "ibm-kp"
 // Key Protect or HPCS instance (see the package doc for why this number).
 const DefaultRate = 50
 
+// DefaultConcurrency is how many requests a worker process keeps in flight
+// on one instance when the job sets no --workers: enough to fill
+// DefaultRate at the ~100 ms a call across regions takes.
+const DefaultConcurrency = 8
+
 func init() {
 	keys.Register(keys.Scheme{
 		Name: Scheme,
@@ -35,11 +40,12 @@ func init() {
 			}
 			return k, nil
 		},
-		Parse:      parseRef,
-		Mechanisms: []string{Mechanism},
-		Example:    example + "?apikey-source=env:" + DefaultAPIKeyEnv,
-		Import:     "rekey/providers/ibmkp",
-		Rate:       DefaultRate,
+		Parse:       parseRef,
+		Mechanisms:  []string{Mechanism},
+		Example:     example + "?apikey-source=env:" + DefaultAPIKeyEnv,
+		Import:      "rekey/providers/ibmkp",
+		Rate:        DefaultRate,
+		Concurrency: DefaultConcurrency,
 	})
 }
 

@@ -54,6 +54,12 @@ type Scheme struct {
 	// vendor's published request quota, with its source in the scheme's
 	// package doc. 0: no default limit (an HSM on this machine).
 	Rate float64
+	// Concurrency is how many operations a worker process keeps in flight
+	// on one custodian of this scheme when the job sets no --workers: a
+	// remote API answers in milliseconds to tens of them, so waiting on
+	// one call per CPU would leave its quota idle. 0: one per CPU (an HSM
+	// on this machine, where more goroutines only queue).
+	Concurrency int
 }
 
 var (
@@ -138,6 +144,16 @@ func DefaultRate(k KEK) float64 {
 		return 0
 	}
 	return s.Rate
+}
+
+// DefaultConcurrency is the Concurrency of uri's scheme (0 when it has
+// none, or uri is not a known key reference).
+func DefaultConcurrency(uri string) int {
+	s, err := schemeOf(uri)
+	if err != nil {
+		return 0
+	}
+	return s.Concurrency
 }
 
 // Open resolves uri with the backend registered for its scheme.

@@ -2,8 +2,9 @@
 
 // Package localkms starts local-kms (github.com/nsmithuk/local-kms), a
 // real AWS KMS emulator, for tests: one server per Start, seeded with two
-// symmetric keys and their aliases, stopped when the test ends. Only tests
-// import it.
+// symmetric keys and their aliases, stopped when the test ends. Tests
+// import it; so does the benchmark (jobs/rekey-bench), which starts the
+// same server with Run and stops it with Close. Nothing rekey ships does.
 //
 // local-kms listens on every interface and has no option to choose one.
 // So it runs in a private network namespace whose only interface is its
@@ -26,7 +27,9 @@
 // Start sets fake AWS credentials and clears the AWS configuration of the
 // environment for the test (t.Setenv: not for parallel tests); local-kms
 // accepts any credentials. The shared config files hold one profile,
-// Profile, with the same credentials.
+// Profile, with the same credentials. Run changes no environment: its
+// caller opts in with Setenv (this process and its later children) or
+// Environ (one child).
 //
 // The binary is found by Binary (`make local-kms` installs it). Without
 // it the test skips, or fails when CI is set.
@@ -57,6 +60,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +102,10 @@ type Server struct {
 	region, account string
 	endpoint        string
 
+	dir       string   // Run's folder (AWS config files); empty for Start
+	closers   []func() // what Close stops, in reverse order
+	closeOnce sync.Once
+
 	mu        sync.Mutex
 	throttle  float64
 	rng       *rand.Rand
@@ -118,40 +126,118 @@ func Account(a string) Option { return func(s *Server) { s.account = a } }
 // Start starts a local-kms for t and stops it when t ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	s := &Server{region: "eu-west-1", account: "111122223333", rng: rand.New(rand.NewPCG(12, 34)), arns: map[string]string{}}
-	for _, o := range opts {
-		o(s)
-	}
+	s := newServer(opts)
 	bin, ok := Binary()
 	if !ok {
 		missing(t, "local-kms", "run `make local-kms`, or "+Install)
 	}
 	dir := t.TempDir()
 	setEnv(t, dir)
-	// A unix socket path must be short (108 bytes): not under t.TempDir.
-	sockDir, err := os.MkdirTemp("", "lkms")
+	err := s.launch(context.Background(), bin, dir)
+	if errors.Is(err, ErrNoNamespace) {
+		missing(t, "a private network namespace for local-kms", err.Error())
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Run starts a local-kms for a command (the benchmark), not a test: the
+// same server, namespace and proxy as Start, with its seed, data, log
+// (local-kms.log) and shared AWS config files in dir (a new temporary
+// folder when dir is empty, removed by Close). Unlike Start it leaves
+// the environment alone: Setenv or Environ point the SDK's default chain
+// at the server's fake credentials. Close stops it. It fails with
+// ErrNoBinary when local-kms is not installed, and with an error wrapping
+// ErrNoNamespace when no private network namespace can be made.
+func Run(ctx context.Context, dir string, opts ...Option) (*Server, error) {
+	s := newServer(opts)
+	bin, ok := Binary()
+	if !ok {
+		return nil, fmt.Errorf("%w (run `make local-kms`, or %s)", ErrNoBinary, Install)
+	}
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "localkms")
+		if err != nil {
+			return nil, err
+		}
+		dir = tmp
+		s.closers = append(s.closers, func() { os.RemoveAll(tmp) })
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := writeAWSFiles(dir); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.dir = dir
+	if err := s.launch(ctx, bin, dir); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// ErrNoBinary: local-kms is not installed (see Binary).
+var ErrNoBinary = errors.New("local-kms is not installed")
+
+// ErrNoNamespace: this process may not create a private network namespace
+// for local-kms.
+var ErrNoNamespace = errors.New("no private network namespace for local-kms")
+
+func newServer(opts []Option) *Server {
+	s := &Server{region: "eu-west-1", account: "111122223333", rng: rand.New(rand.NewPCG(12, 34)), arns: map[string]string{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Close stops the proxy and local-kms and removes what Run made. It may be
+// called more than once.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			s.closers[i]()
+		}
+	})
+	return nil
+}
+
+// launch starts the bridge (and local-kms in it) with its files in dir,
+// then the proxy. On an error, what was started is stopped again.
+func (s *Server) launch(ctx context.Context, bin, dir string) (err error) {
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	// A unix socket path must be short (108 bytes): not under dir.
+	sockDir, err := os.MkdirTemp("", "lkms")
+	if err != nil {
+		return err
+	}
+	s.closers = append(s.closers, func() { os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "kms.sock")
 	seed := filepath.Join(dir, "seed.yaml")
 	if err := os.WriteFile(seed, []byte(seedYAML()), 0o600); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	logPath := filepath.Join(dir, "local-kms.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logf.Close()
 	self, err := os.Executable()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	stdin, toBridge, err := os.Pipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), bridgeEnv+"=1", binEnv+"="+bin, sockEnv+"="+sock,
@@ -160,18 +246,22 @@ func Start(t testing.TB, opts ...Option) *Server {
 	cmd.Stdin, cmd.Stderr = stdin, logf
 	ready, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		stdin.Close()
+		toBridge.Close()
+		return err
 	}
 	if err := startIsolated(cmd); err != nil {
+		stdin.Close()
+		toBridge.Close()
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
-			missing(t, "a private network namespace for local-kms", fmt.Sprintf("%v: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run as root", err))
+			return fmt.Errorf("%w: %v: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run as root", ErrNoNamespace, err)
 		}
-		t.Fatalf("start the local-kms bridge: %v", err)
+		return fmt.Errorf("start the local-kms bridge: %v", err)
 	}
 	stdin.Close()
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
+	s.closers = append(s.closers, func() {
 		toBridge.Close() // the bridge stops local-kms and exits
 		select {
 		case <-exited:
@@ -190,13 +280,15 @@ func Start(t testing.TB, opts ...Option) *Server {
 	case l := <-line:
 		if strings.TrimSpace(l) != "ready" {
 			<-exited
-			t.Fatalf("local-kms did not start:\n%s", readLog(logPath))
+			return fmt.Errorf("local-kms did not start:\n%s", readLog(logPath))
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("local-kms did not start in 30 s:\n%s", readLog(logPath))
+		return fmt.Errorf("local-kms did not start in 30 s:\n%s", readLog(logPath))
+	case <-ctx.Done():
+		return fmt.Errorf("local-kms: %w", ctx.Err())
 	}
-	s.endpoint = s.serve(t, sock)
-	return s
+	s.endpoint, err = s.serve(sock)
+	return err
 }
 
 // startIsolated starts cmd in a new network namespace: as root directly,
@@ -260,27 +352,85 @@ func Binary() (string, bool) {
 // setEnv gives the test fake credentials and a profile, and clears every
 // AWS setting of the environment that could reach a real account.
 func setEnv(t testing.TB, dir string) {
+	if err := writeAWSFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range awsEnv(dir) {
+		t.Setenv(k, v)
+	}
+	for _, k := range clearedEnv {
+		t.Setenv(k, "") // restored at the end of the test
+		os.Unsetenv(k)
+	}
+}
+
+// writeAWSFiles writes the shared config and credentials files (profile
+// Profile, the fake credentials) into dir.
+func writeAWSFiles(dir string) error {
 	cfgFile, credFile := filepath.Join(dir, "aws-config"), filepath.Join(dir, "aws-credentials")
 	for path, body := range map[string]string{
 		cfgFile:  "[profile " + Profile + "]\n",
 		credFile: "[" + Profile + "]\naws_access_key_id = " + AccessKeyID + "\naws_secret_access_key = " + SecretAccessKey + "\n",
 	} {
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
-	for k, v := range map[string]string{
+	return nil
+}
+
+// awsEnv is what points the SDK's default chain at the fake credentials and
+// the files of writeAWSFiles in dir.
+func awsEnv(dir string) map[string]string {
+	return map[string]string{
 		"AWS_ACCESS_KEY_ID": AccessKeyID, "AWS_SECRET_ACCESS_KEY": SecretAccessKey,
-		"AWS_CONFIG_FILE": cfgFile, "AWS_SHARED_CREDENTIALS_FILE": credFile, "AWS_EC2_METADATA_DISABLED": "true",
-	} {
-		t.Setenv(k, v)
+		"AWS_CONFIG_FILE": filepath.Join(dir, "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "aws-credentials"),
+		"AWS_EC2_METADATA_DISABLED": "true",
 	}
-	for _, k := range []string{"AWS_CA_BUNDLE", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-		"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-		"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
-		t.Setenv(k, "") // restored at the end of the test
-		os.Unsetenv(k)
+}
+
+// clearedEnv are the AWS settings that could reach a real account.
+var clearedEnv = []string{"AWS_CA_BUNDLE", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+	"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"}
+
+// Setenv points this process, and the processes it starts afterwards, at
+// the server of Run: the fake credentials and a shared config with the
+// profile Profile, every other AWS setting that could reach a real account
+// removed. For commands; tests get this from Start.
+func (s *Server) Setenv() error {
+	if s.dir == "" {
+		return errors.New("localkms: Setenv is for servers started by Run (Start sets the test's environment itself)")
 	}
+	for _, k := range clearedEnv {
+		if err := os.Unsetenv(k); err != nil {
+			return err
+		}
+	}
+	for k, v := range awsEnv(s.dir) {
+		if err := os.Setenv(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Environ is base (e.g. os.Environ()) with the AWS settings of Setenv, for
+// a child process of a server started by Run.
+func (s *Server) Environ(base []string) []string {
+	set := awsEnv(s.dir)
+	var out []string
+	for _, e := range base {
+		k, _, _ := strings.Cut(e, "=")
+		if _, ok := set[k]; ok || slices.Contains(clearedEnv, k) {
+			continue
+		}
+		out = append(out, e)
+	}
+	for k, v := range set {
+		out = append(out, k+"="+v)
+	}
+	return out
 }
 
 func seedYAML() string {
@@ -356,10 +506,10 @@ func (s *Server) Counts() (requests, throttled int) {
 // ThrottlingBody is the JSON body of AWS KMS's throttling answer.
 const ThrottlingBody = `{"__type":"ThrottlingException","message":"You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."}`
 
-func (s *Server) serve(t testing.TB, sock string) string {
+func (s *Server) serve(sock string) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -409,11 +559,11 @@ func (s *Server) serve(t testing.TB, sock string) string {
 		proxy.ServeHTTP(w, r)
 	})}
 	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() {
+	s.closers = append(s.closers, func() {
 		_ = srv.Close()
 		tr.CloseIdleConnections()
 	})
-	return "http://" + l.Addr().String()
+	return "http://" + l.Addr().String(), nil
 }
 
 func (s *Server) throttleNow(op string) bool {

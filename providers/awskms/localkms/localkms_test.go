@@ -4,9 +4,12 @@ package localkms_test
 
 import (
 	"context"
+	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -45,4 +48,48 @@ func TestStart(t *testing.T) {
 	if n, th := s.Counts(); n == 0 || th == 0 {
 		t.Fatalf("Counts() = %d, %d", n, th)
 	}
+}
+
+// TestRun starts a server the way a command does (Run, Close), reaches it
+// through a child's environment (Environ), and checks that Close stops it.
+func TestRun(t *testing.T) {
+	if _, ok := localkms.Binary(); !ok {
+		if os.Getenv("CI") != "" {
+			t.Fatal("local-kms is not installed and CI is set: " + localkms.Install)
+		}
+		t.Skip("local-kms is not installed (make local-kms)")
+	}
+	ctx := context.Background()
+	s, err := localkms.Run(ctx, t.TempDir())
+	if errors.Is(err, localkms.ErrNoNamespace) && os.Getenv("CI") == "" {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Client().DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("alias/rekey-test-1")}); err != nil {
+		t.Fatalf("describe: %v", err)
+	}
+	env := s.Environ([]string{"AWS_PROFILE=prod", "AWS_ENDPOINT_URL_KMS=https://kms.example", "HOME=/x"})
+	joined := strings.Join(env, "\n")
+	for _, want := range []string{"HOME=/x", "AWS_ACCESS_KEY_ID=" + localkms.AccessKeyID, "AWS_CONFIG_FILE="} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("Environ lacks %q:\n%s", want, joined)
+		}
+	}
+	for _, gone := range []string{"AWS_PROFILE=", "AWS_ENDPOINT_URL_KMS="} {
+		if strings.Contains(joined, gone) {
+			t.Errorf("Environ keeps %q:\n%s", gone, joined)
+		}
+	}
+	ep := s.Endpoint()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(ep, "http://"), time.Second); err == nil {
+		c.Close()
+		t.Fatalf("%s still answers after Close", ep)
+	}
+	s.Close() // a second Close is harmless
 }
