@@ -81,9 +81,9 @@ fuzz:
 # Measures rekey against this machine's limits (see BENCHMARKS.md); table on stdout,
 # JSON in demo/bench/results.json. E.g. BENCHFLAGS='--mem-mib 1024,8192' for the 1 GiB vs 8 GiB check.
 BENCHFLAGS ?=
-bench: deps
+bench: deps local-kms
 	$(GO) build -o demo/bench/bin/rekey-bench ./jobs/rekey-bench
-	GO=$(GO) ./demo/bench/bin/rekey-bench $(BENCHFLAGS)
+	GO=$(GO) REKEY_LOCAL_KMS=$(LOCAL_KMS) ./demo/bench/bin/rekey-bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin demo

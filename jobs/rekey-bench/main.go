@@ -4,6 +4,8 @@
 //	rekey-bench [flags]            the suite: one table on stdout, JSON beside it
 //	rekey-bench profile [flags]    one in-process run under the CPU profiler
 //	rekey-bench spawn RSSFILE CMD  (internal) run CMD, write its peak RSS
+//	rekey-bench kms-raw [flags]    (internal) the KMS section's raw SDK loop
+//	rekey-bench kms-serve DIR      (internal) a local-kms for `profile --kms`
 //
 // The suite builds its own SoftHSM2 tokens and datasets (with `rekey gen`)
 // under --dir, then measures, each as the median of --reps repetitions:
@@ -22,9 +24,12 @@
 //   - rekey on datasets in the aes-gcm cell format, written by this
 //     command as an application would (appdata.go): a reencrypt to
 //     rekey-v1 (keys in a DEK table) and rewraps of keys kept in a column;
+//   - DEK rewrap through AWS KMS (local-kms, kms.go), on the ReEncrypt and
+//     the unwrap+wrap path, against a raw aws-sdk-go-v2 loop making the same
+//     requests at the same concurrency, and at several --workers values;
 //
-// and prints the ratios rekey/limit, rekey/baseline, workers=N/workers=1
-// and aes-gcm/rekey-v1. With --compare BIN, every rekey-v1 run is also
+// and prints the ratios rekey/limit, rekey/baseline, workers=N/workers=1,
+// aes-gcm/rekey-v1, and for KMS rekey/raw loop and default/best workers. With --compare BIN, every rekey-v1 run is also
 // made by BIN (the previous code), in alternating pairs, and each row gets
 // the ratio rekey/BIN: what a change costs, measured side by side.
 //
@@ -48,9 +53,14 @@ func main() {
 	if len(args) > 0 && args[0] == "spawn" {
 		os.Exit(spawnMain(args[1:]))
 	}
-	if len(args) > 0 && args[0] == "profile" {
+	switch {
+	case len(args) > 0 && args[0] == "profile":
 		err = profileMain(args[1:])
-	} else {
+	case len(args) > 0 && args[0] == "kms-raw":
+		err = kmsRawMain(args[1:])
+	case len(args) > 0 && args[0] == "kms-serve":
+		err = kmsServeMain(args[1:])
+	default:
 		err = suiteMain(args)
 	}
 	if err != nil {

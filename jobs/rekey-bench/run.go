@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"rekey/schemas"
+	"rekey/transforms/ledger"
 )
 
 // dataset is a generated source dataset: a DEK table and record files.
@@ -161,6 +162,15 @@ type rekeyRun struct {
 	Mode, Runner string
 	Workers      int // 0: rekey's default
 	TargetWrap   string
+	// SourceKEK and TargetKEK replace the bench's SoftHSM2 keys when set
+	// (the KMS section's awskms: references).
+	SourceKEK, TargetKEK string
+	// Extra are more flags for `rekey run` (e.g. --hsm-rate).
+	Extra []string
+	// Path, when set, is the rewrap path (schemas.PathRekey or
+	// PathCustodian) every DEK row of the run's ledger must show: a run
+	// that took the other path is an error, not a figure.
+	Path string
 }
 
 // runRekey runs one migration of ds in a scratch folder and removes its
@@ -171,8 +181,15 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 		return childResult{}, nil, err
 	}
 	defer os.RemoveAll(out)
+	srcKEK, dstKEK := sourceKEK(), targetKEK()
+	if r.SourceKEK != "" {
+		srcKEK = r.SourceKEK
+	}
+	if r.TargetKEK != "" {
+		dstKEK = r.TargetKEK
+	}
 	args := []string{"run", "--mode", r.Mode, "--run-id", runID, "--runner", r.Runner, "--progress", "-1s",
-		"--source-kek", sourceKEK(), "--target-kek", targetKEK(), "--ledger", filepath.Join(out, "ledger")}
+		"--source-kek", srcKEK, "--target-kek", dstKEK, "--ledger", filepath.Join(out, "ledger")}
 	if !ds.ColumnKeys() {
 		args = append(args, "--source-deks", ds.DEKs)
 	}
@@ -206,6 +223,7 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 		}
 		args = append(args, "--job", job)
 	}
+	args = append(args, r.Extra...)
 	res, err := runChild(ctx, rekey, args, filepath.Join(logs, runID+".log"))
 	if err != nil {
 		return res, nil, err
@@ -221,5 +239,32 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 	if m.Totals.Failed > 0 {
 		return res, &m, fmt.Errorf("run %s: %d failed (log: %s)", runID, m.Totals.Failed, filepath.Join(logs, runID+".log"))
 	}
+	if r.Path != "" {
+		if err := checkLedgerPath(ctx, filepath.Join(out, "ledger"), runID, r.Path); err != nil {
+			return res, &m, err
+		}
+	}
 	return res, &m, nil
+}
+
+// checkLedgerPath checks that every DEK row of a run's ledger says it was
+// rewrapped on path (schemas.PathRekey, PathCustodian).
+func checkLedgerPath(ctx context.Context, root, runID, path string) error {
+	var n int64
+	err := ledger.Scan(ctx, root, runID, false, func(rows []schemas.LedgerRow) error {
+		for i := range rows {
+			if rows[i].Unit != schemas.UnitDEK {
+				continue
+			}
+			if rows[i].Path != path {
+				return fmt.Errorf("run %s: dek_id %q was rewrapped on path %q, want %q", runID, rows[i].DEKID, rows[i].Path, path)
+			}
+			n++
+		}
+		return nil
+	})
+	if err == nil && n == 0 {
+		err = fmt.Errorf("run %s: no DEK rows in its ledger", runID)
+	}
+	return err
 }

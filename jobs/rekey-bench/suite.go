@@ -49,13 +49,22 @@ type config struct {
 	Compare       string
 	CompareLabel  string
 	GCMKeyRecords int
+	// The KMS section (kms.go): DEKs in its table, --workers values of
+	// rekey (and goroutines of the raw loop), the --hsm-rate passed to
+	// rekey, and its repetitions.
+	KMSDEKs    int
+	KMSWorkers []int
+	KMSRate    float64
+	KMSReps    int
+	// LedgerRecords are the record counts of the ledger section's runs.
+	LedgerRecords []int
 	CommandLine   string
 }
 
 func parseSuiteFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("rekey-bench", flag.ContinueOnError)
-	var cells, runners, mem, only string
+	var cells, runners, mem, only, kmsWorkers, ledgerRecs string
 	fs.StringVar(&c.Dir, "dir", "demo/bench", "folder for tokens, datasets, logs and results (git-ignored)")
 	fs.StringVar(&c.JSON, "json", "", "results JSON (default DIR/results.json)")
 	fs.StringVar(&c.Rekey, "rekey", "", "rekey binary to measure (default: go build ./jobs/rekey into DIR/bin)")
@@ -73,11 +82,16 @@ func parseSuiteFlags(args []string) (*config, error) {
 	fs.StringVar(&mem, "mem-mib", "64,512", "payload MiB of the memory-flatness datasets, small,large (the issue's check: 1024,8192)")
 	fs.IntVar(&c.MemCell, "mem-cell", 4096, "cell size of the memory-flatness datasets")
 	fs.IntVar(&c.MemFileMiB, "mem-file-mib", 32, "payload MiB per file of the memory-flatness datasets: the larger dataset has more files of the same shape")
-	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,aes-gcm,memory,counts", "sections to run (aes-gcm: datasets in the aes-gcm cell format, written as an application would; counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof)")
+	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,aes-gcm,memory,counts,kms,ledger", "sections to run (ledger: peak RSS of rekey verify and rekey ledger on runs of --ledger-records records; aes-gcm: datasets in the aes-gcm cell format, written as an application would; counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof; kms: DEK rewrap through local-kms against a raw aws-sdk-go-v2 loop)")
 	fs.BoolVar(&c.RewrapW1, "rewrap-w1", false, "also run rewrap with --workers 1 (direct runner)")
-	fs.StringVar(&c.Compare, "compare", "", "a second rekey binary (e.g. built from the previous commit): the reencrypt and rewrap runs are made with both, in pairs, and rows show rekey/base")
+	fs.StringVar(&c.Compare, "compare", "", "a second rekey binary (e.g. built from the previous commit): the reencrypt, rewrap and kms runs are made with both, in pairs, and rows show rekey/base")
 	fs.StringVar(&c.CompareLabel, "compare-label", "base", "name of the --compare binary in the table")
 	fs.IntVar(&c.GCMKeyRecords, "gcm-key-records", 100000, "records (and keys: one per record) of the aes-gcm keys: column dataset whose rewrap is HSM-bound")
+	fs.IntVar(&c.KMSDEKs, "kms-deks", 4000, "DEKs in the KMS section's table (wrapped by local-kms when the section starts)")
+	fs.StringVar(&kmsWorkers, "kms-workers", "1,4,8", "rekey --workers values of the KMS section, and goroutines of its raw loop (rekey's default for an AWS KMS key, max(CPUs, 32), is always added)")
+	fs.Float64Var(&c.KMSRate, "kms-hsm-rate", 100000, "--hsm-rate of the KMS section's rekey runs: far above what local-kms serves, so awskms's default budget (10,000/s) is not what is measured")
+	fs.StringVar(&ledgerRecs, "ledger-records", "1000000,4000000", "records of the ledger section's runs (smallest and largest are compared)")
+	fs.IntVar(&c.KMSReps, "kms-reps", 0, "repetitions of the KMS section, at most --reps (default --reps)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -90,6 +104,15 @@ func parseSuiteFlags(args []string) (*config, error) {
 	}
 	if c.MemMiB, err = intList(mem); err != nil || len(c.MemMiB) != 2 {
 		return nil, fmt.Errorf("--mem-mib: want small,large")
+	}
+	if c.LedgerRecords, err = intList(ledgerRecs); err != nil || len(c.LedgerRecords) == 0 {
+		return nil, fmt.Errorf("--ledger-records: a list of record counts")
+	}
+	if c.KMSWorkers, err = kmsWorkerList(kmsWorkers); err != nil {
+		return nil, fmt.Errorf("--kms-workers: %v", err)
+	}
+	if c.KMSReps <= 0 {
+		c.KMSReps = c.Reps
 	}
 	c.Runners = strings.Split(runners, ",")
 	c.Sections = map[string]bool{}
@@ -107,8 +130,12 @@ func parseSuiteFlags(args []string) (*config, error) {
 		return nil, errors.New("--reps and --rewrap-reps must be at least 1")
 	case c.MemFileMiB < 1 || c.MemCell < 1:
 		return nil, errors.New("--mem-file-mib and --mem-cell must be positive")
-	case c.DataMiB < 1 || c.Files < 1 || c.ReDEKs < 1 || c.RewrapDEKs < 1:
-		return nil, errors.New("--data-mib, --files, --reencrypt-deks and --rewrap-deks must be positive")
+	case c.DataMiB < 1 || c.Files < 1 || c.ReDEKs < 1 || c.RewrapDEKs < 1 || c.KMSDEKs < 1:
+		return nil, errors.New("--data-mib, --files, --reencrypt-deks, --rewrap-deks and --kms-deks must be positive")
+	case c.KMSReps > c.Reps:
+		return nil, errors.New("--kms-reps may not exceed --reps")
+	case c.KMSRate <= 0:
+		return nil, errors.New("--kms-hsm-rate must be positive")
 	case c.GCMKeyRecords < c.Files:
 		return nil, errors.New("--gcm-key-records must be at least --files")
 	case c.TargetWrap != schemas.WrapAESGCM && c.TargetWrap != schemas.WrapAESKWP:
@@ -137,7 +164,9 @@ type Results struct {
 	Config  *config  `json:"config"`
 	Rows    []*Row   `json:"rows"`
 	Notes   []string `json:"notes"`
-	Took    string   `json:"took"`
+	// KMS states the KMS section's goals per path (kmsSummary).
+	KMS  []string `json:"kms_summary,omitempty"`
+	Took string   `json:"took"`
 }
 
 func suiteMain(args []string) error {
@@ -212,6 +241,14 @@ func suiteMain(args []string) error {
 		}
 	}
 
+	var ledgerRs []*ledgerRun
+	if c.Sections["ledger"] {
+		step("ledger section: runs of %v records whose ledgers verify and ledger read", c.LedgerRecords)
+		if ledgerRs, err = setupLedgerRuns(ctx, c, logs); err != nil {
+			return fmt.Errorf("ledger section: %w", err)
+		}
+	}
+
 	// Keys for the limits, the baseline and the aes-gcm datasets: opened
 	// through providers/keys exactly as the pipeline opens them (sessions
 	// = workers).
@@ -258,6 +295,23 @@ func suiteMain(args []string) error {
 		gcmColShared = newGCMDataset(c.Dir, "gcm-column-4096", 4096, c.Files, recs, c.ReDEKs, true)
 		if err := generateGCM(ctx, src, gcmColShared, c.Workers); err != nil {
 			return err
+		}
+	}
+
+	// The KMS section's server and DEK table (kms.go).
+	var kb *kmsBench
+	if c.Sections["kms"] {
+		step("local-kms and a %d-DEK table wrapped by it", c.KMSDEKs)
+		kb, err = setupKMS(ctx, c, false)
+		switch {
+		case err != nil && kmsUnavailable(err):
+			fmt.Fprintf(os.Stderr, "  kms section skipped: %v\n", err)
+			c.Sections["kms"] = false
+			res.Notes = append(res.Notes, "kms section skipped: "+err.Error())
+		case err != nil:
+			return fmt.Errorf("KMS section: %w", err)
+		default:
+			defer kb.close()
 		}
 	}
 
@@ -417,6 +471,16 @@ func suiteMain(args []string) error {
 				return err
 			}
 		}
+		if c.Sections["kms"] && rep < c.KMSReps {
+			if err := kmsRuns(ctx, c, t, kb, rep, scratch, logs); err != nil {
+				return fmt.Errorf("KMS section: %w", err)
+			}
+		}
+		if c.Sections["ledger"] {
+			if err := ledgerRuns(ctx, c, t, ledgerRs, rep, logs); err != nil {
+				return fmt.Errorf("ledger section: %w", err)
+			}
+		}
 		if c.Sections["memory"] {
 			for _, ds := range memDS {
 				id := fmt.Sprintf("mem-%s-r%d", ds.Name, rep)
@@ -456,7 +520,11 @@ func suiteMain(args []string) error {
 	res.Rows = t.rows
 	res.Machine.LoadEnd = loadAvg()
 	res.Took = time.Since(began).Round(time.Second).String()
-	res.Notes = notes(c)
+	res.Notes = append(notes(c), res.Notes...)
+	res.Notes = append(res.Notes, ledgerSummary(t, ledgerRs)...)
+	if c.Sections["kms"] {
+		res.KMS = kmsSummary(t, c)
+	}
 	t.print(os.Stdout, res)
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
@@ -487,13 +555,16 @@ func notes(c *config) []string {
 		"The HSM limit runs the pipeline's per-DEK calls through providers/keys on the same tokens (sessions = N); rewrap's ratio is against unwrap+wrap+verify-unwrap, which is what rewrap does per DEK with verify on.",
 		"HSM operations of subprocess runs are the plan's estimate (rewrap 3 per DEK, reencrypt 4 per DEK); `rekey-bench profile` counts actual calls in-process.",
 		"Peak RSS is ru_maxrss of the rekey child from wait4 (prism runs in-process in the same child).",
-		fmt.Sprintf("Medians of %d repetitions (rewrap: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps),
+		fmt.Sprintf("Medians of %d repetitions (rewrap: %d, kms: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps, c.KMSReps),
 	}
 	if c.Sections["aes-gcm"] {
 		out = append(out, "aes-gcm rows: datasets written by this bench as an application would (crypto/cipher AES-256-GCM, base64 text cells of nonce|ciphertext|tag, AAD = record id; keys wrapped by the source KEK through providers/keys). MB/s counts plaintext payload, as elsewhere; the cells on disk are base64, 4/3 larger. 'vs rekey-v1' is against the rekey-v1 row of the same cell size, runner and workers (reencrypt) or the rekey-v1 DEK-table rewrap (1 key/record).")
 	}
+	if c.Sections["kms"] {
+		out = append(out, kmsNotes(c)...)
+	}
 	if c.Compare != "" {
-		out = append(out, fmt.Sprintf("--compare: every reencrypt and rewrap run was made by %s (%s) and by the measured rekey, one right after the other, base first in the 1st, 3rd, ... repetition and second in the others; 'vs %s' is median/median, and the pairs column each repetition's ratio.", c.CompareLabel, c.Compare, c.CompareLabel))
+		out = append(out, fmt.Sprintf("--compare: every reencrypt, rewrap and kms (rekey) run was made by %s (%s) and by the measured rekey, one right after the other, base first in the 1st, 3rd, ... repetition and second in the others; 'vs %s' is median/median, and the pairs column each repetition's ratio.", c.CompareLabel, c.Compare, c.CompareLabel))
 	}
 	return out
 }

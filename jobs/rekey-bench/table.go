@@ -52,8 +52,22 @@ type Row struct {
 	CPUVsBase      float64   `json:"cpu_vs_base,omitempty"`
 	CPUVsBasePairs []float64 `json:"cpu_vs_base_pairs,omitempty"`
 	Note           string    `json:"note,omitempty"`
+	// DefaultWorkers marks a rekey run made without --workers (rekey's
+	// default). VsBest is this row's median over the best median of its
+	// group (the KMS section: rekey or raw loop on one path, over the
+	// worker counts), BestKey that row.
+	DefaultWorkers bool    `json:"default_workers,omitempty"`
+	VsBest         float64 `json:"vs_best,omitempty"`
+	BestKey        string  `json:"best,omitempty"`
+	// VsLimitPairs is VsLimit per repetition, for rows whose limit was
+	// measured right beside them (the KMS section's raw loop), and
+	// VsLimitPairMedian their median: steadier than the ratio of medians
+	// on a busy machine.
+	VsLimitPairs      []float64 `json:"vs_limit_pairs,omitempty"`
+	VsLimitPairMedian float64   `json:"vs_limit_pair_median,omitempty"`
 
 	recs, walls []float64
+	group       string // rows compared by VsBest (and VsW1) with each other
 }
 
 type table struct {
@@ -202,6 +216,21 @@ func (t *table) ratios(c *config, mem []*dataset) {
 			}
 		case r.Section == "aes-gcm" && r.LimitKey != "":
 			r.setLimit(t, r.LimitKey)
+		case (r.Section == "kms" || r.Section == "base") && r.group != "":
+			if tag, ok := strings.CutPrefix(strings.TrimPrefix(r.group, baseKey("")), "kms/rekey/"); ok {
+				r.setLimit(t, keyKMSRaw(tag, r.Workers))
+				// Samples of both rows are in repetition order, one per
+				// repetition, made one right after the other: pair them.
+				if raw := t.byKey[keyKMSRaw(tag, r.Workers)]; raw != nil {
+					for i := 0; i < min(len(r.Samples), len(raw.Samples)); i++ {
+						r.VsLimitPairs = append(r.VsLimitPairs, r.Samples[i]/raw.Samples[i])
+					}
+					r.VsLimitPairMedian = median(r.VsLimitPairs)
+				}
+			}
+			if w1 := t.get(r.group + "/w1"); w1 > 0 && r.Workers != 1 {
+				r.VsW1 = r.Median / w1
+			}
 		}
 		if p := t.get(r.PeerKey); r.PeerKey != "" && p > 0 {
 			r.VsPeer = r.Median / p
@@ -220,6 +249,17 @@ func (t *table) ratios(c *config, mem []*dataset) {
 					r.CPUVsBasePairs = append(r.CPUVsBasePairs, r.CPUS[i]/b.CPUS[i])
 				}
 			}
+		}
+	}
+	best := map[string]*Row{}
+	for _, r := range t.rows {
+		if b := best[r.group]; r.group != "" && (b == nil || r.Median > b.Median) {
+			best[r.group] = r
+		}
+	}
+	for _, r := range t.rows {
+		if b := best[r.group]; b != nil && b.Median > 0 {
+			r.VsBest, r.BestKey = r.Median/b.Median, b.Key
 		}
 	}
 	if len(mem) == 2 {
@@ -242,14 +282,18 @@ func (t *table) print(w io.Writer, res *Results) {
 		m.CPU, m.Cores, m.GOMAXPROCS, m.Kernel, m.Go, m.SoftHSM, m.LoadStart, m.LoadEnd, res.Took)
 	fmt.Fprintf(w, "command: %s\n\n", res.Command)
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', tabwriter.AlignRight)
-	peers, bases := false, false
+	peers, bases, bests := false, false, false
 	for _, r := range t.rows {
 		peers = peers || r.VsPeer > 0
 		bases = bases || r.VsBase > 0
+		bests = bests || r.VsBest > 0
 	}
 	head := "section\twhat\tcell\tw\trunner\tmedian\tunit\trecords/s\tspread\tpeak RSS MiB\tDEKs\tHSM ops\tvs limit\tvs baseline\tvs w=1\t"
 	if peers {
 		head += "vs rekey-v1\t"
+	}
+	if bests {
+		head += "vs best\t"
 	}
 	if bases {
 		head += "CPU s\tvs " + res.Config.CompareLabel + "\t" + res.Config.CompareLabel + " pairs\tCPU/" + res.Config.CompareLabel + "\tCPU pairs\t"
@@ -291,6 +335,9 @@ func (t *table) print(w io.Writer, res *Results) {
 		if peers {
 			fmt.Fprintf(tw, "%s\t", ratio(r.VsPeer))
 		}
+		if bests {
+			fmt.Fprintf(tw, "%s\t", ratio(r.VsBest))
+		}
 		if bases {
 			var ps []string
 			for _, p := range r.VsBasePairs {
@@ -308,6 +355,12 @@ func (t *table) print(w io.Writer, res *Results) {
 	for _, r := range t.rows {
 		if r.Note != "" && r.Section == "memory" {
 			fmt.Fprintf(w, "\nmemory: %s\n", r.Note)
+		}
+	}
+	if len(res.KMS) > 0 {
+		fmt.Fprintln(w, "\nkms:")
+		for _, l := range res.KMS {
+			fmt.Fprintln(w, "  -", l)
 		}
 	}
 	fmt.Fprintln(w, "\nnotes:")
