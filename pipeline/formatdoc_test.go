@@ -808,13 +808,21 @@ func TestFormatDocIsEnoughToDecrypt(t *testing.T) {
 					if !ok {
 						t.Fatalf("ledger names record %q, not in the target", r.RecordID)
 					}
-					var cat []byte
+					// "sha256-tags:": each new cell's length (4 bytes big-endian)
+					// and the 16-byte tag that ends its envelope, in column order.
+					var cat, tags []byte
 					for _, c := range tc.encrypted { // "column order": the job's order (= schema order here)
-						cat = append(cat, o.Cells[c]...)
+						cell := o.Cells[c]
+						if cell == nil {
+							continue
+						}
+						cat = append(cat, cell...)
+						tags = binary.BigEndian.AppendUint32(tags, uint32(len(cell)))
+						tags = append(tags, cell[len(cell)-16:]...)
 					}
-					sum := sha256.Sum256(cat)
-					if r.Checksum != hex.EncodeToString(sum[:]) || r.Bytes != int64(len(cat)) {
-						t.Fatalf("record %s: ledger checksum/bytes %s/%d, computed %x/%d", r.RecordID, r.Checksum, r.Bytes, sum, len(cat))
+					sum := sha256.Sum256(tags)
+					if r.Checksum != "sha256-tags:"+hex.EncodeToString(sum[:]) || r.Bytes != int64(len(cat)) {
+						t.Fatalf("record %s: ledger checksum/bytes %s/%d, computed sha256-tags:%x/%d", r.RecordID, r.Checksum, r.Bytes, sum, len(cat))
 					}
 					if r.DEKID != srcBy[r.RecordID].DEKID || r.NewDEKID != o.DEKID {
 						t.Fatalf("record %s: ledger dek %q -> %q, data %q -> %q", r.RecordID, r.DEKID, r.NewDEKID, srcBy[r.RecordID].DEKID, o.DEKID)

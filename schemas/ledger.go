@@ -18,33 +18,41 @@ const (
 )
 
 // LedgerRow is one row of the migration ledger (format version 1). Optional
-// columns are written as NULL when empty.
+// columns are written as NULL when empty. Columns whose values repeat from
+// row to row (run, unit, files, DEKs, KEKs, status) are dictionary-encoded;
+// record_id and checksum, unique per row, are not.
 type LedgerRow struct {
-	RunID     string    `parquet:"run_id"`
-	Mode      string    `parquet:"mode"`
-	Unit      string    `parquet:"unit"`
-	Source    string    `parquet:"source"`
-	Target    string    `parquet:"target,optional"`
+	RunID     string    `parquet:"run_id,dict"`
+	Mode      string    `parquet:"mode,dict"`
+	Unit      string    `parquet:"unit,dict"`
+	Source    string    `parquet:"source,dict"`
+	Target    string    `parquet:"target,optional,dict"`
 	RecordID  string    `parquet:"record_id,optional"`
-	DEKID     string    `parquet:"dek_id,optional"`
-	NewDEKID  string    `parquet:"new_dek_id,optional"`
-	SourceKEK string    `parquet:"source_kek,optional"`
-	TargetKEK string    `parquet:"target_kek,optional"`
-	Status    string    `parquet:"status"`
-	Error     string    `parquet:"error,optional"`
+	DEKID     string    `parquet:"dek_id,optional,dict"`
+	NewDEKID  string    `parquet:"new_dek_id,optional,dict"`
+	SourceKEK string    `parquet:"source_kek,optional,dict"`
+	TargetKEK string    `parquet:"target_kek,optional,dict"`
+	Status    string    `parquet:"status,dict"`
+	Error     string    `parquet:"error,optional,dict"`
 	Bytes     int64     `parquet:"bytes"`
 	Checksum  string    `parquet:"checksum,optional"`
 	At        time.Time `parquet:"at,timestamp(microsecond)"`
 	// Proof (unit dek) says how the unwrapped source DEK was shown to be the
 	// right key before its new wrap was committed: ProofKCV, ProofCell or
 	// ProofNone; empty when no proof was reached (e.g. the unwrap failed).
-	Proof string `parquet:"proof,optional"`
+	Proof string `parquet:"proof,optional,dict"`
 	// Path (unit dek, rewrap) says where the DEK was rewrapped: PathRekey
 	// (unwrapped into rekey's memory and wrapped again) or PathCustodian
 	// (rewrapped inside the custodian: the DEK never reached rekey);
 	// empty in rows of other units and in ledgers written before it.
-	Path string `parquet:"path,optional"`
+	Path string `parquet:"path,optional,dict"`
 }
+
+// RecordChecksumPrefix starts the checksum of a record row: SHA-256 over
+// each new cell's length (4 bytes, big-endian) and AEAD tag, in the order
+// of the job's encrypted columns (docs/FORMAT.md section 3). Ledgers
+// written before it hold a plain hex SHA-256 of the cells themselves.
+const RecordChecksumPrefix = "sha256-tags:"
 
 // Rewrap paths (LedgerRow.Path).
 const (

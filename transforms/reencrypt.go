@@ -7,6 +7,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -505,7 +506,13 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		}
 		clear(pt)
 		newCells[k] = ct
-		h.Write(ct)
+		// The checksum identifies the ciphertext by its length and AEAD
+		// tag (the tag authenticates every byte of it under the new DEK),
+		// not by hashing every byte again: docs/FORMAT.md section 3.
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(ct)))
+		h.Write(n[:])
+		h.Write(sc.cell2.Tag)
 		o.bytes += int64(len(ct))
 	}
 	for k, col := range l.enc {
@@ -519,7 +526,7 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	v := row[dv]
 	row[dv] = parquet.ByteArrayValue(p.newIDBytes).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
 	o.ok = true
-	o.sum = hex.EncodeToString(h.Sum(sc.sum[:0]))
+	o.sum = schemas.RecordChecksumPrefix + hex.EncodeToString(h.Sum(sc.sum[:0]))
 	return o
 }
 

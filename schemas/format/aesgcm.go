@@ -305,6 +305,7 @@ func (f *AESGCM) Seal(dst []byte, aead cipher.AEAD, rand io.Reader, pt []byte, c
 	}
 	sealed := aead.Seal(make([]byte, 0, len(pt)+f.tagSize), nonce, pt, aad)
 	ct, tag := sealed[:len(pt)], sealed[len(pt):]
+	c.Tag = tag
 	raw := make([]byte, 0, f.rawOverhead()+len(pt))
 	raw = append(raw, f.prefix...)
 	for _, p := range f.layout {

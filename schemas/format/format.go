@@ -46,6 +46,10 @@ type Cell struct {
 	DEKID    string   // the row's dek_id ("" where keys are in a column)
 	Fields   []string // values of the columns Format.Needs names, in order
 	AAD      []byte   // scratch the format may reuse for the AAD
+	// Tag is set by Seal: the AEAD tag of the cell it just sealed (valid
+	// until the next Seal with this Cell). The ledger's record checksum is
+	// made of the tags (docs/FORMAT.md section 3).
+	Tag []byte
 }
 
 // Format is one cell format, configured.

@@ -57,7 +57,11 @@ func (RekeyV1) Seal(dst []byte, aead cipher.AEAD, rand io.Reader, pt []byte, c *
 	if c.AAD, err = schemas.CellAAD(c.AAD[:0], c.Column, c.RecordID, c.DEKID); err != nil {
 		return dst, err
 	}
-	return schemas.SealCell(dst, aead, rand, pt, c.AAD)
+	out, err := schemas.SealCell(dst, aead, rand, pt, c.AAD)
+	if err == nil {
+		c.Tag = out[len(out)-schemas.TagSize:]
+	}
+	return out, err
 }
 
 func (RekeyV1) Binding(c *Cell) (Binding, error) { return Binding{DEKID: c.DEKID}, nil }
