@@ -23,10 +23,21 @@
 // so crypto11's module reference count never reaches zero. A raw session
 // that comes up logged out logs the application in again.
 //
+// An AES KEK is used through a session copy of it (C_CopyObject with
+// CKA_TOKEN false, as sensitive and non-extractable as the key): tokens
+// such as SoftHSM2 re-read a token object from their store on every
+// operation. The copies live on one raw session held open for them (the
+// holder), are found by crypto11 on its own sessions by their label, and
+// vanish with the holder; a lost holder or generation gets a new copy. A
+// key with CKA_COPYABLE false, a token that refuses the copy, or one whose
+// session limit has no room for the holder uses the token object, and the
+// preflight says which (sessioncopy.go).
+//
 // Pools are sized to what the callers ask for (keys.Options.Sessions,
 // KEK.Reserve) and to the token's session limit (C_GetTokenInfo): with a
-// limit, one session holds the login and the rest are split between
-// crypto11 (two thirds) and the raw calls (a third, at least one);
+// limit, one session holds the login, one the session copies (if two are
+// left after it), and the rest are split between crypto11 (two thirds)
+// and the raw calls (a third, at least one);
 // KEK.Sessions says how many operations can run at once, and the preflight
 // warns when that capped the workers. A token with no session free
 // (CKR_SESSION_COUNT) is waited for. Opening a key and its preflight retry

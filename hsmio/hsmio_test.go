@@ -62,6 +62,7 @@ func run(m *testing.M) int {
 	for _, spec := range []softhsm.KeySpec{
 		{Label: "kek-aes"}, {Label: "kek-rsa", RSA: true}, {Label: "kek-extractable", Extractable: true},
 		{Label: "kek-nounwrap", Deny: []uint{pkcs11.CKA_UNWRAP, pkcs11.CKA_DECRYPT}},
+		{Label: "kek-nocopy", Deny: []uint{pkcs11.CKA_COPYABLE}},
 	} {
 		if err := softhsm.CreateKey("src", pin, spec); err != nil {
 			panic(err)

@@ -80,8 +80,12 @@ type KEK struct {
 	// objs are the key's crypto11 objects in the token's current
 	// generation, found again on first use after a replacement.
 	objs   atomic.Pointer[c11Key]
-	handle atomic.Uint64 // AES KEK object handle for C_WrapKey/C_UnwrapKey, once found
-	keyURI string        // URI(), computed once: it keys the DEK cache on every lookup
+	objMu  sync.Mutex    // serializes finding objs again
+	handle atomic.Uint64 // the AES key's token object handle, once found
+	// copy is the AES key's session copy (sessioncopy.go); nil for RSA
+	// keys, and when copies were switched off at open.
+	copy   *keyCopy
+	keyURI string // URI(), computed once: it keys the DEK cache on every lookup
 	// noRewrap is set once the token has shown it cannot rewrap inside
 	// (see rewrap.go); rewraps then go through rekey.
 	noRewrap atomic.Bool
@@ -94,6 +98,7 @@ type KEK struct {
 // c11Key is a KEK's crypto11 objects in one generation.
 type c11Key struct {
 	gen     *generation
+	copy    *sessionCopy // the session copy aes is, nil: the token object
 	aes     *crypto11.SecretKey
 	gcm     cipher.AEAD
 	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
@@ -166,14 +171,12 @@ func open(ctx context.Context, u URI, opts keys.Options) (*KEK, error) {
 }
 
 // find looks the key up in generation g when it is opened: an AES secret
-// key, else an RSA key pair.
+// key (and its session copy), else an RSA key pair.
 func (k *KEK) find(g *generation) error {
 	u := k.uri
 	ref := u.KeyURI()
-	id, label := k.lookup()
-	o := &c11Key{gen: g}
 	if u.Type == "" || u.Type == "secret-key" {
-		sk, err := g.c11.FindKey(id, label)
+		sk, err := g.c11.FindKeyWithAttributes(k.tokenKey())
 		if err != nil && strings.Contains(err.Error(), "not found") {
 			sk, err = nil, nil
 		}
@@ -181,13 +184,19 @@ func (k *KEK) find(g *generation) error {
 			return classify(err, "find key "+ref)
 		}
 		if sk != nil {
-			if o.gcm, err = sk.NewGCM(); err != nil {
-				return classify(err, "AES-GCM on "+ref)
+			k.isAES = true
+			if !noSessionCopies.Load() {
+				k.copy = k.tok.copyOf(u)
+				k.copy.reopened()
 			}
-			o.aes, k.isAES = sk, true
+			if _, err := k.in(g); err != nil {
+				return classify(err, "find key "+ref)
+			}
+			return nil
 		}
 	}
-	if !k.isAES && u.Type != "secret-key" {
+	if u.Type != "secret-key" {
+		id, label := k.lookup()
 		kp, err := g.c11.FindKeyPair(id, label)
 		if err != nil && strings.Contains(err.Error(), "not found") {
 			kp, err = nil, nil
@@ -200,17 +209,31 @@ func (k *KEK) find(g *generation) error {
 			if !ok {
 				return fmt.Errorf("key %s: %w: it is a %T key pair; rekey wraps DEKs with AES or RSA key pairs", ref, keys.ErrMechanism, kp.Public())
 			}
+			o := &c11Key{gen: g}
 			k.isRSA, k.rsaPub = true, pub
 			if sd, ok := kp.(crypto11.SignerDecrypter); ok {
 				o.rsaPriv, k.hasPriv = sd, true
 			}
+			k.objs.Store(o)
+			return nil
 		}
 	}
-	if !k.isAES && !k.isRSA {
-		return fmt.Errorf("key %s on token %q: %w (check object= in the URI; list keys with: pkcs11-tool --module %s --token-label %q --login --list-objects)", ref, u.Token, keys.ErrKeyNotFound, u.ModulePath, u.Token)
+	return fmt.Errorf("key %s on token %q: %w (check object= in the URI; list keys with: pkcs11-tool --module %s --token-label %q --login --list-objects)", ref, u.Token, keys.ErrKeyNotFound, u.ModulePath, u.Token)
+}
+
+// tokenKey is crypto11's search for the AES key's token object: CKA_TOKEN
+// keeps the process's session copies, which share its id, out of it.
+func (k *KEK) tokenKey() crypto11.AttributeSet {
+	a := crypto11.NewAttributeSet()
+	id, label := k.lookup()
+	if id != nil {
+		_ = a.Set(crypto11.CkaId, id)
 	}
-	k.objs.Store(o)
-	return nil
+	if label != nil {
+		_ = a.Set(crypto11.CkaLabel, label)
+	}
+	_ = a.Set(crypto11.CkaToken, true)
+	return a
 }
 
 func (k *KEK) lookup() (id, label []byte) {
@@ -224,35 +247,69 @@ func (k *KEK) lookup() (id, label []byte) {
 }
 
 // in returns the key's crypto11 objects in generation g, finding the key
-// again if g replaced the generation it was found in (a pointer compare
-// otherwise: no PKCS#11 call).
+// again if g replaced the generation it was found in or its session copy
+// changed (a pointer compare otherwise: no PKCS#11 call). A new
+// generation means sessions were lost: the copy is checked, and replaced
+// if it went with them.
 func (k *KEK) in(g *generation) (*c11Key, error) {
-	if o := k.objs.Load(); o != nil && o.gen == g {
+	if o := k.objs.Load(); k.fresh(o, g) {
 		return o, nil
 	}
+	k.objMu.Lock()
+	defer k.objMu.Unlock()
+	old := k.objs.Load()
+	if k.fresh(old, g) {
+		return old, nil
+	}
 	ref := k.URI()
-	id, label := k.lookup()
+	gone := func(err error) error {
+		if strings.Contains(err.Error(), "not found") {
+			return fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
+		}
+		return err
+	}
 	o := &c11Key{gen: g}
 	switch {
 	case k.isAES:
-		sk, err := g.c11.FindKey(id, label)
-		if err != nil {
-			if strings.Contains(err.Error(), "not found") {
-				return nil, fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
+		var cp *sessionCopy
+		if k.copy != nil {
+			if old != nil && old.gen != g {
+				cp = k.copy.renew()
+			} else {
+				cp = k.copy.current()
 			}
-			return nil, err
+		}
+		var sk *crypto11.SecretKey
+		var err error
+		if cp != nil {
+			a := crypto11.NewAttributeSet()
+			_ = a.Set(crypto11.CkaLabel, cp.label)
+			_ = a.Set(crypto11.CkaToken, false)
+			sk, err = g.c11.FindKeyWithAttributes(a)
+			if err != nil && strings.Contains(err.Error(), "not found") {
+				// The token keeps session objects to the session that
+				// made them (against PKCS#11): crypto11 cannot use copies.
+				k.copy.disable(cp, "crypto11's sessions do not see a session copy made on another session of the process (the token keeps session objects to their session)")
+				cp, err = nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		if cp == nil {
+			if sk, err = g.c11.FindKeyWithAttributes(k.tokenKey()); err != nil {
+				return nil, gone(err)
+			}
 		}
 		if o.gcm, err = sk.NewGCM(); err != nil {
 			return nil, err
 		}
-		o.aes = sk
+		o.aes, o.copy = sk, cp
 	case k.hasPriv:
+		id, label := k.lookup()
 		kp, err := g.c11.FindKeyPair(id, label)
 		if err != nil {
-			if strings.Contains(err.Error(), "not found") {
-				return nil, fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
-			}
-			return nil, err
+			return nil, gone(err)
 		}
 		sd, ok := kp.(crypto11.SignerDecrypter)
 		if !ok {
@@ -262,6 +319,39 @@ func (k *KEK) in(g *generation) (*c11Key, error) {
 	}
 	k.objs.Store(o)
 	return o, nil
+}
+
+// fresh reports whether o holds the key's objects in g, made from the key's
+// current session copy (if any) whose holder is still open.
+func (k *KEK) fresh(o *c11Key, g *generation) bool {
+	if o == nil || o.gen != g {
+		return false
+	}
+	if k.copy == nil {
+		return true
+	}
+	return o.copy == k.copy.cur.Load() && (o.copy == nil || o.copy.live())
+}
+
+// withObjs runs f with the key's crypto11 objects in the token's current
+// generation (withC11). An operation on a session copy that the token no
+// longer knows (its holder was lost) runs again, on a new copy.
+func (k *KEK) withObjs(ctx context.Context, f func(o *c11Key) error) error {
+	for try := 0; ; try++ {
+		var used *c11Key
+		err := k.tok.withC11(ctx, func(g *generation) error {
+			o, err := k.in(g)
+			if err != nil {
+				return err
+			}
+			used = o
+			return f(o)
+		})
+		if used == nil || used.copy == nil || !handleInvalid(err) || try == maxReplace {
+			return err
+		}
+		k.copy.lost(used.copy)
+	}
 }
 
 func (k *KEK) checkMech(m string) error {
@@ -356,28 +446,44 @@ func (k *KEK) Mechanism() string { return k.mech }
 // handleInvalid reports the token saying a key handle is no longer valid.
 func handleInvalid(err error) bool {
 	p, ok := errCode(err)
-	return ok && (p == pkcs11.CKR_KEY_HANDLE_INVALID || p == pkcs11.CKR_OBJECT_HANDLE_INVALID)
+	if !ok {
+		return false
+	}
+	switch p {
+	case pkcs11.CKR_KEY_HANDLE_INVALID, pkcs11.CKR_OBJECT_HANDLE_INVALID,
+		pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+		return true
+	}
+	return false
 }
 
-// withKey runs f on a raw session with the AES key's handle. A handle the
-// token no longer knows (after a fail-over, say) is looked up again, once.
+// withKey runs f on a raw session with the AES key's handle: its session
+// copy's, else its token object's. A handle the token no longer knows (a
+// lost holder, a fail-over) is looked up or copied again, and f runs again.
 func (k *KEK) withKey(ctx context.Context, f func(sh pkcs11.SessionHandle, key pkcs11.ObjectHandle) error) error {
 	return k.tok.withSession(ctx, func(sh pkcs11.SessionHandle) error {
-		cached := k.handle.Load() != 0
-		h, err := k.aesHandle(sh)
-		if err != nil {
-			return err
-		}
-		err = f(sh, h)
-		if cached && handleInvalid(err) {
-			k.handle.Store(0)
-			if h, err = k.aesHandle(sh); err != nil {
+		for try := 0; ; try++ {
+			h, cp, err := k.aesHandle(sh)
+			if err != nil {
 				return err
 			}
 			err = f(sh, h)
+			if !handleInvalid(err) || try == maxReplace {
+				return err
+			}
+			k.handleLost(h, cp)
 		}
-		return err
 	})
+}
+
+// handleLost forgets a handle the token said is invalid: a session copy is
+// checked and replaced if it is gone, a token object looked up again.
+func (k *KEK) handleLost(h pkcs11.ObjectHandle, cp *sessionCopy) {
+	if cp != nil {
+		k.copy.lost(cp)
+		return
+	}
+	k.handle.CompareAndSwap(uint64(h), 0)
 }
 
 // Wrap implements keys.KEK.
@@ -392,11 +498,7 @@ func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []by
 		if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 			return nil, err
 		}
-		err = k.tok.withC11(ctx, func(g *generation) error {
-			o, err := k.in(g)
-			if err != nil {
-				return err
-			}
+		err = k.withObjs(ctx, func(o *c11Key) error {
 			// Seal panics on HSM errors; withC11 turns that back into
 			// an error. nonce has no spare capacity: Seal appends to a
 			// copy.
@@ -540,11 +642,8 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 		if err := k.tokenOffers(mech); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		err = k.tok.withC11(ctx, func(g *generation) error {
-			o, err := k.in(g)
-			if err != nil {
-				return err
-			}
+		err = k.withObjs(ctx, func(o *c11Key) error {
+			var err error
 			plain, err = o.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
 			return err
 		})
@@ -598,22 +697,28 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 	return dek, nil
 }
 
-// aesHandle finds the KEK's object handle once; a token object's handle is
-// valid in every session of this process, and the search costs three
-// PKCS#11 calls per operation otherwise.
-func (k *KEK) aesHandle(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, error) {
+// aesHandle returns the handle raw calls use: the session copy's, else
+// the token object's, found once (a token object's handle is valid in
+// every session of this process, and the search costs three PKCS#11 calls
+// per operation otherwise). cp is the copy, nil for the token object.
+func (k *KEK) aesHandle(sh pkcs11.SessionHandle) (h pkcs11.ObjectHandle, cp *sessionCopy, err error) {
+	if k.copy != nil {
+		if cp = k.copy.current(); cp != nil {
+			return cp.h, cp, nil
+		}
+	}
 	if h := k.handle.Load(); h != 0 {
-		return pkcs11.ObjectHandle(h), nil
+		return pkcs11.ObjectHandle(h), nil, nil
 	}
 	h, ok, err := k.tok.findObject(sh, pkcs11.CKO_SECRET_KEY, k.uri.Object, k.uri.ID)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if !ok {
-		return 0, fmt.Errorf("%w: %s", keys.ErrKeyNotFound, k.URI())
+		return 0, nil, fmt.Errorf("%w: %s", keys.ErrKeyNotFound, k.URI())
 	}
 	k.handle.Store(uint64(h))
-	return h, nil
+	return h, nil, nil
 }
 
 // GenerateDEK implements keys.Generator with the token's RNG.
@@ -637,8 +742,9 @@ func (k *KEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
 // Sessions is how many operations with this key can run at once on its
 // token: what the callers asked for (the largest keys.Options.Sessions of
 // the opens, and Reserve), capped by the token's session limit
-// (C_GetTokenInfo; one session holds the login, and the rest are split
-// between crypto11's pool and the raw calls of aes-kwp). Callers that run
+// (C_GetTokenInfo; one session holds the login, one the session copies of
+// the keys when the limit leaves room, and the rest are split between
+// crypto11's pool and the raw calls of aes-kwp). Callers that run
 // more workers than this make the others wait for a session: cap the
 // workers to it.
 func (k *KEK) Sessions() int {
@@ -676,13 +782,20 @@ func (k *KEK) Preflight(ctx context.Context, needWrap, needUnwrap bool) []keys.C
 		}
 	}
 	out = append(out, keys.Check{Name: "key " + ref, OK: true, Info: kind + ", wrap " + k.mech})
+	if k.isAES {
+		out = append(out, keys.Check{Name: "key object used for " + ref, OK: true, Info: k.handleInfo()})
+	}
 	if limit := k.tok.limit; limit > 0 {
 		usable, wanted := k.Sessions(), int(k.tok.wanted.Load())
+		kept, keptFor := "1 kept for the login", "1 for its login"
+		if k.tok.noHolder == "" {
+			kept, keptFor = "2 kept for the login and the session copies", "1 for its login and 1 holding the session copies of its keys"
+		}
 		c := keys.Check{Name: "sessions on token " + k.tok.name, OK: true,
-			Info: fmt.Sprintf("the token allows %d sessions (%d were open elsewhere): rekey keeps 1 for its login and runs at most %d %s operations at once", limit, k.tok.others, usable, k.mech)}
+			Info: fmt.Sprintf("the token allows %d sessions (%d were open elsewhere): rekey keeps %s and runs at most %d %s operations at once", limit, k.tok.others, keptFor, usable, k.mech)}
 		if usable < wanted {
 			c.Warn = true
-			c.Info = fmt.Sprintf("workers capped to %d HSM sessions by the token's session limit %d (%d asked for, %d open elsewhere, 1 kept for the login): the other workers wait for a session; run with --workers %d", usable, limit, wanted, k.tok.others, usable)
+			c.Info = fmt.Sprintf("workers capped to %d HSM sessions by the token's session limit %d (%d asked for, %d open elsewhere, %s): the other workers wait for a session; run with --workers %d", usable, limit, wanted, k.tok.others, kept, usable)
 		}
 		out = append(out, c)
 	}

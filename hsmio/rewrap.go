@@ -78,71 +78,27 @@ func (k *KEK) Rewrap(ctx context.Context, r keys.RewrapRequest) (keys.RewrapResu
 		return keys.RewrapResult{}, fmt.Errorf("%s: %w: a %d-byte key cannot be checked inside the token", what, keys.ErrNoRewrap, len(w)-8)
 	}
 	var res keys.RewrapResult
+	// A key handle the token no longer knows (a session copy whose
+	// holder was lost) is copied or looked up again, and the rewrap runs
+	// again.
 	err := k.tok.withSession(ctx, func(sh pkcs11.SessionHandle) error {
-		p11 := k.tok.p11
-		src, err := k.aesHandle(sh)
-		if err != nil {
-			return err
-		}
-		dst, err := d.aesHandle(sh)
-		if err != nil {
-			return err
-		}
-		kwp := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
-		unwrap := func(kek pkcs11.ObjectHandle, blob []byte, extractable bool) (pkcs11.ObjectHandle, error) {
-			return p11.UnwrapKey(sh, kwp, kek, blob, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
-				pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
-			})
-		}
-		kcv := func(obj pkcs11.ObjectHandle) ([]byte, error) {
-			if err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, obj); err != nil {
-				return nil, err
-			}
-			mac, err := p11.Sign(sh, schemas.KCVMessage(r.Src.DEKID))
+		for try := 0; ; try++ {
+			src, scp, err := k.aesHandle(sh)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			if len(mac) < schemas.KCVSize {
-				return nil, fmt.Errorf("the token's HMAC-SHA256 is %d bytes", len(mac))
+			dst, dcp, err := d.aesHandle(sh)
+			if err != nil {
+				return err
 			}
-			return mac[:schemas.KCVSize], nil
-		}
-		obj, err := unwrap(src, w, true)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = p11.DestroyObject(sh, obj) }()
-		if res.KCV, err = kcv(obj); err != nil {
-			return err
-		}
-		if len(r.KCV) > 0 {
-			res.Proof = schemas.ProofKCV
-			if subtle.ConstantTimeCompare(res.KCV, r.KCV) != 1 {
-				return fmt.Errorf("dek_id %q: the token unwrapped a wrong key: %w (the DEK table's kcv does not match)", r.Src.DEKID, schemas.ErrKCVMismatch)
+			res = keys.RewrapResult{}
+			err = k.rewrapOn(sh, d, src, dst, r, &res)
+			if !handleInvalid(err) || try == maxReplace {
+				return err
 			}
+			k.handleLost(src, scp)
+			d.handleLost(dst, dcp)
 		}
-		if res.Wrapped, err = p11.WrapKey(sh, kwp, dst, obj); err != nil {
-			return err
-		}
-		back, err := unwrap(dst, res.Wrapped, false)
-		if err != nil {
-			return fmt.Errorf("verify before commit: unwrap the new wrap: %w", err)
-		}
-		defer func() { _ = p11.DestroyObject(sh, back) }()
-		again, err := kcv(back)
-		if err != nil {
-			return fmt.Errorf("verify before commit: %w", err)
-		}
-		if subtle.ConstantTimeCompare(again, res.KCV) != 1 {
-			return fmt.Errorf("verify before commit: the new wrap holds a different key (%w)", schemas.ErrKCVMismatch)
-		}
-		res.Verified = true
-		return nil
 	})
 	if err != nil {
 		if errors.Is(err, schemas.ErrKCVMismatch) {
@@ -157,4 +113,66 @@ func (k *KEK) Rewrap(ctx context.Context, r keys.RewrapRequest) (keys.RewrapResu
 		return keys.RewrapResult{}, classify(err, what)
 	}
 	return res, nil
+}
+
+// rewrapOn makes the five token calls of one rewrap on session sh, with
+// the keys' handles src and dst.
+func (k *KEK) rewrapOn(sh pkcs11.SessionHandle, d *KEK, src, dst pkcs11.ObjectHandle, r keys.RewrapRequest, res *keys.RewrapResult) error {
+	w := r.Wrapped
+	p11 := k.tok.p11
+	kwp := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
+	unwrap := func(kek pkcs11.ObjectHandle, blob []byte, extractable bool) (pkcs11.ObjectHandle, error) {
+		return p11.UnwrapKey(sh, kwp, kek, blob, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, extractable),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		})
+	}
+	kcv := func(obj pkcs11.ObjectHandle) ([]byte, error) {
+		if err := p11.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, obj); err != nil {
+			return nil, err
+		}
+		mac, err := p11.Sign(sh, schemas.KCVMessage(r.Src.DEKID))
+		if err != nil {
+			return nil, err
+		}
+		if len(mac) < schemas.KCVSize {
+			return nil, fmt.Errorf("the token's HMAC-SHA256 is %d bytes", len(mac))
+		}
+		return mac[:schemas.KCVSize], nil
+	}
+	obj, err := unwrap(src, w, true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = p11.DestroyObject(sh, obj) }()
+	if res.KCV, err = kcv(obj); err != nil {
+		return err
+	}
+	if len(r.KCV) > 0 {
+		res.Proof = schemas.ProofKCV
+		if subtle.ConstantTimeCompare(res.KCV, r.KCV) != 1 {
+			return fmt.Errorf("dek_id %q: the token unwrapped a wrong key: %w (the DEK table's kcv does not match)", r.Src.DEKID, schemas.ErrKCVMismatch)
+		}
+	}
+	if res.Wrapped, err = p11.WrapKey(sh, kwp, dst, obj); err != nil {
+		return err
+	}
+	back, err := unwrap(dst, res.Wrapped, false)
+	if err != nil {
+		return fmt.Errorf("verify before commit: unwrap the new wrap: %w", err)
+	}
+	defer func() { _ = p11.DestroyObject(sh, back) }()
+	again, err := kcv(back)
+	if err != nil {
+		return fmt.Errorf("verify before commit: %w", err)
+	}
+	if subtle.ConstantTimeCompare(again, res.KCV) != 1 {
+		return fmt.Errorf("verify before commit: the new wrap holds a different key (%w)", schemas.ErrKCVMismatch)
+	}
+	res.Verified = true
+	return nil
 }

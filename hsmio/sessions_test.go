@@ -266,15 +266,19 @@ func mustDEK(t *testing.T) *keys.DEK {
 	return d
 }
 
-// TestSessionLimitSizesThePool (item 4): a token allowing 3 or 4 sessions
-// runs 8 concurrent workers: hsmio keeps one session for crypto11's login,
-// splits the rest between crypto11's pool and the raw calls, says so in
-// the preflight (the workers are capped), reports the cap through
-// KEK.Sessions, and no operation fails, on either path.
+// TestSessionLimitSizesThePool (item 4): a token allowing 3, 4 or 7
+// sessions runs 8 concurrent workers: hsmio keeps one session for
+// crypto11's login and, if two are left for operations after it, one
+// holding the session copies of the keys (else the keys' token objects are
+// used, and the preflight says why); it splits the rest between crypto11's
+// pool and the raw calls, says so in the preflight (the workers are
+// capped), reports the cap through KEK.Sessions, and no operation fails,
+// on either path.
 func TestSessionLimitSizesThePool(t *testing.T) {
 	for _, tc := range []struct {
 		limit, gcm, kwp int // sessions usable by aes-gcm and by aes-kwp operations
-	}{{3, 1, 1}, {4, 2, 1}, {7, 4, 2}} {
+		copy            bool
+	}{{3, 1, 1, false}, {4, 1, 1, true}, {7, 4, 1, true}} {
 		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
 			lib := faultpkcs11.ForTest(t, faultpkcs11.Config{MaxSessions: tc.limit})
 			for _, wrap := range []string{schemas.WrapAESGCM, schemas.WrapAESKWP} {
@@ -300,6 +304,13 @@ func TestSessionLimitSizesThePool(t *testing.T) {
 				if !capped {
 					t.Fatalf("the preflight does not say the workers were capped: %+v", checks)
 				}
+				want1 := "token object: the token's session limit (3 sessions, 0 open elsewhere) leaves no room"
+				if tc.copy {
+					want1 = "session copy of the KEK"
+				}
+				if info := handleCheck(checks); !strings.HasPrefix(info, want1) {
+					t.Fatalf("preflight: %q, want %q", info, want1)
+				}
 				exercise(t, k, 8, 10)
 			}
 		})
@@ -313,7 +324,11 @@ func TestSessionCountIsWaitedOut(t *testing.T) {
 	// The copy logs every session it refuses; its C_Encrypt is slow, so
 	// that the workers want sessions at the same time.
 	log := filepath.Join(t.TempDir(), "refused.log")
-	k, lib := faultOpen(t, faultpkcs11.Config{MaxSessions: 4, Calls: []string{"C_Encrypt"}, Mode: faultpkcs11.Delay, Delay: 10 * time.Millisecond, Rate: 1, Log: log}, "kek-aes", schemas.WrapAESGCM, 3)
+	// Of the 6 sessions, the login and the copies' holder take 2,
+	// crypto11's pool (of 3) opens 2 to find the key and its session copy
+	// (it opens a new session while it has room), the other user takes
+	// the other 2, and the third worker waits for one of them.
+	k, lib := faultOpen(t, faultpkcs11.Config{MaxSessions: 6, Calls: []string{"C_Encrypt"}, Mode: faultpkcs11.Delay, Delay: 10 * time.Millisecond, Rate: 1, Log: log}, "kek-aes", schemas.WrapAESGCM, 3)
 	// The same copy of the module, as another user in the process: its
 	// sessions count against the same limit.
 	other := pkcs11.New(lib)

@@ -52,6 +52,14 @@ type token struct {
 
 	raw pool
 
+	// The session copies of AES keys (sessioncopy.go) live on the holder;
+	// noHolder says why the token has none (its session limit).
+	holdMu   sync.Mutex
+	hold     *holder
+	noHolder string
+	copiesMu sync.Mutex
+	copies   map[string]*keyCopy // by the key's label and id
+
 	mechOnce sync.Once
 	mechs    map[uint]bool // nil: the token would not list them
 }
@@ -154,6 +162,14 @@ func openToken(u URI, sessions int) (*token, error) {
 			_ = g.c11.Close()
 			return nil, keys.Retryable(fmt.Errorf("open token %q: %w: the token allows %d sessions and %d are open elsewhere; rekey needs 3 (one stays logged in, one for crypto11's operations, one for key wrapping): close other applications' sessions, or raise the token's session limit",
 				name, pkcs11.Error(pkcs11.CKR_SESSION_COUNT), t.limit, t.others))
+		}
+		// The session holding the session copies of the keys is one
+		// more, if two are left for the operations; without it the keys'
+		// token objects are used.
+		if work >= 3 {
+			work--
+		} else {
+			t.noHolder = fmt.Sprintf("the token's session limit (%d sessions, %d open elsewhere) leaves no room for the session that would hold a session copy", t.limit, t.others)
 		}
 		// The token's room is split once: a third (at least one) for the
 		// raw calls, the rest for crypto11. Both open sessions lazily.
@@ -649,10 +665,11 @@ func (p *pool) put(sh pkcs11.SessionHandle, bad, flush bool) {
 	}
 }
 
-// findObject returns the handle of the object with the given class and
-// label/id.
+// findObject returns the handle of the token object with the given class
+// and label/id (never one of the process's session copies, which share
+// the key's id).
 func (t *token) findObject(sh pkcs11.SessionHandle, class uint, label string, id []byte) (pkcs11.ObjectHandle, bool, error) {
-	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}
+	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}
 	if label != "" {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
 	}

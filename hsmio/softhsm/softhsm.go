@@ -90,7 +90,8 @@ type KeySpec struct {
 	RSA         bool // RSA-2048 key pair instead of AES-256
 	Extractable bool
 	// Deny lists attributes to set false (e.g. pkcs11.CKA_UNWRAP), for tests
-	// of keys that lack a permission.
+	// of keys that lack a permission; pkcs11.CKA_COPYABLE makes an AES key
+	// that C_CopyObject refuses.
 	Deny []uint
 }
 
@@ -122,7 +123,7 @@ func createKey(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tokenLabel string, spec K
 	id := []byte(spec.Label)
 	var err error
 	if !spec.RSA {
-		_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		tmpl := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
@@ -136,7 +137,11 @@ func createKey(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tokenLabel string, spec K
 			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, allow(pkcs11.CKA_DECRYPT)),
 			pkcs11.NewAttribute(pkcs11.CKA_WRAP, allow(pkcs11.CKA_WRAP)),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, allow(pkcs11.CKA_UNWRAP)),
-		})
+		}
+		if !allow(pkcs11.CKA_COPYABLE) {
+			tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_COPYABLE, false))
+		}
+		_, err = p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
 	} else {
 		_, _, err = p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
 			[]*pkcs11.Attribute{
