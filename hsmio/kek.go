@@ -347,7 +347,7 @@ func (k *KEK) withObjs(ctx context.Context, f func(o *c11Key) error) error {
 			used = o
 			return f(o)
 		})
-		if used == nil || used.copy == nil || !handleInvalid(err) || try == maxReplace {
+		if used == nil || used.copy == nil || !copyGone(err, true) || try == maxReplace {
 			return err
 		}
 		k.copy.lost(used.copy)
@@ -457,6 +457,24 @@ func handleInvalid(err error) bool {
 	return false
 }
 
+// copyGone reports an error that means the key handle may no longer be
+// the key: an invalid handle, and, for an operation on a session copy, the
+// errors SoftHSM2 gives when the copy is destroyed under the operation (its
+// holder closed by another goroutine after the token found the object but
+// before it read the object's usage flags, which then read as false). The
+// copy is then checked (k.copy.lost) and the operation run again on a live
+// one; a copy that is alive and still refuses fails as before.
+func copyGone(err error, onCopy bool) bool {
+	if handleInvalid(err) {
+		return true
+	}
+	if !onCopy {
+		return false
+	}
+	p, ok := errCode(err)
+	return ok && (p == pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED || p == pkcs11.CKR_KEY_TYPE_INCONSISTENT)
+}
+
 // withKey runs f on a raw session with the AES key's handle: its session
 // copy's, else its token object's. A handle the token no longer knows (a
 // lost holder, a fail-over) is looked up or copied again, and f runs again.
@@ -468,7 +486,7 @@ func (k *KEK) withKey(ctx context.Context, f func(sh pkcs11.SessionHandle, key p
 				return err
 			}
 			err = f(sh, h)
-			if !handleInvalid(err) || try == maxReplace {
+			if !copyGone(err, cp != nil) || try == maxReplace {
 				return err
 			}
 			k.handleLost(h, cp)

@@ -93,7 +93,7 @@ func (k *KEK) Rewrap(ctx context.Context, r keys.RewrapRequest) (keys.RewrapResu
 			}
 			res = keys.RewrapResult{}
 			err = k.rewrapOn(sh, d, src, dst, r, &res)
-			if !handleInvalid(err) || try == maxReplace {
+			if !copyGone(err, scp != nil || dcp != nil) || try == maxReplace {
 				return err
 			}
 			k.handleLost(src, scp)
