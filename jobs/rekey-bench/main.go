@@ -13,9 +13,13 @@
 //   - limits, by code in this package: software AES-256-GCM open+seal on the
 //     bench's cell sizes (1 and N goroutines, through schemas.OpenCell and
 //     SealCell); HSM unwrap+wrap of 32-byte DEKs through providers/keys on
-//     the same tokens, mechanisms and concurrency as the pipeline; a Parquet
-//     copy of the same datasets with parquet-go and no crypto; and the
-//     composed re-encrypt bound 1/(1/crypto + 1/parquet);
+//     the same tokens, mechanisms and concurrency as the pipeline; the same
+//     per-DEK token work (aes-gcm -> aes-gcm with verify) in a raw PKCS#11
+//     loop, hsmio.RawGCMRewrapLoop, with a session copy of each key and
+//     with the token objects (rewrap's peer: its 'vs limit' is against the
+//     best session-copy row); a Parquet copy of the same datasets with
+//     parquet-go and no crypto; and the composed re-encrypt bound
+//     1/(1/crypto + 1/parquet);
 //   - the baseline: the single-goroutine program a user would write instead
 //     (no Beam: read Parquet, decrypt, encrypt, write);
 //   - rekey itself, run as a subprocess (`rekey run`, direct and prism

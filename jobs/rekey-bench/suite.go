@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	_ "rekey/hsmio" // pkcs11: KEKs, for the HSM limit and the baseline
+	"rekey/hsmio" // pkcs11: KEKs, for the HSM limit and the baseline; the raw PKCS#11 loop
 	"rekey/providers/keys"
 	_ "rekey/providers/local"
 	"rekey/schemas"
@@ -77,8 +77,8 @@ func parseSuiteFlags(args []string) (*config, error) {
 	fs.IntVar(&c.RewrapDEKs, "rewrap-deks", 1000000, "DEKs in the rewrap table")
 	fs.StringVar(&runners, "runners", "direct,prism", "Beam runners to measure rekey on")
 	fs.IntVar(&c.Workers, "workers", 0, "N, the parallel figure (default: number of CPUs, rekey's default)")
-	fs.StringVar(&c.TargetWrap, "target-wrap", "aes-gcm", "target wrap mechanism (aes-gcm or aes-kwp; the source is aes-gcm, rekey gen's default)")
-	fs.DurationVar(&c.LimitTime, "limit-time", 700*time.Millisecond, "duration of each timed limit sample (AES, HSM)")
+	fs.StringVar(&c.TargetWrap, "target-wrap", "aes-gcm", "target wrap mechanism (aes-gcm or aes-kwp; the source is aes-gcm, rekey gen's default; the raw PKCS#11 loop, rewrap's peer, runs for aes-gcm only)")
+	fs.DurationVar(&c.LimitTime, "limit-time", 700*time.Millisecond, "duration of each timed limit sample (AES, HSM, raw PKCS#11 loop)")
 	fs.StringVar(&mem, "mem-mib", "64,512", "payload MiB of the memory-flatness datasets, small,large (the issue's check: 1024,8192)")
 	fs.IntVar(&c.MemCell, "mem-cell", 4096, "cell size of the memory-flatness datasets")
 	fs.IntVar(&c.MemFileMiB, "mem-file-mib", 32, "payload MiB per file of the memory-flatness datasets: the larger dataset has more files of the same shape")
@@ -269,6 +269,17 @@ func suiteMain(args []string) error {
 			hsmRows = all[:min(len(all), 4096)]
 		}
 	}
+	// The raw PKCS#11 loop's DEKs: the HSM limit's, when both sides are
+	// aes-gcm (it is the aes-gcm -> aes-gcm peer).
+	var rawWrapped [][]byte
+	var rawIDs []string
+	if c.TargetWrap == schemas.WrapAESGCM {
+		for _, r := range hsmRows {
+			if r.Wrap == schemas.WrapAESGCM {
+				rawWrapped, rawIDs = append(rawWrapped, r.Wrapped), append(rawIDs, r.DEKID)
+			}
+		}
+	}
 
 	// aes-gcm datasets (the aes-gcm section): the re-encrypt datasets'
 	// shape with application-written cells and keys in a DEK table; and two
@@ -393,6 +404,26 @@ func suiteMain(args []string) error {
 							what, ops = "HSM unwrap+wrap+verify-unwrap ("+c.TargetWrap+")", 3
 						}
 						t.add(keyHSM(g, verify), &Row{Section: "limit", What: what, Workers: g, Unit: "DEKs/s", HSMOpsPerDEK: ops}, r, 0)
+					}
+				}
+				// The issue's peer for rewrap: the same per-DEK token work
+				// (aes-gcm -> aes-gcm with verify) in a raw PKCS#11 loop on
+				// the same keys and DEKs, with a session copy of each key
+				// (the best handle SoftHSM2 allows) and, for information,
+				// the token objects.
+				if len(rawWrapped) > 0 {
+					for _, copies := range []bool{true, false} {
+						for _, g := range gs {
+							r, err := hsmio.RawGCMRewrapLoop(ctx, sourceKEK(), targetKEK(), rawWrapped, rawIDs, g, copies, c.LimitTime)
+							if err != nil {
+								return fmt.Errorf("raw PKCS#11 loop: %w", err)
+							}
+							what := "raw PKCS#11 loop unwrap+wrap+verify, session copy"
+							if !copies {
+								what = "raw PKCS#11 loop unwrap+wrap+verify, token object (info)"
+							}
+							t.add(keyHSMRaw(g, copies), &Row{Section: "limit", What: what, Workers: g, Unit: "DEKs/s", HSMOpsPerDEK: 3}, r, 0)
+						}
 					}
 				}
 			}
@@ -552,7 +583,7 @@ func notes(c *config) []string {
 		"MB/s is 10^6 bytes of plaintext payload (records x cell size) per second, for limits, baseline and rekey alike.",
 		"rekey figures use rekey's own elapsed time (beam.Run start to end, as printed by `rekey run`): it includes the DEK stage and pipeline start-up, not process start or preflight; wall_s includes everything.",
 		"The composed bound is 1/(1/AES open+seal + 1/Parquet copy) at the same goroutine count (1 or N); it does not include verify-before-commit, which rekey does (see the open+seal+verify-open row for its cost).",
-		"The HSM limit runs the pipeline's per-DEK calls through providers/keys on the same tokens (sessions = N); rewrap's ratio is against unwrap+wrap+verify-unwrap, which is what rewrap does per DEK with verify on.",
+		"The HSM limit runs the pipeline's per-DEK calls through providers/keys on the same tokens (sessions = N). The raw PKCS#11 loop (hsmio.RawGCMRewrapLoop, aes-gcm target only) makes the same token calls per DEK (C_Decrypt on the source, C_Encrypt and the verify C_Decrypt on the target, CKM_AES_GCM) on the same keys and DEKs with one session per goroutine and, in the session-copy rows, its own C_CopyObject copy of each key; the unwrap+wrap+verify-unwrap row through providers/keys and the raw token-object row show 'vs limit' against the raw session-copy row at the same goroutines. rewrap's 'vs limit' is against the best raw session-copy row, 1 or N goroutines (issue 14's peer: >= 0.90x), or against unwrap+wrap+verify-unwrap through providers/keys when there is no raw row (aes-kwp target).",
 		"HSM operations of subprocess runs are the plan's estimate (rewrap 3 per DEK, reencrypt 4 per DEK); `rekey-bench profile` counts actual calls in-process.",
 		"Peak RSS is ru_maxrss of the rekey child from wait4 (prism runs in-process in the same child).",
 		fmt.Sprintf("Medians of %d repetitions (rewrap: %d, kms: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps, c.KMSReps),
