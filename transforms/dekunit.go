@@ -1,6 +1,7 @@
 package transforms
 
 import (
+	"cmp"
 	"context"
 
 	"rekey/schemas"
@@ -23,6 +24,9 @@ type dekTable struct {
 	lw                     *ledger.Writer
 	index                  *schemas.DEKIndex
 	res                    UnitResult
+	// workers decide rows at once (default Spec.KeyWorkers; the rewrap
+	// stage sets what the HSM probe measured).
+	workers int
 }
 
 // dekBatch is one batch of a dekTable: the source rows, what the index
@@ -81,7 +85,7 @@ func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b 
 		if begin != nil {
 			begin(b)
 		}
-		if fatal := parallel(len(rows), spec.KeyWorkers(), func(_, i int) error { return decide(b, i) }); fatal != nil {
+		if fatal := parallel(len(rows), cmp.Or(u.workers, spec.KeyWorkers()), func(_, i int) error { return decide(b, i) }); fatal != nil {
 			return fatal
 		}
 		keep := b.out[:0]

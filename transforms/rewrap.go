@@ -72,6 +72,9 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		return nil
 	}
 	u, err := openDEKTable(ctx, spec, srcPath, dstPath, part, f.dst.URI(), fp)
+	if err == nil {
+		u.workers = spec.hsmWorkers(ctx, f.src, f.dst)
+	}
 	if err != nil {
 		return err
 	}
