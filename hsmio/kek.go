@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha1" //nolint:gosec // OAEP-SHA1 is what SoftHSM offers; it is not used for signatures.
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -350,7 +351,9 @@ func (k *KEK) withObjs(ctx context.Context, f func(o *c11Key) error) error {
 		if used == nil || used.copy == nil || !copyGone(err, true) || try == maxReplace {
 			return err
 		}
-		k.copy.lost(used.copy)
+		if !k.copy.lost(used.copy) {
+			return err // the copy is alive: the error is the operation's own
+		}
 	}
 }
 
@@ -457,22 +460,23 @@ func handleInvalid(err error) bool {
 	return false
 }
 
-// copyGone reports an error that means the key handle may no longer be
-// the key: an invalid handle, and, for an operation on a session copy, the
-// errors SoftHSM2 gives when the copy is destroyed under the operation (its
-// holder closed by another goroutine after the token found the object but
-// before it read the object's usage flags, which then read as false). The
-// copy is then checked (k.copy.lost) and the operation run again on a live
-// one; a copy that is alive and still refuses fails as before.
+// copyGone reports an error after which the key handle must be checked:
+// an invalid handle, and any error of an operation on a session copy. A
+// copy destroyed under an operation (its holder closed by another goroutine
+// in a fail-over, after the token found the object) makes SoftHSM2 read
+// the object's attributes as defaults, so the operation fails with whatever
+// that implies (CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT,
+// CKR_MECHANISM_INVALID, ...), not with an invalid handle. The copy is then
+// checked (one attribute read, on errors only) and the operation run again
+// on a live one; when the copy is alive the error is returned as it is.
 func copyGone(err error, onCopy bool) bool {
-	if handleInvalid(err) {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case handleInvalid(err):
 		return true
 	}
-	if !onCopy {
-		return false
-	}
-	p, ok := errCode(err)
-	return ok && (p == pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED || p == pkcs11.CKR_KEY_TYPE_INCONSISTENT)
+	return onCopy
 }
 
 // withKey runs f on a raw session with the AES key's handle: its session
@@ -489,19 +493,26 @@ func (k *KEK) withKey(ctx context.Context, f func(sh pkcs11.SessionHandle, key p
 			if !copyGone(err, cp != nil) || try == maxReplace {
 				return err
 			}
-			k.handleLost(h, cp)
+			if !k.handleLost(h, cp, err) {
+				return err
+			}
 		}
 	})
 }
 
-// handleLost forgets a handle the token said is invalid: a session copy is
-// checked and replaced if it is gone, a token object looked up again.
-func (k *KEK) handleLost(h pkcs11.ObjectHandle, cp *sessionCopy) {
+// handleLost is called after an operation with handle h failed with err:
+// a session copy is checked and replaced if it is gone, a token object
+// the token said is invalid is looked up again. It reports whether the
+// operation should run again.
+func (k *KEK) handleLost(h pkcs11.ObjectHandle, cp *sessionCopy, err error) bool {
 	if cp != nil {
-		k.copy.lost(cp)
-		return
+		return k.copy.lost(cp)
+	}
+	if !handleInvalid(err) {
+		return false
 	}
 	k.handle.CompareAndSwap(uint64(h), 0)
+	return true
 }
 
 // Wrap implements keys.KEK.

@@ -96,8 +96,13 @@ func (k *KEK) Rewrap(ctx context.Context, r keys.RewrapRequest) (keys.RewrapResu
 			if !copyGone(err, scp != nil || dcp != nil) || try == maxReplace {
 				return err
 			}
-			k.handleLost(src, scp)
-			d.handleLost(dst, dcp)
+			again := k.handleLost(src, scp, err)
+			if d.handleLost(dst, dcp, err) {
+				again = true
+			}
+			if !again {
+				return err
+			}
 		}
 	})
 	if err != nil {

@@ -186,12 +186,22 @@ func (kc *keyCopy) current() *sessionCopy {
 
 // lost is called when an operation on copy cp was told its handle is
 // invalid: the copy is checked, and replaced if it is gone.
-func (kc *keyCopy) lost(cp *sessionCopy) {
+//
+// It reports whether the failed operation should run again: cp was gone
+// (and is replaced) or another goroutine replaced it already. false: cp is
+// alive, so the error was the operation's own.
+func (kc *keyCopy) lost(cp *sessionCopy) bool {
 	kc.mu.Lock()
 	defer kc.mu.Unlock()
-	if kc.cur.Load() == cp {
-		kc.ensureLocked(true)
+	if kc.cur.Load() != cp {
+		return true
 	}
+	if cp.live() && kc.alive(cp) {
+		return false
+	}
+	kc.cur.Store(nil)
+	kc.ensureLocked(false)
+	return true
 }
 
 // renew checks the copy after crypto11's sessions were replaced, and makes
