@@ -221,7 +221,7 @@ func (t *token) configure(work int) (*generation, error) {
 	for attempt := 0; ; attempt++ {
 		cfg := t.cfg // Configure writes defaults into its argument
 		cfg.MaxSessions = work + 1
-		c11, err = crypto11.Configure(&cfg)
+		c11, err = loggingIn(func() (*crypto11.Context, error) { return crypto11.Configure(&cfg) })
 		if err == nil || !strings.Contains(err.Error(), "could not find PKCS#11 token") || attempt == 4 {
 			break
 		}
@@ -494,7 +494,7 @@ func (t *token) openSession() (pkcs11.SessionHandle, error) {
 	if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
 		// Login state is the application's: this logs in every session of
 		// the process, crypto11's next generation included.
-		if err := t.p11.Login(sh, pkcs11.CKU_USER, t.pin.Value()); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+		if _, err := loggingIn(func() (struct{}, error) { return struct{}{}, t.p11.Login(sh, pkcs11.CKU_USER, t.pin.Value()) }); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 			_ = t.p11.CloseSession(sh)
 			return 0, err
 		}

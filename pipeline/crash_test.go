@@ -28,6 +28,20 @@ func buildRekey(t *testing.T) string {
 	return bin
 }
 
+// killableHSM is the SOFTHSM2_CONF setting of a rekey process the test
+// may kill: a copy of the test's token store. SoftHSM2 rewrites a token
+// file in place on a process's first login, and a process killed then
+// leaves that token empty (README, limits); a real HSM outlives its
+// clients, and so does the store the rest of the test uses.
+func killableHSM(t *testing.T) string {
+	t.Helper()
+	conf, err := env.Copy(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conf
+}
+
 // TestCrashAndResume starts real `rekey run` processes, SIGKILLs them at
 // random moments, re-runs with --resume until one finishes, and then proves
 // that every record is in the target exactly once and decrypts to its
@@ -64,6 +78,7 @@ func TestCrashAndResume(t *testing.T) {
 			a = append(append([]string{}, args...), "--resume")
 		}
 		cmd := exec.Command(bin, a...)
+		cmd.Env = append(os.Environ(), killableHSM(t))
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {

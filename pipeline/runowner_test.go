@@ -60,10 +60,12 @@ func runCLI(t *testing.T, bin string, args ...string) (int, string) {
 }
 
 // startCLI starts a rekey process and waits until it holds its run's
-// lease (the first generation exists and names its pid).
+// lease (the first generation exists and names its pid). The process may
+// be killed: it runs on a copy of the token store (killableHSM).
 func startCLI(t *testing.T, bin string, j *pipeline.Job, args ...string) (*exec.Cmd, *bytes.Buffer, chan error) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), killableHSM(t))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -47,12 +47,18 @@ func Setup(dir string) (string, error) {
 	if err := os.MkdirAll(store, 0o700); err != nil {
 		return "", err
 	}
-	conf := filepath.Join(dir, "softhsm2.conf")
-	body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", store)
-	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+	conf, err := writeConf(dir, store)
+	if err != nil {
 		return "", err
 	}
 	return conf, os.Setenv("SOFTHSM2_CONF", conf)
+}
+
+// writeConf writes dir/softhsm2.conf naming the token store.
+func writeConf(dir, store string) (string, error) {
+	conf := filepath.Join(dir, "softhsm2.conf")
+	body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", store)
+	return conf, os.WriteFile(conf, []byte(body), 0o600)
 }
 
 // InitToken creates a token with the given label and PINs, unless a token

@@ -3,6 +3,7 @@ package softhsm
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -63,6 +64,35 @@ func StartTestEnv() (*TestEnv, error) {
 		}
 	}
 	return &TestEnv{Dir: dir, Conf: conf}, nil
+}
+
+// Copy makes a copy of the token store in dir (same tokens, same keys)
+// and returns the SOFTHSM2_CONF setting of a process that should use it.
+// A test that kills a process gives it a copy: SoftHSM2 rewrites a token
+// file in place on a process's first login, and a process killed at that
+// moment leaves the token empty for everyone after it (README, limits),
+// where a real HSM outlives its clients.
+func (e *TestEnv) Copy(dir string) (string, error) {
+	store := filepath.Join(dir, "tokens")
+	err := filepath.WalkDir(filepath.Join(e.Dir, "tokens"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(filepath.Join(e.Dir, "tokens"), p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(store, rel), 0o700)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(store, rel), b, 0o600)
+	})
+	if err != nil {
+		return "", err
+	}
+	conf, err := writeConf(dir, store)
+	return "SOFTHSM2_CONF=" + conf, err
 }
 
 // Close removes the token store.

@@ -18,6 +18,7 @@ import (
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/direct"
 	_ "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
+	"rekey/hsmio"
 	"rekey/pipeline"
 	"rekey/providers/storage"
 	"rekey/schemas"
@@ -52,6 +53,9 @@ func watchSignals(stderr io.Writer, what string, first func()) *signals {
 			return
 		}
 		fmt.Fprintf(stderr, "%s: %v received again: stopping now. Committed units are kept and no partial file has a final name; finish with --resume\n", what, again)
+		// Not in the middle of a token login: SoftHSM2 rewrites its token
+		// file then, and an exit halfway would leave the token empty.
+		_, _ = hsmio.LoginsSettled(5 * time.Second)
 		os.Exit(signalCode(again))
 	}()
 	return s
