@@ -15,6 +15,12 @@ func Build(s beam.Scope, spec transforms.Spec) {
 	transforms.ResetProgress()
 	s = s.Scope("rekey")
 	var results beam.PCollection
+	if spec.CellKeys() {
+		// Every cell carries its own wrapped DEK (Tink's envelope).
+		files := transforms.ListFiles(s.Scope("Records"), spec.SourceData)
+		transforms.WriteManifest(s, spec, transforms.CellKeys(s, spec, files))
+		return
+	}
 	if spec.ColumnKeys() {
 		// The wrapped keys are in the records: no DEK table to read.
 		files := transforms.ListFiles(s.Scope("Records"), spec.SourceData)

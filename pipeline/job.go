@@ -232,7 +232,12 @@ func (j *Job) Validate() error {
 	req := map[string]string{"source.deks": j.Source.DEKs, "source.kek": j.Source.KEK, "target.deks": j.Target.DEKs, "target.kek": j.Target.KEK, "ledger": j.Ledger}
 	need := []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"}
 	colKeys := srcFmt.Keys() == format.KeyColumn
-	if colKeys {
+	if srcFmt.Keys() == format.KeyCell || dstFmt.Keys() == format.KeyCell {
+		if err := j.validateCellKeys(srcFmt, dstFmt); err != nil {
+			return err
+		}
+		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" })
+	} else if colKeys {
 		// The wrapped keys are in the records: no source DEK table.
 		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Mode == schemas.ModeRewrap })
 		if j.Source.DEKs != "" {
@@ -253,7 +258,14 @@ func (j *Job) Validate() error {
 	if dstFmt.Keys() == format.KeyColumn && j.Mode == schemas.ModeReencrypt {
 		return cfgErr("target.format", "reencrypt into a format that keeps wrapped keys in a column is not supported yet: re-encrypt into rekey-v1 or aes-gcm with keys: table")
 	}
-	if j.Mode == schemas.ModeRewrap && colKeys {
+	if srcFmt.Keys() == format.KeyCell {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: the wrapped DEKs are inside the cells of the records")
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: the records are written again with new cells (a rewrap changes only each cell's wrapped DEK)")
+		}
+	} else if j.Mode == schemas.ModeRewrap && colKeys {
 		if j.Source.Data == "" {
 			return cfgErr("source.data", "missing: the wrapped keys are in column %q of the records", srcFmt.KeyColumn())
 		}
@@ -396,3 +408,29 @@ func (j *Job) VerifySpec(report string) transforms.VerifySpec {
 
 // redact is a key reference safe for messages.
 func redact(uri string) string { return keys.Redact(uri) }
+
+// validateCellKeys checks a job whose source or target cells carry their
+// own wrapped DEKs (tink-envelope): no DEK tables on either side, and a
+// reencrypt stays in that format (under target.kek).
+func (j *Job) validateCellKeys(srcFmt, dstFmt format.Format) error {
+	if srcFmt.Keys() != format.KeyCell {
+		return cfgErr("target.format", "reencrypt from %s into %s (DEKs inside the cells) is not supported yet: re-encrypt %s data into rekey-v1 or aes-gcm", srcFmt.Name(), dstFmt.Name(), srcFmt.Name())
+	}
+	if j.Source.DEKs != "" {
+		return cfgErr("source.deks", "%s cells carry their own wrapped DEKs: there is no source DEK table; remove source.deks", srcFmt.Name())
+	}
+	if j.Target.DEKs != "" {
+		return cfgErr("target.deks", "%s cells carry their own wrapped DEKs: the new ones go into the cells, not a DEK table; remove target.deks", srcFmt.Name())
+	}
+	if j.Mode == schemas.ModeReencrypt {
+		if dstFmt.Keys() != format.KeyCell {
+			return cfgErr("target.format", "reencrypt of %s data into %s is not supported yet: set target.format: %s (fresh DEKs wrapped by target.kek, one per cell), or use mode: rewrap", srcFmt.Name(), dstFmt.Name(), srcFmt.Name())
+		}
+		if c, ok := dstFmt.(interface{ CanSeal() error }); ok {
+			if err := c.CanSeal(); err != nil {
+				return cfgErr("target.format_options", "%v", err)
+			}
+		}
+	}
+	return nil
+}

@@ -195,6 +195,9 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	}, &r.DEKFiles)
 	if err != nil {
 		r.add(false, "source DEK table", "%v", err)
+	} else if spec.CellKeys() {
+		sf, _, _ := spec.Formats()
+		r.add(true, "source keys", "a wrapped DEK inside every cell (%s): one unwrap and one wrap per encrypted cell", sf.Describe())
 	} else if spec.ColumnKeys() {
 		sf, _, _ := spec.Formats()
 		r.add(true, "source keys", "wrapped keys in column %q of the records (%s)", sf.KeyColumn(), sf.Describe())
@@ -239,6 +242,11 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 			findings = append(findings, i)
 		}
 	}
+	if spec.CellKeys() {
+		// One DEK per cell: the estimate counts a DEK per record and
+		// encrypted column (null cells, which need none, included).
+		r.DEKs = int(r.Records) * len(j.Columns.Encrypted)
+	}
 	if src != nil && j.Source.Data != "" {
 		planSamples(ctx, j, &spec, r, src)
 	}
@@ -276,6 +284,12 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.Load, note = estimateLoad(j, r, src, dst)
 		if note != "" {
 			r.HSMOpsNote = note
+		}
+		if spec.CellKeys() {
+			r.HSMOpsNote = "every encrypted cell carries its own DEK, so each costs custodian calls (a DEK table format costs them per DEK, not per record): source unwrap, target wrap, target unwrap to verify"
+			if j.Mode == schemas.ModeReencrypt {
+				r.HSMOpsNote += ", and a new DEK per cell"
+			}
 		}
 		r.HSMOps = 0
 		for _, l := range r.Load {
@@ -534,13 +548,16 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 		dekCol := j.Columns.DEKID
 		var needs []string
 		if sf, err := format.New(j.Source.Format, j.Source.FormatOptions); err == nil {
-			if sf.Keys() == format.KeyColumn {
+			switch sf.Keys() {
+			case format.KeyColumn:
 				dekCol = sf.KeyColumn()
+			case format.KeyCell:
+				dekCol = "" // in the cells
 			}
 			needs = sf.Needs()
 		}
 		for _, c := range append(append([]string{}, j.Columns.Encrypted...), dekCol, j.Columns.RecordID) {
-			if _, ok := pf.Schema().Lookup(c); !ok {
+			if _, ok := pf.Schema().Lookup(c); !ok && c != "" {
 				missing = fmt.Sprintf("%q", c)
 				break
 			}

@@ -61,7 +61,7 @@ func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSa
 				row := rows[i]
 				s := PlanSample{File: rel}
 				iv, dv := findValue(row, l.id), findValue(row, l.dek)
-				if iv < 0 || dv < 0 || row[iv].IsNull() {
+				if iv < 0 || l.dek >= 0 && dv < 0 || row[iv].IsNull() {
 					continue
 				}
 				if s.RecordID, err = recordID(row[iv]); err != nil {
@@ -76,7 +76,9 @@ func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSa
 				if s.Cell == nil {
 					continue
 				}
-				if row[dv].IsNull() {
+				if l.dek < 0 {
+					s.Key = s.Cell // the cell carries its wrapped DEK
+				} else if row[dv].IsNull() {
 					s.Problem = fmt.Sprintf("record %q has a null %s", s.RecordID, map[bool]string{true: "wrapped key in column " + names[l.dek], false: "dek_id"}[l.keyCol])
 				} else if l.keyCol {
 					s.Key = bytes.Clone(row[dv].ByteArray())
@@ -122,13 +124,18 @@ func OpenSample(ctx context.Context, spec *Spec, src keys.KEK, s *PlanSample, ro
 	case s.Key != nil:
 		_, blob, b, err := columnKey(sf, s.Key, s.Fields)
 		if err != nil {
+			if sf.Keys() == format.KeyCell {
+				return fmt.Errorf("the cell holds no wrapped DEK: %v; check source.format and format_options (prefix, encoding)", err)
+			}
 			return fmt.Errorf("the wrapped key in column %q does not decode: %v; check format_options.key_encoding", sf.KeyColumn(), err)
 		}
 		mech := spec.SourceWrap
 		if mech == "" {
 			mech = src.Mechanism()
 		}
-		if dek, err = src.Unwrap(ctx, b, mech, blob); err != nil {
+		if dek, err = src.Unwrap(ctx, b, mech, blob); err != nil && sf.Keys() == format.KeyCell {
+			return fmt.Errorf("the wrapped DEK in a cell of column %q does not unwrap with source.kek (%s): %v; check source.kek and source.wrap", s.Column, mech, err)
+		} else if err != nil {
 			return fmt.Errorf("the wrapped key in column %q does not unwrap with source.kek (%s, binding: %s): %v; check source.kek, source.wrap and format_options.binding", sf.KeyColumn(), mech, b, err)
 		}
 	case row == nil:

@@ -26,8 +26,11 @@ type recordLayout struct {
 // target format tf (tf nil: no target).
 func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (recordLayout, error) {
 	dekCol := spec.DEKColumn
-	if sf.Keys() == format.KeyColumn {
+	switch sf.Keys() {
+	case format.KeyColumn:
 		dekCol = sf.KeyColumn()
+	case format.KeyCell:
+		dekCol = "" // each cell carries its wrapped DEK
 	}
 	l, err := layoutOf(schema, spec.Encrypted, dekCol, spec.IDColumn)
 	if err != nil {
@@ -101,8 +104,11 @@ func layoutOf(schema *parquet.Schema, encrypted []string, dekCol, idCol string) 
 		return c.ColumnIndex, nil
 	}
 	var err error
-	if l.dek, err = leaf(dekCol, true); err != nil {
-		return l, err
+	l.dek = -1
+	if dekCol != "" {
+		if l.dek, err = leaf(dekCol, true); err != nil {
+			return l, err
+		}
 	}
 	if l.id, err = leaf(idCol, false); err != nil {
 		return l, err
@@ -146,6 +152,9 @@ func recordID(v parquet.Value) (string, error) {
 
 // findValue returns the index in row of the value of leaf column col.
 func findValue(row parquet.Row, col int) int {
+	if col < 0 {
+		return -1 // no such column (keys: cell has no key column)
+	}
 	if col < len(row) && row[col].Column() == col {
 		return col
 	}

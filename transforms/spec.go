@@ -61,11 +61,18 @@ func (s *Spec) Formats() (src, dst format.Format, err error) {
 	return src, dst, nil
 }
 
-// ColumnKeys reports whether the source keeps its wrapped keys in a column
-// of the record files (no source DEK table).
+// ColumnKeys reports whether the source keeps its wrapped keys in the
+// record files, in a column or inside each cell (no source DEK table).
 func (s *Spec) ColumnKeys() bool {
 	f, err := format.New(s.SourceFormat, s.SourceFormatOptions)
-	return err == nil && f.Keys() == format.KeyColumn
+	return err == nil && f.Keys() != format.KeyTable
+}
+
+// CellKeys reports whether each source cell carries its own wrapped DEK
+// (Tink's envelope).
+func (s *Spec) CellKeys() bool {
+	f, err := format.New(s.SourceFormat, s.SourceFormatOptions)
+	return err == nil && f.Keys() == format.KeyCell
 }
 
 func (s *Spec) workers() int {

@@ -87,7 +87,10 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if set["wrap"] {
 		spec.TargetWrap = wrap
 	}
-	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyColumn {
+	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
+		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose cells carry their own wrapped DEKs (target.format %s); "+
+			"the run itself unwrapped every cell's new wrapped DEK with the target and opened the cell before committing (see the ledger's proof column)", tf.Name()))
+	} else if err == nil && tf.Keys() == format.KeyColumn {
 		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
 			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
 	}

@@ -33,10 +33,12 @@ import (
 // DEKSize is the size of the DEKs rekey creates: AES-256.
 const DEKSize = 32
 
-// Bounds of an unwrapped secret a custodian may hand back.
+// Bounds of an unwrapped secret a custodian may hand back: AES keys, and
+// libraries' serialized keys (a Tink AES-GCM key is 34 bytes; an
+// AES-CTR-HMAC one about 94, which rekey reads only to refuse by name).
 const (
 	MinSecret = 16
-	MaxSecret = 64
+	MaxSecret = 128
 )
 
 // DEK is an unwrapped data-encryption key (or another wrapped secret). It

@@ -365,6 +365,14 @@ func (f *AESGCM) DecodeKey(v []byte) ([]byte, error) {
 // EncodeKey implements Format.
 func (f *AESGCM) EncodeKey(blob []byte) []byte { return f.keyEnc.encode(nil, blob) }
 
+// ReplaceKey implements Format: the key column's new value.
+func (f *AESGCM) ReplaceKey(_, blob []byte) ([]byte, error) {
+	if f.keys != KeyColumn {
+		return nil, fmt.Errorf("aes-gcm with keys: table has no wrapped key in its rows")
+	}
+	return f.EncodeKey(blob), nil
+}
+
 // encoding is how bytes are stored in a column.
 type encoding struct {
 	name string

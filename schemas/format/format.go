@@ -30,11 +30,16 @@ const (
 	KeyTable KeyPlace = iota
 	// KeyColumn: a wrapped-key column in the same row.
 	KeyColumn
+	// KeyCell: inside each cell, one wrapped DEK per cell (Tink's envelope).
+	KeyCell
 )
 
 func (p KeyPlace) String() string {
-	if p == KeyColumn {
+	switch p {
+	case KeyColumn:
 		return "column"
+	case KeyCell:
+		return "cell"
 	}
 	return "table"
 }
@@ -50,6 +55,8 @@ type Cell struct {
 	// until the next Seal with this Cell). The ledger's record checksum is
 	// made of the tags (docs/FORMAT.md section 3).
 	Tag []byte
+	// Key is the wrapped DEK Seal writes into the cell (KeyCell formats).
+	Key []byte
 }
 
 // Format is one cell format, configured.
@@ -87,8 +94,19 @@ type Format interface {
 	EncodeKey(blob []byte) []byte
 	// KeyText reports whether the wrapped-key column is text.
 	KeyText() bool
+	// ReplaceKey is a key-carrying value (a key column's value, or a
+	// KeyCell cell) with its wrapped key replaced by blob, everything else
+	// byte for byte as it was. KeyTable formats refuse.
+	ReplaceKey(v, blob []byte) ([]byte, error)
 	// Describe is the configuration in one line, for plans and manifests.
 	Describe() string
+}
+
+// SecretEncoder is a format whose DEKs are not bare AES keys (Tink's are
+// serialized key protos): EncodeSecret makes the secret a new cell key is
+// wrapped as, from fresh AES key bytes. Other formats wrap the key itself.
+type SecretEncoder interface {
+	EncodeSecret(aesKey []byte) ([]byte, error)
 }
 
 // Binding mirrors keys.Binding (schemas imports nothing of rekey's key

@@ -69,3 +69,8 @@ func (RekeyV1) DecodeKey(v []byte) ([]byte, error) {
 	return nil, fmt.Errorf("rekey-v1 keeps DEKs in a DEK table, not in a column")
 }
 func (RekeyV1) EncodeKey(blob []byte) []byte { return blob }
+
+// ReplaceKey implements Format: rekey-v1 keeps its keys in a DEK table.
+func (RekeyV1) ReplaceKey(_, _ []byte) ([]byte, error) {
+	return nil, fmt.Errorf("rekey-v1 keeps wrapped keys in a DEK table, not in its rows")
+}
