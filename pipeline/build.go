@@ -15,6 +15,12 @@ func Build(s beam.Scope, spec transforms.Spec) {
 	transforms.ResetProgress()
 	s = s.Scope("rekey")
 	var results beam.PCollection
+	if spec.Objects() {
+		// Objects with their wrapped keys in their metadata.
+		batches := transforms.ListObjects(s.Scope("Objects"), spec.SourceData)
+		transforms.WriteManifest(s, spec, transforms.Objects(s, spec, batches))
+		return
+	}
 	if spec.CellKeys() {
 		// Every cell carries its own wrapped DEK (Tink's envelope).
 		files := transforms.ListFiles(s.Scope("Records"), spec.SourceData)

@@ -20,6 +20,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/schemas/objfmt"
 	"rekey/transforms"
 )
 
@@ -225,62 +226,12 @@ func (j *Job) Validate() error {
 	if !runIDRe.MatchString(j.RunID) {
 		return cfgErr("run_id", "%q: use letters, digits, '.', '_' and '-' (it becomes a folder name)", j.RunID)
 	}
-	srcFmt, dstFmt, err := j.formats()
-	if err != nil {
-		return err
-	}
-	req := map[string]string{"source.deks": j.Source.DEKs, "source.kek": j.Source.KEK, "target.deks": j.Target.DEKs, "target.kek": j.Target.KEK, "ledger": j.Ledger}
-	need := []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"}
-	colKeys := srcFmt.Keys() == format.KeyColumn
-	if srcFmt.Keys() == format.KeyCell || dstFmt.Keys() == format.KeyCell {
-		if err := j.validateCellKeys(srcFmt, dstFmt); err != nil {
+	if objfmt.Known(j.Source.Format) || objfmt.Known(j.Target.Format) {
+		if err := j.validateObjects(); err != nil {
 			return err
 		}
-		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" })
-	} else if colKeys {
-		// The wrapped keys are in the records: no source DEK table.
-		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Mode == schemas.ModeRewrap })
-		if j.Source.DEKs != "" {
-			return cfgErr("source.deks", "source.format keeps wrapped keys in column %q: there is no source DEK table; remove source.deks", srcFmt.KeyColumn())
-		}
-		if j.Mode == schemas.ModeRewrap && j.Target.DEKs != "" {
-			return cfgErr("target.deks", "a rewrap of keys kept in column %q rewrites that column in target.data; remove target.deks", srcFmt.KeyColumn())
-		}
-	}
-	for _, f := range need {
-		if req[f] == "" {
-			return cfgErr(f, "missing")
-		}
-	}
-	if j.Mode == schemas.ModeRewrap && (j.Target.Format != j.Source.Format || !maps.Equal(j.Target.FormatOptions, j.Source.FormatOptions)) {
-		return cfgErr("target.format", "a rewrap keeps the cell format (the data is not re-encrypted): remove target.format, or use mode: reencrypt to convert %s to %s", srcFmt.Name(), dstFmt.Name())
-	}
-	if dstFmt.Keys() == format.KeyColumn && j.Mode == schemas.ModeReencrypt {
-		return cfgErr("target.format", "reencrypt into a format that keeps wrapped keys in a column is not supported yet: re-encrypt into rekey-v1 or aes-gcm with keys: table")
-	}
-	if srcFmt.Keys() == format.KeyCell {
-		if j.Source.Data == "" {
-			return cfgErr("source.data", "missing: the wrapped DEKs are inside the cells of the records")
-		}
-		if j.Target.Data == "" {
-			return cfgErr("target.data", "missing: the records are written again with new cells (a rewrap changes only each cell's wrapped DEK)")
-		}
-	} else if j.Mode == schemas.ModeRewrap && colKeys {
-		if j.Source.Data == "" {
-			return cfgErr("source.data", "missing: the wrapped keys are in column %q of the records", srcFmt.KeyColumn())
-		}
-		if j.Target.Data == "" {
-			return cfgErr("target.data", "missing: a rewrap of keys in column %q writes the records again with only that column changed", srcFmt.KeyColumn())
-		}
-	} else if j.Mode == schemas.ModeReencrypt {
-		if j.Source.Data == "" {
-			return cfgErr("source.data", "missing: reencrypt reads a record dataset")
-		}
-		if j.Target.Data == "" {
-			return cfgErr("target.data", "missing: reencrypt writes a record dataset")
-		}
-	} else if j.Target.Data != "" && !colKeys {
-		return cfgErr("target.data", "rewrap does not write records (the data stays as it is); remove target.data or use mode: reencrypt")
+	} else if err := j.validateLayout(); err != nil {
+		return err
 	}
 	for f, k := range map[string]string{"source.kek": j.Source.KEK, "target.kek": j.Target.KEK} {
 		scheme, _, _ := strings.Cut(k, ":")
@@ -430,6 +381,111 @@ func (j *Job) validateCellKeys(srcFmt, dstFmt format.Format) error {
 			if err := c.CanSeal(); err != nil {
 				return cfgErr("target.format_options", "%v", err)
 			}
+		}
+	}
+	return nil
+}
+
+// validateLayout checks a job on record files: its cell formats, where
+// its keys are, and which locations it needs.
+func (j *Job) validateLayout() error {
+	srcFmt, dstFmt, err := j.formats()
+	if err != nil {
+		return err
+	}
+	req := map[string]string{"source.deks": j.Source.DEKs, "source.kek": j.Source.KEK, "target.deks": j.Target.DEKs, "target.kek": j.Target.KEK, "ledger": j.Ledger}
+	need := []string{"source.deks", "source.kek", "target.deks", "target.kek", "ledger"}
+	colKeys := srcFmt.Keys() == format.KeyColumn
+	if srcFmt.Keys() == format.KeyCell || dstFmt.Keys() == format.KeyCell {
+		if err := j.validateCellKeys(srcFmt, dstFmt); err != nil {
+			return err
+		}
+		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" })
+	} else if colKeys {
+		// The wrapped keys are in the records: no source DEK table.
+		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Mode == schemas.ModeRewrap })
+		if j.Source.DEKs != "" {
+			return cfgErr("source.deks", "source.format keeps wrapped keys in column %q: there is no source DEK table; remove source.deks", srcFmt.KeyColumn())
+		}
+		if j.Mode == schemas.ModeRewrap && j.Target.DEKs != "" {
+			return cfgErr("target.deks", "a rewrap of keys kept in column %q rewrites that column in target.data; remove target.deks", srcFmt.KeyColumn())
+		}
+	}
+	for _, f := range need {
+		if req[f] == "" {
+			return cfgErr(f, "missing")
+		}
+	}
+	if j.Mode == schemas.ModeRewrap && (j.Target.Format != j.Source.Format || !maps.Equal(j.Target.FormatOptions, j.Source.FormatOptions)) {
+		return cfgErr("target.format", "a rewrap keeps the cell format (the data is not re-encrypted): remove target.format, or use mode: reencrypt to convert %s to %s", srcFmt.Name(), dstFmt.Name())
+	}
+	if dstFmt.Keys() == format.KeyColumn && j.Mode == schemas.ModeReencrypt {
+		return cfgErr("target.format", "reencrypt into a format that keeps wrapped keys in a column is not supported yet: re-encrypt into rekey-v1 or aes-gcm with keys: table")
+	}
+	if srcFmt.Keys() == format.KeyCell {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: the wrapped DEKs are inside the cells of the records")
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: the records are written again with new cells (a rewrap changes only each cell's wrapped DEK)")
+		}
+	} else if j.Mode == schemas.ModeRewrap && colKeys {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: the wrapped keys are in column %q of the records", srcFmt.KeyColumn())
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: a rewrap of keys in column %q writes the records again with only that column changed", srcFmt.KeyColumn())
+		}
+	} else if j.Mode == schemas.ModeReencrypt {
+		if j.Source.Data == "" {
+			return cfgErr("source.data", "missing: reencrypt reads a record dataset")
+		}
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: reencrypt writes a record dataset")
+		}
+	} else if j.Target.Data != "" && !colKeys {
+		return cfgErr("target.data", "rewrap does not write records (the data stays as it is); remove target.data or use mode: reencrypt")
+	}
+	return nil
+}
+
+// validateObjects checks a job on objects whose wrapped keys are in their
+// metadata (source.format s3ec or oss-cse).
+func (j *Job) validateObjects() error {
+	if !objfmt.Known(j.Source.Format) {
+		return cfgErr("target.format", "%s is an object format: a reencrypt from %q record files into objects is not supported", j.Target.Format, j.Source.Format)
+	}
+	if j.Target.Format == "" {
+		j.Target.Format = j.Source.Format
+	}
+	if j.Target.Format != j.Source.Format {
+		return cfgErr("target.format", "%q: objects stay in their library's format (%s); converting between libraries is not supported yet", j.Target.Format, j.Source.Format)
+	}
+	if _, err := objfmt.ParseOptions(j.Source.Format, j.Source.FormatOptions); err != nil {
+		return cfgErr("source.format_options", "%v", err)
+	}
+	for f, v := range map[string]string{"source.data": j.Source.Data, "source.kek": j.Source.KEK, "target.kek": j.Target.KEK, "ledger": j.Ledger} {
+		if v == "" {
+			return cfgErr(f, "missing")
+		}
+	}
+	if j.Source.DEKs != "" || j.Target.DEKs != "" {
+		return cfgErr("source.deks", "objects keep their wrapped keys in their metadata: remove source.deks and target.deks")
+	}
+	if _, err := storage.Objects(j.Source.Data); err != nil {
+		return cfgErr("source.data", "%v", err)
+	}
+	switch j.Mode {
+	case schemas.ModeRewrap:
+		if j.Target.Data != "" {
+			return cfgErr("target.data", "a rewrap of objects replaces each object's metadata in place (a server-side copy onto itself; the body is not read): remove target.data, or use mode: reencrypt to write new objects there")
+		}
+	case schemas.ModeReencrypt:
+		if j.Target.Data == "" {
+			return cfgErr("target.data", "missing: a reencrypt writes new objects (an object store location other than source.data)")
+		}
+		if _, err := storage.Objects(j.Target.Data); err != nil {
+			return cfgErr("target.data", "%v", err)
 		}
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/schemas/objfmt"
 	"rekey/transforms"
 	"rekey/transforms/ledger"
 )
@@ -103,10 +104,12 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		write     bool
 	}{{"source.data", j.Source.Data, false}, {"source.deks", j.Source.DEKs, false},
 		{"target.data", j.Target.Data, true}, {"target.deks", j.Target.DEKs, true}, {"ledger", j.Ledger, true}} {
-		if l.loc == "" || (l.name == "source.data" && j.Mode == schemas.ModeRewrap) {
+		if l.loc == "" || (l.name == "source.data" && j.Mode == schemas.ModeRewrap && !spec.Objects()) {
 			continue
 		}
-		if err := storage.Check(ctx, l.loc, l.write); err != nil {
+		// A rewrap of objects replaces their metadata in place.
+		write := l.write || l.name == "source.data" && spec.Objects() && j.Mode == schemas.ModeRewrap
+		if err := storage.Check(ctx, l.loc, write); err != nil {
 			r.add(false, l.name, "%v", err)
 		}
 	}
@@ -132,6 +135,11 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		if checks, ok := keys.Preflight(ctx, dst, true, true); ok {
 			r.Checks = append(r.Checks, checks...)
 		}
+	}
+
+	if spec.Objects() {
+		planObjects(ctx, j, &spec, r, src, dst)
+		return r
 	}
 
 	// The DEK table, streamed: only a short hash per dek_id is kept, so a
@@ -813,5 +821,96 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 		r.warn("cell samples", "%d of %d sampled cells do not open with the source keys; their records will fail (first: %s)", bad, len(samples), first)
 	default:
 		r.add(true, "cell samples", "%d cells of %d files opened with the source keys", len(samples), r.DataFiles)
+	}
+}
+
+// planObjects is the plan of an object job: the objects listed and
+// counted, a few of them read (metadata only) and their keys unwrapped
+// with the source, the ledger checked, and the custodian calls estimated.
+func planObjects(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, src, dst keys.KEK) {
+	all, err := storage.List(ctx, j.Source.Data)
+	if err != nil {
+		r.add(false, "source objects", "%v", err)
+		return
+	}
+	store, err := storage.Objects(j.Source.Data)
+	if err != nil {
+		r.add(false, "source objects", "%v", err)
+		return
+	}
+	var objects []string
+	for _, rel := range all {
+		if !strings.HasSuffix(rel, ".instruction") {
+			objects = append(objects, rel)
+		}
+	}
+	r.DataFiles = len(objects)
+	if len(objects) == 0 {
+		r.warn("source objects", "no objects under %s: the run will have nothing to migrate", j.Source.Data)
+	}
+	calls := int64(3) // source unwrap, target wrap, target unwrap to verify
+	sampled, opened := 0, 0
+	for _, rel := range objects {
+		path := storage.Join(j.Source.Data, rel)
+		info, err := store.StatObject(ctx, path)
+		if err != nil {
+			r.add(false, "source objects", "%s: %v", path, err)
+			return
+		}
+		r.DataBytes += info.Size
+		if sampled >= max(j.PlanSamples, 1) {
+			continue
+		}
+		sampled++
+		env, err := objfmt.Parse(info.Meta)
+		if err != nil {
+			r.warn("source objects", "%s: %v (it will be a failed or skipped ledger row)", path, err)
+			continue
+		}
+		if env.Library == objfmt.OSS {
+			calls = 6 // the IV is wrapped on its own
+		}
+		if src == nil {
+			continue
+		}
+		b := keys.Binding{Context: env.Context}
+		mech := spec.SourceWrap
+		if mech == "" {
+			mech = src.Mechanism()
+		}
+		if env.WrapAlg == objfmt.WrapRSAPKCS1 {
+			mech, b = "rsa-pkcs1", keys.Binding{}
+		}
+		k, err := src.Unwrap(ctx, b, mech, env.Key)
+		if err != nil && dst != nil && j.Mode == schemas.ModeRewrap {
+			if back, err2 := dst.Unwrap(ctx, b, dst.Mechanism(), env.Key); err2 == nil {
+				back.Zero()
+				r.warn("source objects", "%s is wrapped by target.kek already (an earlier run?): it will be skipped", path)
+				continue
+			}
+		}
+		if err != nil {
+			r.add(false, "source objects", "%s: its key (%s) does not unwrap with source.kek: %v; check source.kek and source.wrap", path, env.Describe(), err)
+			continue
+		}
+		k.Zero()
+		opened++
+	}
+	if sampled > 0 {
+		r.add(true, "source objects", "%d objects, %d bytes (%s); %d of %d sampled keys unwrapped by source.kek", len(objects), r.DataBytes, j.Source.Format, opened, sampled)
+	}
+	if ok, _ := storage.Exists(ctx, ledger.ManifestPath(spec.Ledger, spec.RunID)); ok && !j.Resume {
+		r.add(false, "ledger", "run %q already finished (a manifest is at %s); choose a new --run-id, or --resume to re-check it", j.RunID, ledger.ManifestPath(spec.Ledger, spec.RunID))
+	} else if parts, err := storage.List(ctx, ledger.RunDir(spec.Ledger, spec.RunID)); err == nil && len(parts) > 0 && !j.Resume {
+		r.add(false, "ledger", "run %q has %d ledger parts already (an interrupted run?): add --resume to finish it, or choose a new --run-id", j.RunID, len(parts))
+	} else {
+		r.add(true, "ledger", "%s", ledger.RunDir(spec.Ledger, spec.RunID))
+	}
+	r.HSMOps = int64(len(objects)) * calls
+	r.HSMOpsNote = "per object: source unwrap, target wrap, target unwrap to verify (twice for OSS: its IV is wrapped on its own)"
+	if j.Mode == schemas.ModeRewrap {
+		r.HSMOpsNote += "; the body is not read (a server-side copy replaces the metadata)"
+	} else {
+		r.HSMOpsNote += "; every body is read and written once"
 	}
 }

@@ -154,4 +154,5 @@ const (
 	ProofKCV  = "kcv"  // checked against the DEK table's kcv
 	ProofCell = "cell" // opened a cell of the dataset encrypted under it
 	ProofNone = "none" // nothing to check against (no kcv, and no cell of it found or no dataset named)
+	ProofBody = "body" // an object's whole body authenticated under it (GCM tag; CTR: the recorded MD5)
 )

@@ -11,6 +11,9 @@ const (
 	UnitRecord = "record"
 	UnitFile   = "file"
 	UnitKey    = "key" // rekey keys: one key moved between tokens
+	// UnitObject is one object of an object store whose wrapped key is in
+	// its metadata (S3 Encryption Client, OSS client-side encryption).
+	UnitObject = "object"
 
 	StatusMigrated = "migrated"
 	StatusSkipped  = "skipped"
@@ -46,6 +49,12 @@ type LedgerRow struct {
 	// (rewrapped inside the custodian: the DEK never reached rekey);
 	// empty in rows of other units and in ledgers written before it.
 	Path string `parquet:"path,optional,dict"`
+	// VersionID, ETagBefore and ETagAfter (unit object) are the object's
+	// version (where the bucket keeps versions; the version read) and its
+	// ETag before and after the run changed it.
+	VersionID  string `parquet:"version_id,optional"`
+	ETagBefore string `parquet:"etag_before,optional"`
+	ETagAfter  string `parquet:"etag_after,optional"`
 }
 
 // RecordChecksumPrefix starts the checksum of a record row: SHA-256 over
@@ -82,6 +91,12 @@ type Totals struct {
 	Failed          int64 `json:"failed"`
 	Bytes           int64 `json:"bytes"`
 	LedgerRows      int64 `json:"ledger_rows"`
+	// Objects (unit object): objects of an object store, and what became
+	// of them.
+	Objects         int64 `json:"objects,omitempty"`
+	ObjectsMigrated int64 `json:"objects_migrated,omitempty"`
+	ObjectsSkipped  int64 `json:"objects_skipped,omitempty"`
+	ObjectsFailed   int64 `json:"objects_failed,omitempty"`
 }
 
 // Add accumulates o into t.
@@ -100,6 +115,10 @@ func (t *Totals) Add(o Totals) {
 	t.Failed += o.Failed
 	t.Bytes += o.Bytes
 	t.LedgerRows += o.LedgerRows
+	t.Objects += o.Objects
+	t.ObjectsMigrated += o.ObjectsMigrated
+	t.ObjectsSkipped += o.ObjectsSkipped
+	t.ObjectsFailed += o.ObjectsFailed
 }
 
 // Count adds one ledger row to t.
@@ -123,6 +142,16 @@ func (t *Totals) Count(r *LedgerRow) {
 			t.RecordsMigrated++
 		case StatusFailed:
 			t.RecordsFailed++
+		}
+	case UnitObject:
+		t.Objects++
+		switch r.Status {
+		case StatusMigrated:
+			t.ObjectsMigrated++
+		case StatusSkipped:
+			t.ObjectsSkipped++
+		case StatusFailed:
+			t.ObjectsFailed++
 		}
 	case UnitFile:
 		switch r.Status {

@@ -7,6 +7,7 @@ import (
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/schemas/objfmt"
 	"rekey/transforms/ledger"
 )
 
@@ -67,6 +68,10 @@ func (s *Spec) ColumnKeys() bool {
 	f, err := format.New(s.SourceFormat, s.SourceFormatOptions)
 	return err == nil && f.Keys() != format.KeyTable
 }
+
+// Objects reports whether the job migrates objects whose wrapped keys are
+// in their metadata (source.format s3ec or oss-cse), not record files.
+func (s *Spec) Objects() bool { return objfmt.Known(s.SourceFormat) }
 
 // CellKeys reports whether each source cell carries its own wrapped DEK
 // (Tink's envelope).

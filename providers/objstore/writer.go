@@ -20,6 +20,8 @@ type writer struct {
 	l   Location
 	bk  Bucket
 	o   Options
+	// meta is the object's user metadata (CreateObject), nil for none.
+	meta map[string]string
 
 	buf      []byte
 	free     chan []byte // part buffers not in flight, at most Concurrency+1 ever made
@@ -102,7 +104,11 @@ func (w *writer) Write(p []byte) (int, error) {
 func (w *writer) flush() error {
 	if w.uploadID == "" {
 		err := w.o.Retry.do(w.ctx, func() (err error) {
-			w.uploadID, err = w.bk.CreateMultipart(w.ctx, w.l.Key)
+			if w.meta != nil {
+				w.uploadID, err = w.bk.(MetaBucket).CreateMultipartMeta(w.ctx, w.l.Key, w.meta)
+			} else {
+				w.uploadID, err = w.bk.CreateMultipart(w.ctx, w.l.Key)
+			}
 			return err
 		})
 		if err != nil {
@@ -164,7 +170,12 @@ func (w *writer) Commit() error {
 		if body == nil {
 			body = []byte{}
 		}
-		err := w.o.Retry.do(w.ctx, func() error { return w.bk.Put(w.ctx, w.l.Key, body) })
+		err := w.o.Retry.do(w.ctx, func() error {
+			if w.meta != nil {
+				return w.bk.(MetaBucket).PutMeta(w.ctx, w.l.Key, body, w.meta)
+			}
+			return w.bk.Put(w.ctx, w.l.Key, body)
+		})
 		w.buf = nil
 		if err != nil {
 			return w.b.wrap("commit", w.l, err)

@@ -50,6 +50,44 @@ type Backend interface {
 	Exists(ctx context.Context, path string) (bool, error)
 }
 
+// ObjectInfo is an object's state in an object store.
+type ObjectInfo struct {
+	Size      int64
+	ETag      string
+	VersionID string            // "" where the bucket keeps no versions
+	Meta      map[string]string // user metadata, keys lower case without x-amz-meta- / x-oss-meta-
+}
+
+// ObjectStore is a backend whose objects carry user metadata (S3, OSS):
+// client-side encryption libraries keep their wrapped keys there.
+type ObjectStore interface {
+	StatObject(ctx context.Context, path string) (ObjectInfo, error)
+	// ReplaceMeta copies the object at path onto itself with meta as its
+	// user metadata (the body stays on the server), if its ETag is still
+	// etag (else ErrChanged).
+	ReplaceMeta(ctx context.Context, path, etag string, size int64, meta map[string]string) (ObjectInfo, error)
+	// CreateObject is Create with user metadata.
+	CreateObject(ctx context.Context, path string, meta map[string]string) (Writer, error)
+}
+
+// ErrChanged is returned by ReplaceMeta when the object changed since it
+// was read.
+var ErrChanged = errors.New("the object changed since it was read")
+
+// Objects returns the ObjectStore of loc's backend, or an error naming
+// the scheme when it keeps no object metadata.
+func Objects(loc string) (ObjectStore, error) {
+	b, err := For(loc)
+	if err != nil {
+		return nil, err
+	}
+	o, ok := b.(ObjectStore)
+	if !ok {
+		return nil, fmt.Errorf("%s: objects with client-side encryption metadata live in an object store (s3://, oss://); this location keeps no object metadata", loc)
+	}
+	return o, nil
+}
+
 // ErrNotFound is returned when an object or root does not exist.
 var ErrNotFound = errors.New("not found")
 

@@ -1,0 +1,500 @@
+package transforms
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/apache/beam/sdks/v2/go/pkg/beam"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
+
+	"rekey/providers/keys"
+	"rekey/providers/storage"
+	"rekey/schemas"
+	"rekey/schemas/objfmt"
+	"rekey/transforms/ledger"
+)
+
+func init() {
+	register.DoFn3x1[context.Context, []byte, func([]string), error](&ListObjectsFn{})
+	register.DoFn3x1[context.Context, []string, func(UnitResult), error](&ObjectsFn{})
+	register.Emitter1[[]string]()
+}
+
+// objectBatch is how many objects make one unit (one ledger part).
+const objectBatch = 256
+
+// ListObjectsFn emits the objects under Root in batches (an instruction
+// file, <key>.instruction, goes with its object, not on its own).
+type ListObjectsFn struct {
+	Root string
+}
+
+// ProcessElement lists Root once per impulse.
+func (f *ListObjectsFn) ProcessElement(ctx context.Context, _ []byte, emit func([]string)) error {
+	all, err := storage.List(ctx, f.Root)
+	if err != nil {
+		return err
+	}
+	var batch []string
+	for _, rel := range all {
+		if strings.HasSuffix(rel, ".instruction") {
+			continue
+		}
+		batch = append(batch, rel)
+		if len(batch) == objectBatch {
+			emit(batch)
+			batch = nil
+		}
+	}
+	if len(batch) > 0 {
+		emit(batch)
+	}
+	return nil
+}
+
+// ListObjects is the objects under root, in batches, redistributed.
+func ListObjects(s beam.Scope, root string) beam.PCollection {
+	s = s.Scope("ListObjects")
+	return beam.Reshuffle(s, beam.ParDo(s, &ListObjectsFn{Root: root}, beam.Impulse(s)))
+}
+
+// Objects is the rewrap or reencrypt of objects whose wrapped keys are in
+// their metadata (S3 Encryption Client, OSS client-side encryption).
+func Objects(s beam.Scope, spec Spec, batches beam.PCollection) beam.PCollection {
+	s = s.Scope("Objects")
+	return beam.ParDo(s, &ObjectsFn{Spec: spec}, batches)
+}
+
+// ObjectsFn migrates a batch of objects. A rewrap unwraps each object's
+// key with the source, wraps it with the target (unwrapped again and
+// compared), and replaces the object's metadata by a server-side copy
+// onto itself, conditional on the ETag it read: the body is never
+// downloaded. A reencrypt streams each body through (its GCM tag, or its
+// recorded MD5 for CTR, checked before the new object is committed) into
+// a new object under target.data with a fresh key wrapped by the target.
+type ObjectsFn struct {
+	Spec Spec
+
+	src, dst keys.KEK
+	opts     objfmt.Options
+	lib      string
+}
+
+// Setup opens both KEKs (once per process).
+func (f *ObjectsFn) Setup(ctx context.Context) (err error) {
+	defer noteStop(&err)
+	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
+		return err
+	}
+	f.lib = objfmt.LibraryOf(f.Spec.SourceFormat)
+	f.opts, err = objfmt.ParseOptions(f.Spec.SourceFormat, f.Spec.SourceFormatOptions)
+	return err
+}
+
+// ProcessElement migrates one batch of objects.
+func (f *ObjectsFn) ProcessElement(ctx context.Context, batch []string, emit func(UnitResult)) (err error) {
+	defer noteStop(&err)
+	markStarted()
+	if err := checkInterrupt(); err != nil {
+		return err
+	}
+	spec := &f.Spec
+	unit := storage.Join(spec.SourceData, batch[0])
+	part := spec.LedgerPart("objects", batch[0])
+	if res, done, err := alreadyDone(ctx, spec, &part, unit); err != nil {
+		return err
+	} else if done {
+		emit(res)
+		return nil
+	}
+	res := UnitResult{Unit: unit}
+	rows := make([]schemas.LedgerRow, 0, len(batch))
+	for _, rel := range batch {
+		if err := checkInterrupt(); err != nil {
+			return err
+		}
+		row, err := f.object(ctx, rel)
+		if err != nil {
+			return err // stops the run: a custodian refusing us, an unwritable target
+		}
+		res.add(&row)
+		rows = append(rows, row)
+		Progress.Files.Add(1)
+		cntFiles.Inc(ctx, 1)
+		if row.Status == schemas.StatusFailed {
+			Progress.Failed.Add(1)
+			cntFailed.Inc(ctx, 1)
+		}
+	}
+	if err := ledger.WritePart(ctx, part, rows); err != nil {
+		return err
+	}
+	emit(res)
+	return spec.MaxFailures.check()
+}
+
+// object migrates one object; an error return stops the run.
+func (f *ObjectsFn) object(ctx context.Context, rel string) (schemas.LedgerRow, error) {
+	spec := &f.Spec
+	path := storage.Join(spec.SourceData, rel)
+	row := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitObject, Source: path, Target: path,
+		SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(), At: now()}
+	if spec.Mode == schemas.ModeReencrypt {
+		row.Target = storage.Join(spec.TargetData, rel)
+	}
+	fail := func(format string, a ...any) (schemas.LedgerRow, error) {
+		row.Status, row.Error = schemas.StatusFailed, fmt.Sprintf("object %s: ", path)+fmt.Sprintf(format, a...)
+		return row, nil
+	}
+	store, err := storage.Objects(path)
+	if err != nil {
+		return row, err
+	}
+	info, err := store.StatObject(ctx, path)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return fail("gone since it was listed: %v", err)
+		}
+		return row, err
+	}
+	row.Bytes, row.ETagBefore, row.VersionID = info.Size, info.ETag, info.VersionID
+	env, err := objfmt.Parse(info.Meta)
+	switch {
+	case errors.Is(err, objfmt.ErrNotEncrypted):
+		if f.opts.Unencrypted == "skip" {
+			row.Status, row.Error = schemas.StatusSkipped, fmt.Sprintf("object %s: %v (format_options.unencrypted: skip)", path, err)
+			return row, nil
+		}
+		return fail("%v; set source.format_options.unencrypted: skip to pass such objects", err)
+	case errors.Is(err, objfmt.ErrInstruction):
+		return fail("its wrapped key is in an instruction file (%s.instruction), which rekey does not read yet; the object is left as it is", rel)
+	case err != nil:
+		return fail("%v; the object is left as it is", err)
+	}
+	if env.Library != f.lib {
+		return fail("written by %s client-side encryption, the job's source.format is %s", env.Library, spec.SourceFormat)
+	}
+	row.DEKID = keyName(string(env.Key))
+	mech, b, err := f.binding(env, f.src)
+	if err != nil {
+		return fail("%v", err)
+	}
+	key, err := f.src.Unwrap(ctx, b, mech, env.Key)
+	if err != nil {
+		if isFatalKeyErr(err) {
+			return row, err
+		}
+		// Already wrapped by the target (an earlier attempt of a run)?
+		if spec.Mode == schemas.ModeRewrap {
+			if back, err2 := f.dst.Unwrap(ctx, b, f.dst.Mechanism(), env.Key); err2 == nil {
+				back.Zero()
+				row.Status, row.Error, row.ETagAfter = schemas.StatusSkipped, fmt.Sprintf("object %s: already wrapped by target.kek (an earlier run or attempt)", path), info.ETag
+				return row, nil
+			}
+		}
+		return fail("unwrap its key (%s, %s) with %s: %v", env.KeyFields(), env.Describe(), redactKEK(f.src.URI()), err)
+	}
+	defer key.Zero()
+	var iv *keys.DEK
+	if env.Library == objfmt.OSS {
+		if iv, err = f.src.Unwrap(ctx, b, mech, env.WrappedIV); err != nil {
+			if isFatalKeyErr(err) {
+				return row, err
+			}
+			return fail("unwrap its IV (client-side-encryption-start) with %s: %v", redactKEK(f.src.URI()), err)
+		}
+		defer iv.Zero()
+	}
+	if spec.Mode == schemas.ModeRewrap {
+		return f.rewrap(ctx, store, path, info, env, key, iv, row)
+	}
+	return f.reencrypt(ctx, store, path, row.Target, info, env, key, iv, row)
+}
+
+// binding is how a custodian bound the object's key: S3EC kms+context to
+// its material description (the KMS encryption context); the others to
+// nothing. mech is the wrap to name to the custodian.
+func (f *ObjectsFn) binding(env *objfmt.Envelope, k keys.KEK) (string, keys.Binding, error) {
+	mech := f.Spec.SourceWrap
+	if k == f.dst || mech == "" {
+		mech = k.Mechanism()
+	}
+	switch env.WrapAlg {
+	case objfmt.WrapKMSContext, objfmt.WrapKMS:
+		return mech, keys.Binding{Context: env.Context}, nil
+	case objfmt.WrapAliKMS:
+		return mech, keys.Binding{}, nil
+	case objfmt.WrapRSAPKCS1:
+		return "rsa-pkcs1", keys.Binding{}, nil
+	}
+	return "", keys.Binding{}, fmt.Errorf("wrap algorithm %s: not supported yet (rekey migrates %s, %s, %s and %s wraps)", env.WrapAlg, objfmt.WrapKMSContext, objfmt.WrapKMS, objfmt.WrapRSAPKCS1, objfmt.WrapAliKMS)
+}
+
+// wrapChecked wraps secret with the target under b and, unless verify is
+// off, unwraps it again and compares.
+func (f *ObjectsFn) wrapChecked(ctx context.Context, b keys.Binding, secret *keys.DEK) ([]byte, error) {
+	w, err := f.dst.Wrap(ctx, b, secret)
+	if err != nil {
+		return nil, fmt.Errorf("wrap with %s: %w", redactKEK(f.dst.URI()), err)
+	}
+	if !f.Spec.SkipVerify {
+		back, err := f.dst.Unwrap(ctx, b, f.dst.Mechanism(), w)
+		if err != nil {
+			return nil, fmt.Errorf("verify before commit: unwrap the new wrap: %w", err)
+		}
+		same := bytes.Equal(back.Bytes(), secret.Bytes())
+		back.Zero()
+		if !same {
+			return nil, errors.New("verify before commit: the target returned another key")
+		}
+	}
+	return w, nil
+}
+
+func (f *ObjectsFn) rewrap(ctx context.Context, store storage.ObjectStore, path string, info storage.ObjectInfo, env *objfmt.Envelope, key, iv *keys.DEK, row schemas.LedgerRow) (schemas.LedgerRow, error) {
+	fail := func(err error) (schemas.LedgerRow, error) {
+		if isFatalKeyErr(err) {
+			return row, err
+		}
+		row.Status, row.Error = schemas.StatusFailed, fmt.Sprintf("object %s: %v; the object is left as it is", path, err)
+		return row, nil
+	}
+	_, b, _ := f.binding(env, f.dst)
+	w, err := f.wrapChecked(ctx, b, key)
+	if err != nil {
+		return fail(err)
+	}
+	var wiv []byte
+	if iv != nil {
+		if wiv, err = f.wrapChecked(ctx, b, iv); err != nil {
+			return fail(fmt.Errorf("IV: %w", err))
+		}
+	}
+	meta, err := env.Rewrapped(info.Meta, w, wiv)
+	if err != nil {
+		return fail(err)
+	}
+	after, err := store.ReplaceMeta(ctx, path, info.ETag, info.Size, meta)
+	if errors.Is(err, storage.ErrChanged) {
+		return fail(fmt.Errorf("it changed while rekey read it (ETag %s no longer current); run again to migrate its new version", info.ETag))
+	}
+	if err != nil {
+		return row, outputErr(path, err)
+	}
+	row.Status, row.Proof, row.ETagAfter = schemas.StatusMigrated, schemas.ProofNone, after.ETag
+	if after.VersionID != "" {
+		row.VersionID = after.VersionID // the version that now carries the new key
+	}
+	row.NewDEKID, row.Checksum = keyName(string(w)), checksum(w, wiv)
+	return row, nil
+}
+
+func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, path, target string, info storage.ObjectInfo, env *objfmt.Envelope, key, iv *keys.DEK, row schemas.LedgerRow) (schemas.LedgerRow, error) {
+	fail := func(err error) (schemas.LedgerRow, error) {
+		if isFatalKeyErr(err) {
+			return row, err
+		}
+		row.Status, row.Error = schemas.StatusFailed, fmt.Sprintf("object %s: %v; nothing was written for it", path, err)
+		return row, nil
+	}
+	if env.CEKAlg == objfmt.Committed {
+		return fail(fmt.Errorf("content %s (S3EC v3 key-committing AES-GCM): reencrypt not supported yet; rewrap it", env.CEKAlg))
+	}
+	in, err := storage.Open(ctx, path)
+	if err != nil {
+		return row, err
+	}
+	defer in.Close()
+	body := io.NewSectionReader(in, 0, in.Size())
+	var plain io.Reader
+	var sum = md5.New()
+	secret := key.Bytes()
+	switch env.Library {
+	case objfmt.S3EC:
+		r, err := objfmt.NewGCMReader(body, in.Size(), secret, env.IV)
+		if err != nil {
+			return fail(err)
+		}
+		plain = r
+	case objfmt.OSS:
+		k, v := secret, iv.Bytes()
+		if env.WrapAlg == objfmt.WrapAliKMS { // the SDK sends KMS the base64 text of each
+			if k, err = base64.StdEncoding.DecodeString(string(k)); err != nil {
+				return fail(fmt.Errorf("the unwrapped key is not the base64 text OSS's KMS wrap holds"))
+			}
+			if v, err = base64.StdEncoding.DecodeString(string(v)); err != nil {
+				return fail(fmt.Errorf("the unwrapped IV is not the base64 text OSS's KMS wrap holds"))
+			}
+		}
+		s, err := objfmt.CTRStream(k, v)
+		if err != nil {
+			return fail(err)
+		}
+		plain = io.TeeReader(&cipherReader{s: s, r: body}, sum)
+	}
+	// A fresh key (and IV) for the new object, wrapped by the target.
+	fresh, err := f.freshKey(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("a new key: %w", err))
+	}
+	defer fresh.Zero()
+	var meta map[string]string
+	var out storage.Writer
+	var enc io.WriteCloser
+	plainLen := env.PlainLen
+	if plainLen < 0 && env.Library == objfmt.S3EC {
+		plainLen = in.Size() - 16
+	} else if plainLen < 0 {
+		plainLen = in.Size()
+	}
+	switch env.Library {
+	case objfmt.S3EC:
+		ctxMap := objfmt.S3ECContext(env.Context)
+		w, err := f.wrapChecked(ctx, keys.Binding{Context: ctxMap}, fresh)
+		if err != nil {
+			return fail(err)
+		}
+		nonce := make([]byte, 12)
+		if _, err := rand.Read(nonce); err != nil {
+			return fail(err)
+		}
+		if meta, err = objfmt.S3ECMeta(w, nonce, ctxMap, plainLen); err != nil {
+			return fail(err)
+		}
+		if out, err = store.CreateObject(ctx, target, meta); err != nil {
+			return row, outputErr(target, err)
+		}
+		gw, err := objfmt.NewGCMWriter(out, fresh.Bytes(), nonce)
+		if err != nil {
+			_ = out.Abort()
+			return fail(err)
+		}
+		enc = gw
+		row.NewDEKID, row.Checksum = keyName(string(w)), checksum(w)
+	case objfmt.OSS:
+		ivb := make([]byte, 16)
+		if _, err := rand.Read(ivb); err != nil {
+			return fail(err)
+		}
+		k, v := fresh.Bytes(), ivb
+		if env.WrapAlg == objfmt.WrapAliKMS {
+			k, v = []byte(base64.StdEncoding.EncodeToString(k)), []byte(base64.StdEncoding.EncodeToString(v))
+		}
+		ks, err := keys.NewDEK(k)
+		if err != nil {
+			return fail(err)
+		}
+		defer ks.Zero()
+		vs, err := keys.NewDEK(v)
+		if err != nil {
+			return fail(err)
+		}
+		defer vs.Zero()
+		_, b, _ := f.binding(env, f.dst)
+		wk, err := f.wrapChecked(ctx, b, ks)
+		if err != nil {
+			return fail(err)
+		}
+		wv, err := f.wrapChecked(ctx, b, vs)
+		if err != nil {
+			return fail(fmt.Errorf("IV: %w", err))
+		}
+		md := env.MatDesc
+		if f.opts.MatDesc != "" {
+			md = f.opts.MatDesc
+		}
+		meta = objfmt.OSSMeta(wk, wv, env.WrapAlg, md, env.PlainLen, env.PlainMD5)
+		if out, err = store.CreateObject(ctx, target, meta); err != nil {
+			return row, outputErr(target, err)
+		}
+		s, err := objfmt.CTRStream(fresh.Bytes(), ivb)
+		if err != nil {
+			_ = out.Abort()
+			return fail(err)
+		}
+		enc = nopCloser{&cipherWriter{s: s, w: out}}
+		row.NewDEKID, row.Checksum = keyName(string(wk)), checksum(wk, wv)
+	}
+	n, err := io.Copy(enc, plain)
+	if err == nil {
+		err = enc.Close()
+	}
+	if err == nil && env.PlainLen >= 0 && n != env.PlainLen {
+		err = fmt.Errorf("%w: %d plaintext bytes, the metadata records %d", objfmt.ErrAuth, n, env.PlainLen)
+	}
+	proof := schemas.ProofBody
+	if err == nil && env.Library == objfmt.OSS {
+		switch {
+		case env.PlainMD5 != nil && !bytes.Equal(sum.Sum(nil), env.PlainMD5):
+			err = fmt.Errorf("%w: the plaintext's MD5 is not the recorded client-side-encryption-unencrypted-content-md5 (a changed body or a wrong key)", objfmt.ErrAuth)
+		case env.PlainMD5 == nil:
+			// AES-CTR has no tag: with no recorded MD5 there was nothing
+			// to check the key or the body against.
+			proof = schemas.ProofNone
+		}
+	}
+	if err != nil {
+		_ = out.Abort()
+		return fail(err)
+	}
+	if err := out.Commit(); err != nil {
+		return row, outputErr(target, err)
+	}
+	after, err := store.StatObject(ctx, target)
+	if err != nil {
+		return row, outputErr(target, err)
+	}
+	row.Status, row.Proof, row.ETagAfter = schemas.StatusMigrated, proof, after.ETag
+	return row, nil
+}
+
+// freshKey is a new 256-bit content key from the target's generator
+// (dek_source: hsm, when it has one) or crypto/rand.
+func (f *ObjectsFn) freshKey(ctx context.Context) (*keys.DEK, error) {
+	if f.Spec.DEKSource != "crypto-rand" && keys.CanGenerate(f.dst) {
+		return keys.Generate(ctx, f.dst)
+	}
+	b := make([]byte, keys.DEKSize)
+	defer clear(b)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return keys.NewDEK(b)
+}
+
+type cipherReader struct {
+	s interface{ XORKeyStream(dst, src []byte) }
+	r io.Reader
+}
+
+func (c *cipherReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.s.XORKeyStream(p[:n], p[:n])
+	return n, err
+}
+
+type cipherWriter struct {
+	s   interface{ XORKeyStream(dst, src []byte) }
+	w   io.Writer
+	buf []byte
+}
+
+func (c *cipherWriter) Write(p []byte) (int, error) {
+	c.buf = append(c.buf[:0], p...)
+	c.s.XORKeyStream(c.buf, c.buf)
+	if _, err := c.w.Write(c.buf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
