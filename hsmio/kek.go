@@ -363,7 +363,7 @@ func (k *KEK) checkMech(m string) error {
 		if !k.isAES {
 			return fmt.Errorf("key %s: %w: %s needs an AES key, this is an RSA key pair (use rsa-oaep-sha256 or rsa-oaep-sha1)", k.URI(), keys.ErrMechanism, m)
 		}
-	case schemas.WrapRSAOAEPSHA1, schemas.WrapRSAOAEPSHA256:
+	case schemas.WrapRSAOAEPSHA1, schemas.WrapRSAOAEPSHA256, schemas.WrapRSAPKCS1:
 		if !k.isRSA {
 			return fmt.Errorf("key %s: %w: %s needs an RSA key pair, this is an AES key (use aes-gcm or aes-kwp)", k.URI(), keys.ErrMechanism, m)
 		}
@@ -382,6 +382,7 @@ var ckm = map[string]struct {
 	schemas.WrapAESKWP:        {pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
 	schemas.WrapRSAOAEPSHA1:   {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP with SHA-1"},
 	schemas.WrapRSAOAEPSHA256: {pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP with SHA-256"},
+	schemas.WrapRSAPKCS1:      {pkcs11.CKM_RSA_PKCS, "CKM_RSA_PKCS (PKCS#1 v1.5)"},
 }
 
 // offered lists the wraps for this key's type whose mechanism the token
@@ -582,6 +583,12 @@ func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []by
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		return out, nil
+	case schemas.WrapRSAPKCS1:
+		out, err = rsa.EncryptPKCS1v15(rand.Reader, k.rsaPub, dek.Bytes())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("%s: %w: unknown wrap", what, keys.ErrMechanism)
 }
@@ -715,6 +722,21 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 		if badParams(err) {
 			return nil, fmt.Errorf("%s: %w", what, k.refuseOAEP(ctx, mech, err))
 		}
+	case schemas.WrapRSAPKCS1:
+		if !k.hasPriv {
+			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what, keys.ErrKeyNotFound)
+		}
+		if err := k.tokenOffers(mech); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		err = k.tok.withC11(ctx, func(g *generation) error {
+			o, err := k.in(g)
+			if err != nil {
+				return err
+			}
+			plain, err = o.rsaPriv.Decrypt(nil, wrapped, &rsa.PKCS1v15DecryptOptions{})
+			return err
+		})
 	}
 	if err != nil {
 		return nil, classify(err, what)

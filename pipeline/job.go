@@ -242,6 +242,9 @@ func (j *Job) Validate() error {
 			return cfgErr(f, "pin-value is not accepted: PINs never go in job files or on command lines; use pin-source=env:VAR or pin-source=file:/path")
 		}
 	}
+	if j.Target.Wrap == schemas.WrapRSAPKCS1 && j.Source.Format != objfmt.FormatOSS {
+		return cfgErr("target.wrap", "rsa-pkcs1 (PKCS#1 v1.5) is open to padding-oracle attacks: rekey writes it only for oss-cse objects, whose library reads nothing else; use rsa-oaep-sha256 or rsa-oaep-sha1")
+	}
 	for f, w := range map[string]string{"source.wrap": j.Source.Wrap, "target.wrap": j.Target.Wrap} {
 		if w != "" && !keys.KnownMechanism(w) {
 			return cfgErr(f, "%q is not a wrap mechanism (%s)", w, strings.Join(keys.Mechanisms(), ", "))
@@ -460,6 +463,9 @@ func (j *Job) validateObjects() error {
 	}
 	if j.Target.Format != j.Source.Format {
 		return cfgErr("target.format", "%q: objects stay in their library's format (%s); converting between libraries is not supported yet", j.Target.Format, j.Source.Format)
+	}
+	if j.Source.Format == objfmt.FormatOSS && strings.HasPrefix(j.Target.KEK, "pkcs11:") && j.Target.Wrap == "" {
+		j.Target.Wrap = schemas.WrapRSAPKCS1 // OSS's RSA/NONE/PKCS1Padding
 	}
 	if _, err := objfmt.ParseOptions(j.Source.Format, j.Source.FormatOptions); err != nil {
 		return cfgErr("source.format_options", "%v", err)

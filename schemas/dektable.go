@@ -18,11 +18,16 @@ const (
 	WrapAESKWP        = "aes-kwp"
 	WrapRSAOAEPSHA256 = "rsa-oaep-sha256"
 	WrapRSAOAEPSHA1   = "rsa-oaep-sha1"
+	// WrapRSAPKCS1 is RSA PKCS#1 v1.5 encryption, what OSS client-side
+	// encryption wraps with (RSA/NONE/PKCS1Padding). It exists to read and
+	// write that data: it is open to padding-oracle attacks, so rekey takes
+	// it as a target only for oss-cse objects.
+	WrapRSAPKCS1 = "rsa-pkcs1"
 )
 
 // WrapMechanisms lists the PKCS#11 mechanisms (the pkcs11 scheme's, in
 // documentation order).
-var WrapMechanisms = []string{WrapAESGCM, WrapAESKWP, WrapRSAOAEPSHA256, WrapRSAOAEPSHA1}
+var WrapMechanisms = []string{WrapAESGCM, WrapAESKWP, WrapRSAOAEPSHA256, WrapRSAOAEPSHA1, WrapRSAPKCS1}
 
 var (
 	wrapMu    sync.RWMutex

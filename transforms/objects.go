@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -232,7 +231,7 @@ func (f *ObjectsFn) binding(env *objfmt.Envelope, k keys.KEK) (string, keys.Bind
 	case objfmt.WrapAliKMS:
 		return mech, keys.Binding{}, nil
 	case objfmt.WrapRSAPKCS1:
-		return "rsa-pkcs1", keys.Binding{}, nil
+		return schemas.WrapRSAPKCS1, keys.Binding{}, nil
 	}
 	return "", keys.Binding{}, fmt.Errorf("wrap algorithm %s: not supported yet (rekey migrates %s, %s, %s and %s wraps)", env.WrapAlg, objfmt.WrapKMSContext, objfmt.WrapKMS, objfmt.WrapRSAPKCS1, objfmt.WrapAliKMS)
 }
@@ -267,6 +266,21 @@ func (f *ObjectsFn) rewrap(ctx context.Context, store storage.ObjectStore, path 
 		return row, nil
 	}
 	_, b, _ := f.binding(env, f.dst)
+	var wrapAlg string
+	if env.Library == objfmt.OSS {
+		// The target's wrap: the secrets change form between RSA (bytes)
+		// and Alibaba KMS (their base64 text).
+		wrapAlg = f.ossWrapAlg()
+		var err error
+		if key, err = ossConvert(env.WrapAlg, wrapAlg, key); err != nil {
+			return fail(err)
+		}
+		defer key.Zero()
+		if iv, err = ossConvert(env.WrapAlg, wrapAlg, iv); err != nil {
+			return fail(err)
+		}
+		defer iv.Zero()
+	}
 	w, err := f.wrapChecked(ctx, b, key)
 	if err != nil {
 		return fail(err)
@@ -277,7 +291,7 @@ func (f *ObjectsFn) rewrap(ctx context.Context, store storage.ObjectStore, path 
 			return fail(fmt.Errorf("IV: %w", err))
 		}
 	}
-	meta, err := env.Rewrapped(info.Meta, w, wiv)
+	meta, err := env.Rewrapped(info.Meta, w, wiv, wrapAlg, f.opts.MatDesc)
 	if err != nil {
 		return fail(err)
 	}
@@ -324,14 +338,13 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 		}
 		plain = r
 	case objfmt.OSS:
-		k, v := secret, iv.Bytes()
-		if env.WrapAlg == objfmt.WrapAliKMS { // the SDK sends KMS the base64 text of each
-			if k, err = base64.StdEncoding.DecodeString(string(k)); err != nil {
-				return fail(fmt.Errorf("the unwrapped key is not the base64 text OSS's KMS wrap holds"))
-			}
-			if v, err = base64.StdEncoding.DecodeString(string(v)); err != nil {
-				return fail(fmt.Errorf("the unwrapped IV is not the base64 text OSS's KMS wrap holds"))
-			}
+		k, err := objfmt.OSSRaw(env.WrapAlg, secret)
+		if err != nil {
+			return fail(err)
+		}
+		v, err := objfmt.OSSRaw(env.WrapAlg, iv.Bytes())
+		if err != nil {
+			return fail(err)
 		}
 		s, err := objfmt.CTRStream(k, v)
 		if err != nil {
@@ -383,10 +396,8 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 		if _, err := rand.Read(ivb); err != nil {
 			return fail(err)
 		}
-		k, v := fresh.Bytes(), ivb
-		if env.WrapAlg == objfmt.WrapAliKMS {
-			k, v = []byte(base64.StdEncoding.EncodeToString(k)), []byte(base64.StdEncoding.EncodeToString(v))
-		}
+		wrapAlg := f.ossWrapAlg()
+		k, v := objfmt.OSSSecret(wrapAlg, fresh.Bytes()), objfmt.OSSSecret(wrapAlg, ivb)
 		ks, err := keys.NewDEK(k)
 		if err != nil {
 			return fail(err)
@@ -410,7 +421,7 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 		if f.opts.MatDesc != "" {
 			md = f.opts.MatDesc
 		}
-		meta = objfmt.OSSMeta(wk, wv, env.WrapAlg, md, env.PlainLen, env.PlainMD5)
+		meta = objfmt.OSSMeta(wk, wv, wrapAlg, md, env.PlainLen, env.PlainMD5)
 		if out, err = store.CreateObject(ctx, target, meta); err != nil {
 			return row, outputErr(target, err)
 		}
@@ -498,3 +509,22 @@ func (c *cipherWriter) Write(p []byte) (int, error) {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// ossWrapAlg is the OSS wrap algorithm of the target KEK: RSA PKCS#1 for a
+// PKCS#11 key pair, KMS/ALICLOUD for Alibaba Cloud KMS.
+func (f *ObjectsFn) ossWrapAlg() string {
+	if strings.HasPrefix(f.dst.URI(), "alikms") {
+		return objfmt.WrapAliKMS
+	}
+	return objfmt.WrapRSAPKCS1
+}
+
+// ossConvert is secret (as wrapped under wrap algorithm from) in the form
+// wrap algorithm to wraps.
+func ossConvert(from, to string, secret *keys.DEK) (*keys.DEK, error) {
+	raw, err := objfmt.OSSRaw(from, secret.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	return keys.NewDEK(objfmt.OSSSecret(to, raw))
+}

@@ -245,8 +245,10 @@ func parseOSS(meta map[string]string) (*Envelope, error) {
 }
 
 // Rewrapped is meta with the envelope's wrapped key (and, for OSS, wrapped
-// IV) replaced; every other entry as it was.
-func (e *Envelope) Rewrapped(meta map[string]string, key, wrappedIV []byte) (map[string]string, error) {
+// IV) replaced; every other entry as it was but, for OSS, the wrap
+// algorithm and material description when wrapAlg and matDesc are set
+// (the reader picks its master key by the material description).
+func (e *Envelope) Rewrapped(meta map[string]string, key, wrappedIV []byte, wrapAlg, matDesc string) (map[string]string, error) {
 	if len(key) == 0 || len(key) > maxWrapped {
 		return nil, fmt.Errorf("the new wrapped key is %d bytes", len(key))
 	}
@@ -260,6 +262,12 @@ func (e *Envelope) Rewrapped(meta map[string]string, key, wrappedIV []byte) (map
 			return nil, fmt.Errorf("the new wrapped IV is %d bytes", len(wrappedIV))
 		}
 		out["client-side-encryption-start"] = base64.StdEncoding.EncodeToString(wrappedIV)
+		if wrapAlg != "" {
+			out["client-side-encryption-wrap-alg"] = wrapAlg
+		}
+		if matDesc != "" {
+			out["client-side-encryption-matdesc"] = matDesc
+		}
 	}
 	return out, nil
 }
@@ -376,4 +384,26 @@ func ParseOptions(format string, m map[string]string) (Options, error) {
 		}
 	}
 	return o, nil
+}
+
+// OSSSecret is the secret OSS's wrap algorithm wrapped for raw key or IV
+// bytes: the bytes for RSA, their base64 text for KMS/ALICLOUD (the SDK
+// sends KMS the text).
+func OSSSecret(wrapAlg string, raw []byte) []byte {
+	if wrapAlg == WrapAliKMS {
+		return []byte(base64.StdEncoding.EncodeToString(raw))
+	}
+	return raw
+}
+
+// OSSRaw is the inverse of OSSSecret.
+func OSSRaw(wrapAlg string, secret []byte) ([]byte, error) {
+	if wrapAlg != WrapAliKMS {
+		return secret, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(string(secret))
+	if err != nil {
+		return nil, fmt.Errorf("the unwrapped secret is not the base64 text OSS's KMS/ALICLOUD wrap holds")
+	}
+	return b, nil
 }

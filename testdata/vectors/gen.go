@@ -352,7 +352,38 @@ func wrapVectors(rng io.Reader) (wrapFile, []byte) {
 				DEK: hex.EncodeToString(dek), Seed: hex.EncodeToString(seed), Wrapped: hex.EncodeToString(ct)})
 		}
 	}
+	// rsa-pkcs1: RFC 8017 RSAES-PKCS1-v1_5 (OSS client-side encryption's
+	// wrap), padding from its own seed so every earlier vector stays as it was.
+	prng := mrand.NewChaCha8([32]byte{'r', 'e', 'k', 'e', 'y', ' ', 'p', 'k', 'c', 's', '1'})
+	for _, n := range []int{32, 16} {
+		dek := random(prng, n)
+		ct := pkcs1Encrypt(&priv.PublicKey, prng, dek)
+		if pt, err := rsa.DecryptPKCS1v15(nil, priv, ct); err != nil || !bytes.Equal(pt, dek) {
+			log.Fatalf("rsa-pkcs1: crypto/rsa does not decrypt the vector: %v", err)
+		}
+		add(wrapVector{Name: fmt.Sprintf("rsa-pkcs1 %d-byte secret", n), Mechanism: schemas.WrapRSAPKCS1, KEK: "rsa",
+			DEK: hex.EncodeToString(dek), Wrapped: hex.EncodeToString(ct)})
+	}
 	return wf, pemBytes
+}
+
+// pkcs1Encrypt is RFC 8017 section 7.2.1: EM = 0x00 ‖ 0x02 ‖ PS (nonzero
+// bytes from rng) ‖ 0x00 ‖ msg, then m^e mod n.
+func pkcs1Encrypt(pub *rsa.PublicKey, rng io.Reader, msg []byte) []byte {
+	k := (pub.N.BitLen() + 7) / 8
+	em := make([]byte, k)
+	em[1] = 2
+	ps := em[2 : k-len(msg)-1]
+	for i := range ps {
+		for ps[i] == 0 {
+			var b [1]byte
+			_, _ = rng.Read(b[:])
+			ps[i] = b[0]
+		}
+	}
+	copy(em[k-len(msg):], msg)
+	c := new(big.Int).Exp(new(big.Int).SetBytes(em), big.NewInt(int64(pub.E)), pub.N)
+	return c.FillBytes(make([]byte, k))
 }
 
 // gcmAAD is the additional data of an aes-gcm wrap: "rekey.dek.v1" ‖ 0x00 ‖
