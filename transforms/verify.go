@@ -18,6 +18,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/schemas/objfmt"
 )
 
 func init() {
@@ -67,6 +68,12 @@ type VerifySpec struct {
 
 // Validate checks what a verify needs before anything is read.
 func (v *VerifySpec) Validate() error {
+	if objfmt.Known(v.TargetFormat) {
+		if v.TargetData == "" || v.TargetKEK == "" || v.Report == "" {
+			return errors.New("verify of objects: need the objects (target.data, or source.data for a rewrap), the target KEK and a report path")
+		}
+		return nil
+	}
 	switch {
 	case v.TargetDEKs == "" || v.TargetKEK == "":
 		return errors.New("need a DEK table and its KEK (target.deks, target.kek)")
@@ -786,6 +793,9 @@ func readRecordIDs(ctx context.Context, path, idCol string, fn func(id string, e
 // Without a source, the target alone is checked: what it lacks goes unseen.
 func Verify(s beam.Scope, spec VerifySpec) beam.PCollection {
 	s = s.Scope("Verify")
+	if objfmt.Known(spec.TargetFormat) {
+		return beam.ParDo(s, &VerifyObjectsFn{Spec: spec}, ListObjects(s, spec.TargetData))
+	}
 	renamed := spec.Match == schemas.ModeReencrypt && spec.SourceDEKs != ""
 	dekUnits := ListVerifyUnits(s.Scope("DEKTable"), spec.SourceDEKs, spec.TargetDEKs, renamed)
 	dekResults := beam.ParDo(s, &VerifyDEKsFn{Spec: spec, Renamed: renamed}, dekUnits)

@@ -18,6 +18,7 @@ import (
 	"rekey/providers/storage"
 	"rekey/schemas"
 	"rekey/schemas/format"
+	"rekey/schemas/objfmt"
 	"rekey/transforms"
 	"rekey/transforms/ledger"
 )
@@ -94,7 +95,11 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
 			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
 	}
-	if spec.TargetDEKs == "" || spec.TargetKEK == "" {
+	if objfmt.Known(spec.TargetFormat) {
+		if spec.TargetData == "" && j.Mode == schemas.ModeRewrap {
+			spec.TargetData = j.Source.Data // objects are rewrapped where they are
+		}
+	} else if spec.TargetDEKs == "" || spec.TargetKEK == "" {
 		return withCode(exitUsage, errors.New("need a DEK table and its KEK: --job with target.deks/target.kek, or --deks and --kek"))
 	}
 	if err := verifySource(j, &spec, targetOnly); err != nil {
@@ -147,6 +152,9 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	c := rep.Counts
 	switch {
+	case objfmt.Known(spec.TargetFormat):
+		fmt.Fprintf(stdout, "  OK: %d objects under %s decrypt with the target KEK (keys unwrap, bodies authenticate where the format allows); %d skipped (not encrypted)\n",
+			rep.Totals.ObjectsMigrated, spec.TargetData, rep.Totals.ObjectsSkipped)
 	case rep.Compared && rep.Data == "":
 		fmt.Fprintf(stdout, "  OK: %d of %d source DEKs are at the target and unwrap; nothing extra (records not checked: no data given, see source.data or --data)\n",
 			c.DEKs.Migrated, c.DEKs.Source)
@@ -342,6 +350,14 @@ func compareWithLedger(ctx context.Context, j *pipeline.Job, spec transforms.Ver
 	}
 	var out []string
 	t := rep.Totals
+	if objfmt.Known(spec.TargetFormat) {
+		// Every object the run migrated must be among those that decrypt
+		// (failures already fail the verdict): counted, not listed.
+		if t.ObjectsMigrated < m.Totals.ObjectsMigrated {
+			out = append(out, fmt.Sprintf("%d objects decrypt under %s; run %s migrated %d", t.ObjectsMigrated, spec.TargetData, j.RunID, m.Totals.ObjectsMigrated))
+		}
+		return out, nil
+	}
 	// The ledger is streamed and aggregated per target file: memory grows
 	// with the number of files, not of records.
 	// An incremental run skipped the files whose target an earlier run

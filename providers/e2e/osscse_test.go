@@ -23,6 +23,7 @@ import (
 	"rekey/pipeline"
 	"rekey/providers/internal/testserver"
 	"rekey/schemas"
+	"rekey/transforms"
 	"rekey/transforms/ledger"
 )
 
@@ -144,6 +145,13 @@ func TestOSSClientSideEncryption(t *testing.T) {
 				t.Fatalf("%s: the old key still reads it", name)
 			}
 		}
+		// rekey verify decrypts every object with the new key, not the old.
+		if rep := verifyObjects(t, j, dstKEK); !rep.OK || rep.Totals.ObjectsMigrated != int64(len(plain)) {
+			t.Fatalf("verify: %+v %+v", rep.Totals, rep.Failures)
+		}
+		if rep := verifyObjects(t, j, srcKEK); rep.OK || rep.Totals.ObjectsFailed != int64(len(plain)) {
+			t.Fatalf("verify with the old key: %+v", rep.Totals)
+		}
 	})
 
 	t.Run("reencrypt", func(t *testing.T) {
@@ -209,10 +217,29 @@ func TestOSSClientSideEncryption(t *testing.T) {
 				t.Fatalf("%s: oss/crypto reads %d bytes (%v), want %d", target, len(got), err, len(pt))
 			}
 		}
+		if rep := verifyObjects(t, j, srcKEK); !rep.OK || rep.Totals.ObjectsMigrated != int64(len(plain))-1 {
+			t.Fatalf("verify: %+v %+v", rep.Totals, rep.Failures)
+		}
 	})
 }
 
 func ptestRun(t *testing.T, j *pipeline.Job) {
 	t.Helper()
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.Build(s, j.Spec()) })
+}
+
+// verifyObjects runs rekey verify on a job's objects (where the job left
+// them) under kek, and returns the report.
+func verifyObjects(t *testing.T, j *pipeline.Job, kek string) *transforms.VerifyReport {
+	t.Helper()
+	spec := j.VerifySpec(filepath.Join(t.TempDir(), "verify.json"))
+	spec.TargetKEK = kek
+	if j.Mode == schemas.ModeRewrap {
+		spec.TargetData = j.Source.Data
+	}
+	if err := spec.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.BuildVerify(s, spec) })
+	return readJSON[transforms.VerifyReport](t, spec.Report)
 }

@@ -136,6 +136,11 @@ func TestS3ECObjects(t *testing.T) {
 				t.Fatalf("ledger row %+v", r)
 			}
 		}
+		// rekey verify decrypts every object with the new key; the
+		// unencrypted one is skipped, as the job says.
+		if rep := verifyObjects(t, j, j.Target.KEK); !rep.OK || rep.Totals.ObjectsMigrated != int64(len(plain)) || rep.Totals.ObjectsSkipped != 1 {
+			t.Fatalf("verify: %+v %+v", rep.Totals, rep.Failures)
+		}
 		// The same job again finds every object wrapped by the target.
 		j.RunID = "s3ec-rw-again"
 		m = e.run(t, j)
@@ -184,6 +189,12 @@ func TestS3ECObjects(t *testing.T) {
 			if err != nil || !bytes.Equal(got, pt) {
 				t.Fatalf("%s: the S3 Encryption Client reads %d bytes, %v", target, len(got), err)
 			}
+		}
+		// --incremental keeps the objects made from unchanged sources.
+		j.RunID, j.Incremental = "s3ec-re-inc", true
+		m = e.run(t, j)
+		if m.Totals.ObjectsSkipped != int64(len(plain)) || m.Totals.ObjectsFailed != 1 || m.Totals.ObjectsMigrated != 0 {
+			t.Fatalf("incremental: %+v", m.Totals)
 		}
 	})
 }

@@ -35,6 +35,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -134,7 +135,14 @@ func (f *factory) bucket(ctx context.Context, l objstore.Location) (objstore.Buc
 	if endpoint != "" && !strings.HasPrefix(endpoint, "http://") && !strings.HasPrefix(endpoint, "https://") {
 		return nil, configErr(fmt.Errorf("endpoint %q must start with http:// or https://", endpoint))
 	}
-	key := strings.Join([]string{endpoint, region, profile, strconv.FormatBool(pathStyle)}, "\x00")
+	// The SDK's default chain reads the environment: a process that
+	// changes it (tests do, between servers) gets a new client.
+	env := sha256.New()
+	for _, k := range []string{"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+		"AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"} {
+		env.Write([]byte(k + "=" + os.Getenv(k) + "\x00"))
+	}
+	key := strings.Join([]string{endpoint, region, profile, strconv.FormatBool(pathStyle), string(env.Sum(nil))}, "\x00")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if c := f.clients[key]; c != nil {
