@@ -72,6 +72,8 @@ fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzDEKRow$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas/format -run '^$$' -fuzz '^FuzzAESGCMOpen$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hsmio -run '^$$' -fuzz '^FuzzParseURI$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas/objfmt -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas/format -run '^$$' -fuzz '^FuzzTinkSplit$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz '^FuzzParseJob$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./providers/objstore -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./providers/awskms -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME)

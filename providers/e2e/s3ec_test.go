@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"io"
 	"path/filepath"
 	"strings"
@@ -146,6 +147,71 @@ func TestS3ECObjects(t *testing.T) {
 		m = e.run(t, j)
 		if m.Totals.ObjectsSkipped != int64(len(plain))+1 || m.Totals.Failed != 0 {
 			t.Fatalf("second rewrap: %+v", m.Totals)
+		}
+	})
+
+	t.Run("bad-metadata", func(t *testing.T) {
+		// Objects whose metadata rekey cannot use: each a failed row
+		// naming the object and the reason, each left as it was.
+		good := "data/a.bin"
+		head, err := e.s3c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &e.bucket, Key: &good})
+		if err != nil {
+			t.Fatal(err)
+		}
+		with := func(edit func(m map[string]string)) map[string]string {
+			m := map[string]string{}
+			for k, v := range head.Metadata {
+				m[k] = v
+			}
+			edit(m)
+			return m
+		}
+		key, _ := base64.StdEncoding.DecodeString(head.Metadata["x-amz-key-v2"])
+		bad := map[string]struct {
+			meta map[string]string
+			why  string
+		}{
+			"bad/unknown-wrap":  {with(func(m map[string]string) { m["x-amz-wrap-alg"] = "AES/KW" }), `wrap algorithm "AES/KW"`},
+			"bad/unknown-cek":   {with(func(m map[string]string) { m["x-amz-cek-alg"] = "AES/XTS/NoPadding" }), `content algorithm "AES/XTS/NoPadding"`},
+			"bad/truncated-key": {with(func(m map[string]string) { m["x-amz-key-v2"] = base64.StdEncoding.EncodeToString(key[:len(key)/2]) }), "unwrap its key"},
+			"bad/instruction":   {with(func(m map[string]string) { delete(m, "x-amz-key-v2") }), "instruction file"},
+			"bad/not-encrypted": {map[string]string{}, "no client-side encryption metadata"},
+		}
+		etags := map[string]string{}
+		for name, b := range bad {
+			out, err := e.s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: &e.bucket, Key: aws.String(name), Body: strings.NewReader("body of " + name), Metadata: b.meta})
+			if err != nil {
+				t.Fatal(err)
+			}
+			etags[name] = aws.ToString(out.ETag)
+		}
+		j := &pipeline.Job{Mode: schemas.ModeRewrap, RunID: "s3ec-bad",
+			Source: pipeline.Side{Data: "s3://" + e.bucket + "/bad", KEK: e.kms.KeyURI(localkms.Key1), Format: "s3ec"},
+			Target: pipeline.Side{KEK: e.kms.KeyURI(localkms.Key2)}, Ledger: filepath.Join(root, "ledger"), Workers: 2, MaxFailures: "10"}
+		j.Defaults()
+		if err := j.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.Build(s, j.Spec()) })
+		m := readJSON[schemas.Manifest](t, ledger.ManifestPath(j.Ledger, j.RunID))
+		if m.Totals.ObjectsFailed != int64(len(bad)) || m.Status == "succeeded" {
+			t.Fatalf("manifest %s %+v", m.Status, m.Totals)
+		}
+		rows, err := ledger.Read(ctx, j.Ledger, j.RunID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			name := strings.TrimPrefix(r.Source, "s3://"+e.bucket+"/")
+			if r.Status != schemas.StatusFailed || !strings.Contains(r.Error, r.Source) || !strings.Contains(r.Error, bad[name].why) {
+				t.Errorf("%s: %s %q, want failed naming it and %q", name, r.Status, r.Error, bad[name].why)
+			}
+		}
+		for name := range bad {
+			h, err := e.s3c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &e.bucket, Key: aws.String(name)})
+			if err != nil || aws.ToString(h.ETag) != etags[name] || len(h.Metadata) != len(bad[name].meta) {
+				t.Fatalf("%s changed: %v", name, err)
+			}
 		}
 	})
 
