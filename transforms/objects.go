@@ -115,6 +115,7 @@ func (f *ObjectsFn) ProcessElement(ctx context.Context, batch []string, emit fun
 	if res, done, err := alreadyDone(ctx, spec, &part, unit); err != nil {
 		return err
 	} else if done {
+		res.Totals.Files = 0 // a batch of objects, not a file
 		emit(res)
 		return nil
 	}

@@ -6,6 +6,9 @@
 //	rekey-bench spawn RSSFILE CMD  (internal) run CMD, write its peak RSS
 //	rekey-bench kms-raw [flags]    (internal) the KMS section's raw SDK loop
 //	rekey-bench kms-serve DIR      (internal) a local-kms for `profile --kms`
+//	rekey-bench tink-gen [flags]   (internal) the tink section's dataset, written by tink-go
+//	rekey-bench tink-raw [flags]   (internal) the tink section's raw PKCS#11 loop
+//	rekey-bench s3-copy [flags]    (internal) the objects section's storage copy loop
 //
 // The suite builds its own SoftHSM2 tokens and datasets (with `rekey gen`)
 // under --dir, then measures, each as the median of --reps repetitions:
@@ -31,6 +34,12 @@
 //   - DEK rewrap through AWS KMS (local-kms, kms.go), on the ReEncrypt and
 //     the unwrap+wrap path, against a raw aws-sdk-go-v2 loop making the same
 //     requests at the same concurrency, and at several --workers values;
+//   - a rewrap of cells written by tink-go's KMS envelope AEAD on the
+//     source token (tink.go), against a raw PKCS#11 loop making the same
+//     three token calls per cell;
+//   - S3 Encryption Client objects in an in-process fake S3 (objects.go):
+//     a rewrap in place (asserted not to read a body) and a reencrypt into
+//     another prefix, against a plain GET+PUT copy on the same server;
 //
 // and prints the ratios rekey/limit, rekey/baseline, workers=N/workers=1,
 // aes-gcm/rekey-v1, and for KMS rekey/raw loop and default/best workers. With --compare BIN, every rekey-v1 run is also
@@ -64,6 +73,12 @@ func main() {
 		err = kmsRawMain(args[1:])
 	case len(args) > 0 && args[0] == "kms-serve":
 		err = kmsServeMain(args[1:])
+	case len(args) > 0 && args[0] == "tink-gen":
+		err = tinkGenMain(args[1:])
+	case len(args) > 0 && args[0] == "tink-raw":
+		err = tinkRawMain(args[1:])
+	case len(args) > 0 && args[0] == "s3-copy":
+		err = s3CopyMain(args[1:])
 	default:
 		err = suiteMain(args)
 	}

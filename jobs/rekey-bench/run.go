@@ -39,6 +39,11 @@ type dataset struct {
 // records (format keys: column) instead of a DEK table.
 func (d *dataset) ColumnKeys() bool { return d.FormatOptions["keys"] == "column" }
 
+// CellKeys reports whether every cell carries its own wrapped DEK (Tink's
+// envelope): no DEK table on either side, and a rewrap rewrites the cells
+// into target.data.
+func (d *dataset) CellKeys() bool { return d.Format == tinkFormat }
+
 func (d *dataset) payloadBytes() int64 { return int64(d.Files) * int64(d.Records) * int64(d.Cell) }
 func (d *dataset) records() int64      { return int64(d.Files) * int64(d.Records) }
 
@@ -103,6 +108,12 @@ var tookRe = regexp.MustCompile(`(?m)^rekey run \S+ \(\w+\): \w+ in (\S+)$`)
 // time, CPU time and peak RSS (ru_maxrss of the wait4 that reaped it, taken by a
 // `rekey-bench spawn` helper: see spawn.go for why).
 func runChild(ctx context.Context, bin string, args []string, logPath string) (childResult, error) {
+	return runChildEnv(ctx, bin, args, nil, logPath)
+}
+
+// runChildEnv is runChild with the child's environment (nil: this
+// process's).
+func runChildEnv(ctx context.Context, bin string, args, env []string, logPath string) (childResult, error) {
 	var res childResult
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return res, err
@@ -121,6 +132,7 @@ func runChild(ctx context.Context, bin string, args []string, logPath string) (c
 	rssFile := logPath + ".maxrss"
 	os.Remove(rssFile)
 	cmd := exec.CommandContext(ctx, self, append([]string{"spawn", rssFile, bin}, args...)...)
+	cmd.Env = env
 	cmd.Stdout = &teeWriter{&stdout, log}
 	cmd.Stderr = log
 	start := time.Now()
@@ -190,10 +202,10 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 	}
 	args := []string{"run", "--mode", r.Mode, "--run-id", runID, "--runner", r.Runner, "--progress", "-1s",
 		"--source-kek", srcKEK, "--target-kek", dstKEK, "--ledger", filepath.Join(out, "ledger")}
-	if !ds.ColumnKeys() {
+	if !ds.ColumnKeys() && !ds.CellKeys() {
 		args = append(args, "--source-deks", ds.DEKs)
 	}
-	if !(ds.ColumnKeys() && r.Mode == schemas.ModeRewrap) {
+	if !(ds.ColumnKeys() && r.Mode == schemas.ModeRewrap) && !ds.CellKeys() {
 		// A rewrap of keys kept in a column rewrites that column in
 		// target.data and has no target DEK table.
 		args = append(args, "--target-deks", filepath.Join(out, "deks"))
@@ -201,7 +213,7 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 	if r.TargetWrap != "" {
 		args = append(args, "--target-wrap", r.TargetWrap)
 	}
-	if r.Mode == schemas.ModeReencrypt || ds.ColumnKeys() {
+	if r.Mode == schemas.ModeReencrypt || ds.ColumnKeys() || ds.CellKeys() {
 		args = append(args, "--source-data", ds.Data, "--target-data", filepath.Join(out, "data"))
 	}
 	if r.Workers > 0 {
@@ -214,7 +226,12 @@ func runRekey(ctx context.Context, rekey string, ds *dataset, r rekeyRun, scratc
 			return childResult{}, nil, err
 		}
 		job := filepath.Join(out, "job.yaml")
-		b, err := yaml.Marshal(map[string]any{"source": map[string]any{"format": ds.Format, "format_options": ds.FormatOptions}})
+		doc := map[string]any{"source": map[string]any{"format": ds.Format, "format_options": ds.FormatOptions}}
+		if ds.CellKeys() && r.Mode == schemas.ModeReencrypt {
+			// Tink cells stay Tink cells (rekey-v1 cells carry no key).
+			doc["target"] = map[string]any{"format": ds.Format, "format_options": ds.FormatOptions}
+		}
+		b, err := yaml.Marshal(doc)
 		if err != nil {
 			return childResult{}, nil, err
 		}

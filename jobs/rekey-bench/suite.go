@@ -58,7 +58,12 @@ type config struct {
 	KMSReps    int
 	// LedgerRecords are the record counts of the ledger section's runs.
 	LedgerRecords []int
-	CommandLine   string
+	// TinkRecords are the records (cells) of the tink section's dataset.
+	TinkRecords int
+	// ObjectsCount and ObjectsKiB shape the objects section's objects.
+	ObjectsCount int
+	ObjectsKiB   int
+	CommandLine  string
 }
 
 func parseSuiteFlags(args []string) (*config, error) {
@@ -82,7 +87,7 @@ func parseSuiteFlags(args []string) (*config, error) {
 	fs.StringVar(&mem, "mem-mib", "64,512", "payload MiB of the memory-flatness datasets, small,large (the issue's check: 1024,8192)")
 	fs.IntVar(&c.MemCell, "mem-cell", 4096, "cell size of the memory-flatness datasets")
 	fs.IntVar(&c.MemFileMiB, "mem-file-mib", 32, "payload MiB per file of the memory-flatness datasets: the larger dataset has more files of the same shape")
-	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,aes-gcm,memory,counts,kms,ledger", "sections to run (ledger: peak RSS of rekey verify and rekey ledger on runs of --ledger-records records; aes-gcm: datasets in the aes-gcm cell format, written as an application would; counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof; kms: DEK rewrap through local-kms against a raw aws-sdk-go-v2 loop)")
+	fs.StringVar(&only, "only", "limits,baseline,reencrypt,rewrap,aes-gcm,memory,counts,kms,ledger,tink,objects", "sections to run (ledger: peak RSS of rekey verify and rekey ledger on runs of --ledger-records records; aes-gcm: datasets in the aes-gcm cell format, written as an application would; counts: in-process runs with HSM calls counted and CPU profiles in DIR/prof; kms: DEK rewrap through local-kms against a raw aws-sdk-go-v2 loop; tink: rewrap of tink-go KMS envelope cells against a raw PKCS#11 loop; objects: S3 Encryption Client objects in a fake S3, rewrap in place (no body read, asserted) and reencrypt against a GET+PUT copy)")
 	fs.BoolVar(&c.RewrapW1, "rewrap-w1", false, "also run rewrap with --workers 1 (direct runner)")
 	fs.StringVar(&c.Compare, "compare", "", "a second rekey binary (e.g. built from the previous commit): the reencrypt, rewrap and kms runs are made with both, in pairs, and rows show rekey/base")
 	fs.StringVar(&c.CompareLabel, "compare-label", "base", "name of the --compare binary in the table")
@@ -92,6 +97,9 @@ func parseSuiteFlags(args []string) (*config, error) {
 	fs.Float64Var(&c.KMSRate, "kms-hsm-rate", 100000, "--hsm-rate of the KMS section's rekey runs: far above what local-kms serves, so awskms's default budget (10,000/s) is not what is measured")
 	fs.StringVar(&ledgerRecs, "ledger-records", "1000000,4000000", "records of the ledger section's runs (smallest and largest are compared)")
 	fs.IntVar(&c.KMSReps, "kms-reps", 0, "repetitions of the KMS section, at most --reps (default --reps)")
+	fs.IntVar(&c.TinkRecords, "tink-records", 20000, "records of the tink section's dataset (4 files, one Tink envelope cell each, so one wrapped DEK per record)")
+	fs.IntVar(&c.ObjectsCount, "objects-count", 200, "objects of the objects section (S3 Encryption Client v3 objects in an in-process gofakes3)")
+	fs.IntVar(&c.ObjectsKiB, "objects-kib", 1024, "plaintext KiB of each object of the objects section")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -136,6 +144,10 @@ func parseSuiteFlags(args []string) (*config, error) {
 		return nil, errors.New("--kms-reps may not exceed --reps")
 	case c.KMSRate <= 0:
 		return nil, errors.New("--kms-hsm-rate must be positive")
+	case c.TinkRecords < tinkFiles:
+		return nil, fmt.Errorf("--tink-records must be at least %d (the files)", tinkFiles)
+	case c.ObjectsCount < 1 || c.ObjectsKiB < 1:
+		return nil, errors.New("--objects-count and --objects-kib must be positive")
 	case c.GCMKeyRecords < c.Files:
 		return nil, errors.New("--gcm-key-records must be at least --files")
 	case c.TargetWrap != schemas.WrapAESGCM && c.TargetWrap != schemas.WrapAESKWP:
@@ -165,8 +177,12 @@ type Results struct {
 	Rows    []*Row   `json:"rows"`
 	Notes   []string `json:"notes"`
 	// KMS states the KMS section's goals per path (kmsSummary).
-	KMS  []string `json:"kms_summary,omitempty"`
-	Took string   `json:"took"`
+	KMS []string `json:"kms_summary,omitempty"`
+	// Tink and Objects state those sections' ratios (tinkSummary,
+	// objectsSummary).
+	Tink    []string `json:"tink_summary,omitempty"`
+	Objects []string `json:"objects_summary,omitempty"`
+	Took    string   `json:"took"`
 }
 
 func suiteMain(args []string) error {
@@ -323,6 +339,38 @@ func suiteMain(args []string) error {
 			return fmt.Errorf("KMS section: %w", err)
 		default:
 			defer kb.close()
+		}
+	}
+
+	// The tink section's dataset, written by tink-go on the source token.
+	var tinkDS *dataset
+	if c.Sections["tink"] {
+		step("tink dataset (written by tink-go's KMS envelope AEAD, remote AEAD on the source token)")
+		tinkDS = newTinkDataset(c.Dir, c.TinkRecords)
+		if err := generateTink(ctx, tinkDS, c.Workers, logs); err != nil {
+			return fmt.Errorf("tink section: %w", err)
+		}
+	}
+
+	// The objects section's fake S3 and objects (objects.go), with the KMS
+	// section's local-kms when it runs one.
+	var ob *objBench
+	if c.Sections["objects"] {
+		step("objects: gofakes3 on 127.0.0.1 and %d S3 Encryption Client objects of %d KiB (local-kms)", c.ObjectsCount, c.ObjectsKiB)
+		var ks *kmsServer
+		if kb != nil {
+			ks = &kb.kmsServer
+		}
+		ob, err = setupObjects(ctx, c, ks)
+		switch {
+		case err != nil && kmsUnavailable(err):
+			fmt.Fprintf(os.Stderr, "  objects section skipped: %v\n", err)
+			c.Sections["objects"] = false
+			res.Notes = append(res.Notes, "objects section skipped: "+err.Error())
+		case err != nil:
+			return fmt.Errorf("objects section: %w", err)
+		default:
+			defer ob.close()
 		}
 	}
 
@@ -507,6 +555,16 @@ func suiteMain(args []string) error {
 				return fmt.Errorf("KMS section: %w", err)
 			}
 		}
+		if c.Sections["tink"] {
+			if err := tinkRuns(ctx, c, t, tinkDS, rep, scratch, logs); err != nil {
+				return err
+			}
+		}
+		if c.Sections["objects"] {
+			if err := objectsRuns(ctx, c, t, ob, rep, scratch, logs); err != nil {
+				return err
+			}
+		}
 		if c.Sections["ledger"] {
 			if err := ledgerRuns(ctx, c, t, ledgerRs, rep, logs); err != nil {
 				return fmt.Errorf("ledger section: %w", err)
@@ -555,6 +613,14 @@ func suiteMain(args []string) error {
 	res.Notes = append(res.Notes, ledgerSummary(t, ledgerRs)...)
 	if c.Sections["kms"] {
 		res.KMS = kmsSummary(t, c)
+	}
+	if c.Sections["tink"] {
+		res.Tink = tinkSummary(t, c)
+		res.Notes = append(res.Notes, tinkNotes(c, tinkDS)...)
+	}
+	if c.Sections["objects"] {
+		res.Objects = objectsSummary(t, c)
+		res.Notes = append(res.Notes, objectsNotes(c)...)
 	}
 	t.print(os.Stdout, res)
 	b, err := json.MarshalIndent(res, "", "  ")

@@ -65,6 +65,9 @@ type Row struct {
 	// on a busy machine.
 	VsLimitPairs      []float64 `json:"vs_limit_pairs,omitempty"`
 	VsLimitPairMedian float64   `json:"vs_limit_pair_median,omitempty"`
+	// SourceGETBytes are, per run of an objects rewrap, the body bytes of
+	// the source objects the fake S3 served during the run (asserted 0).
+	SourceGETBytes []int64 `json:"source_get_body_bytes,omitempty"`
 
 	recs, walls []float64
 	group       string // rows compared by VsBest (and VsW1) with each other
@@ -235,6 +238,22 @@ func (t *table) ratios(c *config, mem []*dataset) {
 			r.limitVsW1(t)
 		case r.Section == "aes-gcm" && r.LimitKey != "":
 			r.setLimit(t, r.LimitKey)
+		case r.Section == "tink" && r.group == "tink/rekey":
+			// Against the best raw session-copy loop, 1 or N goroutines.
+			if k := t.bestTinkRawCopy(c); k != "" {
+				r.setLimit(t, k)
+				r.pairLimit(t)
+			}
+		case r.Section == "tink" && strings.HasPrefix(r.Key, "tink/raw-token/"):
+			r.setLimit(t, keyTinkRaw(r.Workers, true))
+			r.limitVsW1(t)
+		case r.Section == "tink":
+			r.limitVsW1(t)
+		case r.Section == "objects" && r.LimitKey != "":
+			r.setLimit(t, r.LimitKey)
+			r.pairLimit(t)
+		case r.Section == "objects" && strings.HasPrefix(r.Key, "objects/copy/"):
+			r.limitVsW1(t)
 		case (r.Section == "kms" || r.Section == "base") && r.group != "":
 			if tag, ok := strings.CutPrefix(strings.TrimPrefix(r.group, baseKey("")), "kms/rekey/"); ok {
 				r.setLimit(t, keyKMSRaw(tag, r.Workers))
@@ -310,6 +329,20 @@ func (r *Row) limitVsW1(t *table) {
 	if w1 := t.get(k); w1 > 0 && k != r.Key {
 		r.VsW1 = r.Median / w1
 	}
+}
+
+// pairLimit sets VsLimitPairs: the row's samples over its limit row's,
+// repetition by repetition (both measured one right after the other).
+func (r *Row) pairLimit(t *table) {
+	l := t.byKey[r.LimitKey]
+	if l == nil {
+		return
+	}
+	r.VsLimitPairs = nil
+	for i := 0; i < min(len(r.Samples), len(l.Samples)); i++ {
+		r.VsLimitPairs = append(r.VsLimitPairs, r.Samples[i]/l.Samples[i])
+	}
+	r.VsLimitPairMedian = median(r.VsLimitPairs)
 }
 
 func (r *Row) setLimit(t *table, k string) {
@@ -399,10 +432,15 @@ func (t *table) print(w io.Writer, res *Results) {
 			fmt.Fprintf(w, "\nmemory: %s\n", r.Note)
 		}
 	}
-	if len(res.KMS) > 0 {
-		fmt.Fprintln(w, "\nkms:")
-		for _, l := range res.KMS {
-			fmt.Fprintln(w, "  -", l)
+	for _, s := range []struct {
+		name  string
+		lines []string
+	}{{"kms", res.KMS}, {"tink", res.Tink}, {"objects", res.Objects}} {
+		if len(s.lines) > 0 {
+			fmt.Fprintf(w, "\n%s:\n", s.name)
+			for _, l := range s.lines {
+				fmt.Fprintln(w, "  -", l)
+			}
 		}
 	}
 	fmt.Fprintln(w, "\nnotes:")

@@ -421,6 +421,14 @@ func printSummary(w io.Writer, m *schemas.Manifest, took time.Duration) {
 	t := m.Totals
 	fmt.Fprintf(w, "\nrekey run %s (%s): %s in %s\n", m.RunID, m.Mode, m.Status, took.Round(time.Millisecond))
 	fmt.Fprintf(w, "  %-8s %12s %12s %10s %10s\n", "", "total", "migrated", "skipped", "failed")
+	if t.Objects > 0 {
+		// An object job: its units are objects.
+		fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "objects", t.Objects, t.ObjectsMigrated, t.ObjectsSkipped, t.ObjectsFailed)
+		if secs := took.Seconds(); secs > 0 {
+			fmt.Fprintf(w, "  %.0f objects/s, %s of objects\n", float64(t.Objects)/secs, humanBytes(t.Bytes))
+		}
+		return
+	}
 	fmt.Fprintf(w, "  %-8s %12d %12d %10d %10d\n", "DEKs", t.DEKs, t.DEKsMigrated, t.DEKsSkipped, t.DEKsFailed)
 	if m.Mode == schemas.ModeReencrypt {
 		fmt.Fprintf(w, "  %-8s %12d %12d %10s %10d\n", "records", t.Records, t.RecordsMigrated, "-", t.RecordsFailed)

@@ -142,6 +142,13 @@ func TestS3ECObjects(t *testing.T) {
 		if rep := verifyObjects(t, j, j.Target.KEK); !rep.OK || rep.Totals.ObjectsMigrated != int64(len(plain)) || rep.Totals.ObjectsSkipped != 1 {
 			t.Fatalf("verify: %+v %+v", rep.Totals, rep.Failures)
 		}
+		// --resume of the finished run replays its committed batches from
+		// the ledger: the same totals, nothing done twice.
+		again := *j
+		again.Resume = true
+		if m2 := e.run(t, &again); m2.Totals != m.Totals {
+			t.Fatalf("resume: %+v, the run had %+v", m2.Totals, m.Totals)
+		}
 		// The same job again finds every object wrapped by the target.
 		j.RunID = "s3ec-rw-again"
 		m = e.run(t, j)
