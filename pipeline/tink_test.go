@@ -255,6 +255,16 @@ func TestTinkEnvelopePKCS11(t *testing.T) {
 		}
 		readTinkBack(t, ds, j.Target.Data, newEnv, oldEnv)
 		checkPayloadsKept(t, ds.dir, j.Target.Data, 0)
+		// rekey verify unwraps every cell's DEK with the target KEK and
+		// opens the cell; with the source KEK every record fails.
+		if rep := runVerify(t, j.VerifySpec("")); !rep.OK || rep.Counts.Records.Migrated != 60 {
+			t.Fatalf("verify: %+v %+v", rep.Counts, rep.Failures)
+		}
+		wrong := j.VerifySpec("")
+		wrong.TargetKEK = env.KEK("source", "kek-aes")
+		if rep := runVerify(t, wrong); rep.OK || rep.Counts.Records.Failed == 0 {
+			t.Fatalf("verify with the old KEK: %+v", rep.Counts)
+		}
 		checkLedger(t, j, map[string]int{"record/migrated": 60})
 		if dirHash(t, ds.dir) != ds.hash {
 			t.Fatal("the source changed")
@@ -268,6 +278,9 @@ func TestTinkEnvelopePKCS11(t *testing.T) {
 		}
 		readTinkBack(t, ds, j.Target.Data, newEnv, oldEnv)
 		checkLedger(t, j, map[string]int{"record/migrated": 60})
+		if rep := runVerify(t, j.VerifySpec("")); !rep.OK || rep.Counts.Records.Migrated != 60 {
+			t.Fatalf("verify: %+v %+v", rep.Counts, rep.Failures)
+		}
 		rows, err := ledger.Read(context.Background(), j.Ledger, j.RunID)
 		if err != nil {
 			t.Fatal(err)

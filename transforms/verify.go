@@ -74,6 +74,12 @@ func (v *VerifySpec) Validate() error {
 		}
 		return nil
 	}
+	if tf, err := format.New(v.TargetFormat, v.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
+		if v.TargetData == "" || v.TargetKEK == "" || v.Report == "" {
+			return errors.New("verify of cells that carry their DEKs: need the records (target.data), the target KEK and a report path")
+		}
+		return nil
+	}
 	switch {
 	case v.TargetDEKs == "" || v.TargetKEK == "":
 		return errors.New("need a DEK table and its KEK (target.deks, target.kek)")
@@ -644,7 +650,13 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 				}
 				_ = parallel(n, workers, func(w, i int) error {
 					out[i] = rowCheck{}
-					if e := f.verifyRow(&l, rows[i], &scratch[w], &out[i], keysOf, names); e != nil {
+					verify := f.verifyRow
+					if l.dek < 0 {
+						verify = func(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, _ map[string]*verifyKey, names []string) error {
+							return f.verifyCellKeys(ctx, l, row, sc, o, names)
+						}
+					}
+					if e := verify(&l, rows[i], &scratch[w], &out[i], keysOf, names); e != nil {
 						out[i].err = e.Error()
 					}
 					return nil
@@ -736,6 +748,56 @@ func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, 
 	return nil
 }
 
+// verifyCellKeys checks a record whose cells carry their own wrapped DEKs
+// (tink-envelope): each cell's DEK unwraps with the target KEK and opens
+// the cell.
+func (f *VerifyFn) verifyCellKeys(ctx context.Context, l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, names []string) error {
+	iv := findValue(row, l.id)
+	if iv < 0 {
+		return fmt.Errorf("row has no value for the record id column")
+	}
+	var err error
+	if o.id, err = recordID(row[iv]); err != nil {
+		return err
+	}
+	o.hasID = true
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+		return fmt.Errorf("record %q: %w", o.id, err)
+	}
+	for k, col := range l.enc {
+		vi := findValue(row, col)
+		if vi < 0 || row[vi].IsNull() {
+			continue
+		}
+		cell := row[vi].ByteArray()
+		c := &format.Cell{Column: l.encName[k], RecordID: o.id, Fields: sc.fields}
+		blob, err := f.tf.DecodeKey(cell)
+		if err != nil {
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
+		}
+		fb, err := f.tf.Binding(c)
+		if err != nil {
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
+		}
+		dek, err := f.kek.Unwrap(ctx, keys.Binding{DEKID: fb.DEKID, Context: fb.Context}, f.kek.Mechanism(), blob)
+		if err != nil {
+			return fmt.Errorf("record %q column %q: the cell's DEK does not unwrap with the target KEK: %w", o.id, l.encName[k], err)
+		}
+		aead, err := f.tf.Cipher(dek.Bytes())
+		dek.Zero()
+		if err != nil {
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
+		}
+		pt, err := f.tf.Open(sc.pt[:0], aead, cell, c)
+		sc.pt = pt
+		clear(pt)
+		if err != nil {
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
+		}
+	}
+	return nil
+}
+
 // readRecordIDs streams the record ids of one record file, reading the id
 // column only (no cell is read or decrypted). fn gets each id, or why a
 // row has none.
@@ -795,6 +857,11 @@ func Verify(s beam.Scope, spec VerifySpec) beam.PCollection {
 	s = s.Scope("Verify")
 	if objfmt.Known(spec.TargetFormat) {
 		return beam.ParDo(s, &VerifyObjectsFn{Spec: spec}, ListObjects(s, spec.TargetData))
+	}
+	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
+		// No DEK table: every cell carries its wrapped DEK.
+		recUnits := ListVerifyUnits(s.Scope("Records"), spec.SourceData, spec.TargetData, false)
+		return beam.ParDo(s, &VerifyFn{Spec: spec}, recUnits, beam.SideInput{Input: beam.CreateList(s, []schemas.DEKRow{})})
 	}
 	renamed := spec.Match == schemas.ModeReencrypt && spec.SourceDEKs != ""
 	dekUnits := ListVerifyUnits(s.Scope("DEKTable"), spec.SourceDEKs, spec.TargetDEKs, renamed)

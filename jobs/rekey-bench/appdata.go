@@ -213,7 +213,7 @@ func readDatasetFormat(ds *dataset) error {
 		return fmt.Errorf("%s: %v", filepath.Join(ds.Dir, formatFile), err)
 	}
 	ds.Format, ds.FormatOptions = f.Format, f.Options
-	if ds.ColumnKeys() {
+	if ds.ColumnKeys() || ds.CellKeys() {
 		ds.DEKs = ""
 	}
 	return nil

@@ -196,8 +196,7 @@ func (f *fakeS3) removePrefix(prefix string, names []string) {
 
 // allUnder lists every key under prefix, in the backend.
 func (f *fakeS3) allUnder(prefix string) ([]string, error) {
-	p := prefix
-	res, err := f.be.ListBucket(objBucket, &gofakes3.Prefix{Prefix: p, HasPrefix: true}, gofakes3.ListBucketPage{})
+	res, err := f.be.ListBucket(objBucket, &gofakes3.Prefix{Prefix: prefix, HasPrefix: true}, gofakes3.ListBucketPage{})
 	if err != nil {
 		return nil, err
 	}

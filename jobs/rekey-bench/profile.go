@@ -152,11 +152,17 @@ func profileMain(args []string) error {
 		Source: pipeline.Side{DEKs: ds.DEKs, KEK: sourceKEK(), Format: ds.Format, FormatOptions: ds.FormatOptions},
 		Target: pipeline.Side{DEKs: filepath.Join(out, "deks"), KEK: targetKEK(), Wrap: *wrap},
 		Ledger: filepath.Join(out, "ledger"), Workers: *workers}
-	if *mode == schemas.ModeReencrypt || ds.ColumnKeys() {
+	if *mode == schemas.ModeReencrypt || ds.ColumnKeys() || ds.CellKeys() {
 		j.Source.Data, j.Target.Data = ds.Data, filepath.Join(out, "data")
 	}
-	if ds.ColumnKeys() && *mode == schemas.ModeRewrap {
-		j.Target.DEKs = "" // the key column is rewritten in target.data
+	if ds.ColumnKeys() && *mode == schemas.ModeRewrap || ds.CellKeys() {
+		j.Target.DEKs = "" // the keys are rewritten in target.data
+	}
+	if ds.CellKeys() {
+		j.Target.Wrap = "" // the format's: Tink's remote AEAD is AES-GCM
+		if *mode == schemas.ModeReencrypt {
+			j.Target.Format, j.Target.FormatOptions = ds.Format, ds.FormatOptions
+		}
 	}
 	j.Defaults()
 	if err := j.Validate(); err != nil {

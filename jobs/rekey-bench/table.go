@@ -238,7 +238,7 @@ func (t *table) ratios(c *config, mem []*dataset) {
 			r.limitVsW1(t)
 		case r.Section == "aes-gcm" && r.LimitKey != "":
 			r.setLimit(t, r.LimitKey)
-		case r.Section == "tink" && r.group == "tink/rekey":
+		case r.Section == "tink" && strings.HasPrefix(r.Key, "tink/rekey/"):
 			// Against the best raw session-copy loop, 1 or N goroutines.
 			if k := t.bestTinkRawCopy(c); k != "" {
 				r.setLimit(t, k)

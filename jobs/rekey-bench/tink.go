@@ -512,8 +512,8 @@ func tinkRuns(ctx context.Context, c *config, t *table, ds *dataset, rep int, sc
 			return fmt.Errorf("run %s: no elapsed time in its output", id)
 		}
 		t.addRun(keyTinkRekey("direct"), &Row{Section: "tink", What: "rekey rewrap tink-envelope (aad {tenant}) [default workers]", Cell: ds.Cell,
-			Workers: N, Runner: "direct", Unit: "cells/s", DEKs: m.Totals.DEKs, HSMOps: 3 * m.Totals.DEKs,
-			HSMOpsNote: "estimate: unwrap + wrap + verify-unwrap per cell", DefaultWorkers: true, group: "tink/rekey"}, n/secs, n/secs, cr)
+			Workers: N, Runner: "direct", Unit: "cells/s", DEKs: m.Totals.RecordsMigrated, HSMOps: 3 * m.Totals.RecordsMigrated,
+			HSMOpsNote: "estimate: unwrap + wrap + verify-unwrap per cell (one DEK per cell; the run's manifest counts 0 DEKs)", DefaultWorkers: true}, n/secs, n/secs, cr)
 		return nil
 	})
 	for i := 0; i < rep%len(order); i++ {

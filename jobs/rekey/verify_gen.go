@@ -88,9 +88,9 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if set["wrap"] {
 		spec.TargetWrap = wrap
 	}
+	cellKeys := false
 	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
-		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose cells carry their own wrapped DEKs (target.format %s); "+
-			"the run itself unwrapped every cell's new wrapped DEK with the target and opened the cell before committing (see the ledger's proof column)", tf.Name()))
+		cellKeys = true // no DEK table: each cell's DEK is unwrapped by the target KEK
 	} else if err == nil && tf.Keys() == format.KeyColumn {
 		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
 			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
@@ -99,7 +99,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		if spec.TargetData == "" && j.Mode == schemas.ModeRewrap {
 			spec.TargetData = j.Source.Data // objects are rewrapped where they are
 		}
-	} else if spec.TargetDEKs == "" || spec.TargetKEK == "" {
+	} else if !cellKeys && (spec.TargetDEKs == "" || spec.TargetKEK == "") {
 		return withCode(exitUsage, errors.New("need a DEK table and its KEK: --job with target.deks/target.kek, or --deks and --kek"))
 	}
 	if err := verifySource(j, &spec, targetOnly); err != nil {
