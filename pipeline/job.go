@@ -373,12 +373,19 @@ func (j *Job) validateCellKeys(srcFmt, dstFmt format.Format) error {
 	if j.Source.DEKs != "" {
 		return cfgErr("source.deks", "%s cells carry their own wrapped DEKs: there is no source DEK table; remove source.deks", srcFmt.Name())
 	}
+	if j.Mode == schemas.ModeReencrypt && dstFmt.Keys() == format.KeyTable {
+		// Into a DEK table format: one fresh DEK per record file.
+		if j.Target.DEKs == "" {
+			return cfgErr("target.deks", "missing: a reencrypt of %s cells into %s writes one new DEK per record file to a DEK table", srcFmt.Name(), dstFmt.Name())
+		}
+		return nil
+	}
 	if j.Target.DEKs != "" {
 		return cfgErr("target.deks", "%s cells carry their own wrapped DEKs: the new ones go into the cells, not a DEK table; remove target.deks", srcFmt.Name())
 	}
 	if j.Mode == schemas.ModeReencrypt {
 		if dstFmt.Keys() != format.KeyCell {
-			return cfgErr("target.format", "reencrypt of %s data into %s is not supported yet: set target.format: %s (fresh DEKs wrapped by target.kek, one per cell), or use mode: rewrap", srcFmt.Name(), dstFmt.Name(), srcFmt.Name())
+			return cfgErr("target.format", "reencrypt of %s data into %s (keys in a column) is not supported yet: set target.format: %s (fresh DEKs in the cells) or a format with keys in a DEK table (rekey-v1), or use mode: rewrap", srcFmt.Name(), dstFmt.Name(), srcFmt.Name())
 		}
 		if c, ok := dstFmt.(interface{ CanSeal() error }); ok {
 			if err := c.CanSeal(); err != nil {
@@ -403,7 +410,7 @@ func (j *Job) validateLayout() error {
 		if err := j.validateCellKeys(srcFmt, dstFmt); err != nil {
 			return err
 		}
-		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" })
+		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Target.DEKs == "" })
 	} else if colKeys {
 		// The wrapped keys are in the records: no source DEK table.
 		need = slices.DeleteFunc(need, func(f string) bool { return f == "source.deks" || f == "target.deks" && j.Mode == schemas.ModeRewrap })

@@ -3,6 +3,7 @@ package transforms
 import (
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -10,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"strings"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -40,6 +43,9 @@ type CellKeysFn struct {
 
 	src, dst keys.KEK
 	sf, tf   format.Format
+	// file is the current record file's DEK (a reencrypt into a DEK table
+	// format); the direct runner runs one file at a time per DoFn.
+	file *fileKey
 }
 
 // Setup opens both KEKs (once per process).
@@ -63,6 +69,62 @@ func (f *CellKeysFn) ProcessElement(ctx context.Context, rel string, emit func(U
 		return f.migrateFile(ctx, srcPath, dstPath, part)
 	})
 }
+
+// fileKey is the one fresh DEK a record file gets when cells that carried
+// their own DEKs are re-encrypted into a format whose keys are in a DEK
+// table (rekey-v1, aes-gcm keys: table): a row of the file's DEK table.
+type fileKey struct {
+	id   string
+	aead cipher.AEAD
+	row  schemas.DEKRow
+}
+
+// intoTable reports whether the target keeps its keys in a DEK table.
+func (f *CellKeysFn) intoTable() bool {
+	return f.Spec.Mode == schemas.ModeReencrypt && f.tf.Keys() == format.KeyTable
+}
+
+// newFileKey mints, wraps (and checks) the DEK of record file rel.
+func (f *CellKeysFn) newFileKey(ctx context.Context, rel string) (*fileKey, error) {
+	h := sha256.Sum256([]byte(rel))
+	id := f.Spec.RunID + "-" + hex.EncodeToString(h[:12])
+	dek, err := f.freshSecret(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("a new DEK for %s: %w", rel, err)
+	}
+	defer dek.Zero()
+	w, err := f.dst.Wrap(ctx, keys.ByID(id), dek)
+	if err != nil {
+		return nil, fmt.Errorf("wrap the new DEK of %s with %s: %w", rel, redactKEK(f.dst.URI()), err)
+	}
+	if !f.Spec.SkipVerify {
+		back, err := f.dst.Unwrap(ctx, keys.ByID(id), f.dst.Mechanism(), w)
+		if err != nil {
+			return nil, fmt.Errorf("verify before commit: unwrap the new DEK of %s: %w", rel, err)
+		}
+		same := bytes.Equal(back.Bytes(), dek.Bytes())
+		back.Zero()
+		if !same {
+			return nil, fmt.Errorf("verify before commit: the target returned another key for the new DEK of %s", rel)
+		}
+	}
+	aead, err := f.tf.Cipher(dek.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	return &fileKey{id: id, aead: aead, row: schemas.DEKRow{DEKID: id, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: w,
+		Created: now(), KCV: schemas.KCV(dek.Bytes(), id)}}, nil
+}
+
+// dekIDField is the dek_id column a record file gains when its cells move
+// from carrying their DEKs to a DEK table.
+type dekIDField struct {
+	parquet.Node
+	name string
+}
+
+func (d dekIDField) Name() string                           { return d.name }
+func (d dekIDField) Value(base reflect.Value) reflect.Value { return reflect.Value{} }
 
 // cellJob is one cell of a batch and what became of it.
 type cellJob struct {
@@ -113,7 +175,23 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 	if spec.Mode == schemas.ModeReencrypt {
 		tf = f.tf
 	}
-	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, outputSchemaFor(pf.Schema(), spec.Encrypted, tf, "", ""), fp)...)
+	schema := outputSchemaFor(pf.Schema(), spec.Encrypted, tf, "", "")
+	var fk *fileKey
+	dekCol := -1
+	if f.intoTable() {
+		if _, clash := pf.Schema().Lookup(spec.DEKColumn); clash {
+			return res, fmt.Errorf("%s: the target's dek_id column %q exists already in this file: set columns.dek_id to a new name", srcPath, spec.DEKColumn)
+		}
+		if fk, err = f.newFileKey(ctx, strings.TrimPrefix(srcPath, spec.SourceData)); err != nil {
+			return res, err
+		}
+		fields := append(append([]parquet.Field(nil), schema.Fields()...), dekIDField{Node: parquet.String(), name: spec.DEKColumn})
+		dekCol = len(schema.Columns())
+		schema = parquet.NewSchema(schema.Name(), rootNode{Node: schema, fields: fields})
+		kept.own = true
+	}
+	f.file = fk
+	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, schema, fp)...)
 	led, err := ledger.Create(ctx, part)
 	if err != nil {
 		return res, err
@@ -213,7 +291,12 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 					}
 					if lr.Status == schemas.StatusMigrated {
 						lr.Bytes, lr.Checksum = f.cellsSum(mine)
-						keep = append(keep, withCells(rows[i], l.enc, mine))
+						out := withCells(rows[i], l.enc, mine)
+						if fk != nil {
+							lr.NewDEKID = fk.id
+							out = append(out, parquet.ByteArrayValue([]byte(fk.id)).Level(0, 0, dekCol))
+						}
+						keep = append(keep, out)
 					}
 					res.add(&lr)
 					lrows = append(lrows, lr)
@@ -248,6 +331,23 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 	cntDEKs.Inc(ctx, deks)
 	if res.Totals.Failed > 0 {
 		pw.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+	}
+	if fk != nil {
+		// The file's DEK table before the file that needs it.
+		table := &fileDEKs{rel: strings.TrimPrefix(strings.TrimPrefix(srcPath, spec.SourceData), "/"), rows: []schemas.DEKRow{fk.row},
+			used: map[string]bool{fk.id: res.Totals.RecordsMigrated > 0}}
+		if err := table.commit(ctx, spec); err != nil {
+			return res, err
+		}
+		if len(table.rows) > 0 {
+			dr := schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: srcPath, Target: table.path(spec),
+				DEKID: "cells", NewDEKID: fk.id, SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(), Status: schemas.StatusMigrated,
+				Bytes: int64(len(fk.row.Wrapped)), Checksum: checksum(fk.row.Wrapped), Proof: schemas.ProofCell, At: now()}
+			if err := led.Write([]schemas.LedgerRow{dr}); err != nil {
+				return res, err
+			}
+			res.add(&dr)
+		}
 	}
 	kept.closing()
 	if err := pw.Close(); err != nil {
@@ -361,6 +461,24 @@ func (f *CellKeysFn) migrateCell(ctx context.Context, c *cellJob, column string)
 			return
 		}
 		c.newKey = keyName(string(w))
+		return
+	}
+	if fk := f.file; fk != nil {
+		cell := &format.Cell{Column: column, RecordID: c.id, DEKID: fk.id, Fields: c.tfields}
+		if c.out, err = f.tf.Seal(nil, fk.aead, rand.Reader, pt, cell); err != nil {
+			fail(err, "seal")
+			return
+		}
+		c.tag = bytes.Clone(cell.Tag)
+		c.newKey = fk.id
+		if !f.Spec.SkipVerify {
+			back, err := f.tf.Open(nil, fk.aead, c.out, &format.Cell{Column: column, RecordID: c.id, DEKID: fk.id, Fields: c.tfields})
+			same := err == nil && bytes.Equal(back, pt)
+			clear(back)
+			if !same {
+				fail(err, "verify before commit: the new cell does not open to the plaintext")
+			}
+		}
 		return
 	}
 	fresh, err := f.freshSecret(ctx)

@@ -120,23 +120,36 @@ func (f *ObjectsFn) ProcessElement(ctx context.Context, batch []string, emit fun
 		return nil
 	}
 	res := UnitResult{Unit: unit}
-	rows := make([]schemas.LedgerRow, 0, len(batch))
-	for _, rel := range batch {
+	rows := make([]schemas.LedgerRow, len(batch))
+	// A rewrap is custodian round trips and a server-side copy: as many
+	// in flight as the custodian takes. A reencrypt streams bodies, each
+	// with its upload buffers: one per CPU.
+	workers := spec.KeyWorkers()
+	if spec.Mode == schemas.ModeReencrypt {
+		workers = min(workers, spec.workers())
+	}
+	err = parallel(len(batch), workers, func(_, i int) error {
 		if err := checkInterrupt(); err != nil {
 			return err
 		}
-		row, err := f.object(ctx, rel)
+		row, err := f.object(ctx, batch[i])
 		if err != nil {
 			return err // stops the run: a custodian refusing us, an unwritable target
 		}
-		res.add(&row)
-		rows = append(rows, row)
+		rows[i] = row
 		Progress.Files.Add(1)
 		cntFiles.Inc(ctx, 1)
 		if row.Status == schemas.StatusFailed {
 			Progress.Failed.Add(1)
 			cntFailed.Inc(ctx, 1)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range rows {
+		res.add(&rows[i])
 	}
 	if err := ledger.WritePart(ctx, part, rows); err != nil {
 		return err

@@ -65,8 +65,11 @@ type schemaKeeper struct {
 	// on purpose (a text cell column becoming binary, a wrapped-key column
 	// becoming the dek_id column): their written elements are kept.
 	changed map[string]bool
-	hold    bool
-	tail    bytes.Buffer
+	// own: the target adds columns (a dek_id column for cells that carried
+	// their DEKs): its schema is written as the Parquet writer made it.
+	own  bool
+	hold bool
+	tail bytes.Buffer
 }
 
 // keepSchema wraps out, the pending object at path written from src.
@@ -90,7 +93,10 @@ func (k *schemaKeeper) Commit() error {
 	if !k.hold {
 		return fmt.Errorf("write %s: the footer was not held back (closing was not called before the Parquet writer's Close); nothing committed", k.path)
 	}
-	tail, err := withSchema(k.tail.Bytes(), k.src, k.changed)
+	tail, err := k.tail.Bytes(), error(nil)
+	if !k.own {
+		tail, err = withSchema(tail, k.src, k.changed)
+	}
 	if err != nil {
 		return fmt.Errorf("write %s: keep the source's schema: %w", k.path, err)
 	}
