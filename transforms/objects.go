@@ -357,7 +357,7 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 	secret := key.Bytes()
 	switch env.Library {
 	case objfmt.S3EC:
-		r, err := objfmt.NewGCMReader(body, in.Size(), secret, env.IV)
+		r, err := objfmt.NewGCM(body, in.Size(), secret, env.IV)
 		if err != nil {
 			return fail(err)
 		}
@@ -410,7 +410,7 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 		if out, err = store.CreateObject(ctx, target, meta); err != nil {
 			return row, outputErr(target, err)
 		}
-		gw, err := objfmt.NewGCMWriter(out, fresh.Bytes(), nonce)
+		gw, err := objfmt.NewGCMSealer(out, fresh.Bytes(), nonce, in.Size()-16) // the stored size, not the metadata's claim
 		if err != nil {
 			_ = out.Abort()
 			return fail(err)
@@ -646,7 +646,7 @@ func (f *VerifyObjectsFn) verify(ctx context.Context, path string) error {
 		if env.CEKAlg == objfmt.Committed {
 			return nil // the key unwrapped; the committing suite's body is the library's to check
 		}
-		r, err := objfmt.NewGCMReader(body, in.Size(), key.Bytes(), env.IV)
+		r, err := objfmt.NewGCM(body, in.Size(), key.Bytes(), env.IV)
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package objfmt
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
@@ -148,6 +149,73 @@ func newGCMStream(key, iv []byte) (*gcmStream, error) {
 	b.Encrypt(mask, j0)
 	j0[15] = 2
 	return &gcmStream{ctr: cipher.NewCTR(b, j0), gh: newGHASH(h), mask: mask}, nil
+}
+
+// SmallBody is the largest body NewGCM reads whole, to use the platform's
+// AES-GCM (hardware GHASH) instead of the streaming one; larger bodies
+// stream in bounded memory.
+const SmallBody = 8 << 20
+
+// NewGCM returns the plaintext of an AES-GCM body of size bytes: read whole
+// and opened with crypto/cipher up to SmallBody, streamed above it (the
+// tag then fails at the end, as a read error).
+func NewGCM(body io.Reader, size int64, key, iv []byte) (io.Reader, error) {
+	if size > SmallBody || size < 16 || len(iv) != 12 {
+		return NewGCMReader(body, size, key, iv)
+	}
+	ct := make([]byte, size)
+	if _, err := io.ReadFull(body, ct); err != nil {
+		return nil, fmt.Errorf("read the body: %w", err)
+	}
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := g.Open(ct[:0], iv, ct, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w (AES-GCM tag mismatch: a wrong key or a changed body)", ErrAuth)
+	}
+	return bytes.NewReader(pt), nil
+}
+
+// NewGCMSealer is NewGCMWriter for a plaintext of known size: up to
+// SmallBody it is sealed whole with crypto/cipher on Close.
+func NewGCMSealer(w io.Writer, key, iv []byte, size int64) (io.WriteCloser, error) {
+	if size > SmallBody || len(iv) != 12 {
+		return NewGCMWriter(w, key, iv)
+	}
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, err
+	}
+	return &wholeSealer{g: g, iv: iv, w: w, buf: make([]byte, 0, size+16)}, nil
+}
+
+type wholeSealer struct {
+	g   cipher.AEAD
+	iv  []byte
+	w   io.Writer
+	buf []byte
+}
+
+func (s *wholeSealer) Write(p []byte) (int, error) {
+	s.buf = append(s.buf, p...)
+	return len(p), nil
+}
+
+func (s *wholeSealer) Close() error {
+	out := s.g.Seal(s.buf[:0], s.iv, s.buf, nil)
+	_, err := s.w.Write(out)
+	clear(out)
+	return err
 }
 
 // GCMReader decrypts body = ciphertext ‖ tag of total length size.
