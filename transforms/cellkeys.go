@@ -43,9 +43,6 @@ type CellKeysFn struct {
 
 	src, dst keys.KEK
 	sf, tf   format.Format
-	// file is the current record file's DEK (a reencrypt into a DEK table
-	// format); the direct runner runs one file at a time per DoFn.
-	file *fileKey
 }
 
 // Setup opens both KEKs (once per process).
@@ -139,6 +136,9 @@ type cellJob struct {
 	newKey   string
 	err      string
 	fatal    error
+	// fk is the record file's new DEK (a reencrypt into a DEK table
+	// format), nil otherwise.
+	fk *fileKey
 }
 
 func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part string) (UnitResult, error) {
@@ -190,7 +190,6 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 		schema = parquet.NewSchema(schema.Name(), rootNode{Node: schema, fields: fields})
 		kept.own = true
 	}
-	f.file = fk
 	pw := parquet.NewWriter(kept, recordWriterOptions(spec, pf, schema, fp)...)
 	led, err := ledger.Create(ctx, part)
 	if err != nil {
@@ -246,7 +245,7 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 						if vi < 0 || row[vi].IsNull() {
 							continue // a null cell stays null
 						}
-						jobs = append(jobs, cellJob{row: i, enc: k, cell: row[vi].ByteArray(), id: ids[i], fields: fields, tfields: tfields})
+						jobs = append(jobs, cellJob{row: i, enc: k, cell: row[vi].ByteArray(), id: ids[i], fields: fields, tfields: tfields, fk: fk})
 					}
 				}
 				fatal := parallel(len(jobs), spec.KeyWorkers(), func(_, j int) error {
@@ -463,7 +462,7 @@ func (f *CellKeysFn) migrateCell(ctx context.Context, c *cellJob, column string)
 		c.newKey = keyName(string(w))
 		return
 	}
-	if fk := f.file; fk != nil {
+	if fk := c.fk; fk != nil {
 		cell := &format.Cell{Column: column, RecordID: c.id, DEKID: fk.id, Fields: c.tfields}
 		if c.out, err = f.tf.Seal(nil, fk.aead, rand.Reader, pt, cell); err != nil {
 			fail(err, "seal")
