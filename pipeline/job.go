@@ -474,6 +474,20 @@ func (j *Job) validateObjects() error {
 	if j.Source.Format == objfmt.FormatOSS && strings.HasPrefix(j.Target.KEK, "pkcs11:") && j.Target.Wrap == "" {
 		j.Target.Wrap = schemas.WrapRSAPKCS1 // OSS's RSA/NONE/PKCS1Padding
 	}
+	// The custodians the library's own readers can use: anything else
+	// would be a wrap the application cannot unwrap, written in place.
+	for f, k := range map[string]string{"source.kek": j.Source.KEK, "target.kek": j.Target.KEK} {
+		scheme, _, _ := strings.Cut(k, ":")
+		switch {
+		case j.Source.Format == objfmt.FormatS3EC && scheme != "awskms":
+			return cfgErr(f, "%q: S3 Encryption Client objects (kms+context, kms) are wrapped by AWS KMS keys: use an awskms: reference", redact(k))
+		case j.Source.Format == objfmt.FormatOSS && scheme != "pkcs11" && !strings.HasPrefix(scheme, "alikms"):
+			return cfgErr(f, "%q: OSS client-side encryption objects are wrapped by RSA keys (pkcs11:) or Alibaba Cloud KMS (alikms:)", redact(k))
+		}
+	}
+	if j.Source.Format == objfmt.FormatOSS && strings.HasPrefix(j.Target.KEK, "pkcs11:") && j.Target.Wrap != schemas.WrapRSAPKCS1 {
+		return cfgErr("target.wrap", "%q: OSS reads RSA/NONE/PKCS1Padding only: the target wrap of an oss-cse job on a PKCS#11 key is rsa-pkcs1 (the default)", j.Target.Wrap)
+	}
 	if _, err := objfmt.ParseOptions(j.Source.Format, j.Source.FormatOptions); err != nil {
 		return cfgErr("source.format_options", "%v", err)
 	}

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"strings"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -63,7 +62,7 @@ func (f *CellKeysFn) ProcessElement(ctx context.Context, rel string, emit func(U
 	defer noteStop(&err)
 	markStarted()
 	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
-		return f.migrateFile(ctx, srcPath, dstPath, part)
+		return f.migrateFile(ctx, rel, srcPath, dstPath, part)
 	})
 }
 
@@ -141,7 +140,7 @@ type cellJob struct {
 	fk *fileKey
 }
 
-func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part string) (UnitResult, error) {
+func (f *CellKeysFn) migrateFile(ctx context.Context, rel, srcPath, dstPath, part string) (UnitResult, error) {
 	spec := &f.Spec
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
@@ -171,6 +170,14 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 		}
 	}()
 	kept := keepSchema(out, dstPath, pf)
+	if spec.Mode == schemas.ModeReencrypt && f.sf.Text() != f.tf.Text() {
+		// Text cells becoming binary (or back): their columns' written
+		// types are kept (docs/FORMAT.md, Column types).
+		kept.changed = map[string]bool{}
+		for _, c := range spec.Encrypted {
+			kept.changed[c] = true
+		}
+	}
 	var tf format.Format // a rewrap keeps the columns' types
 	if spec.Mode == schemas.ModeReencrypt {
 		tf = f.tf
@@ -182,7 +189,7 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 		if _, clash := pf.Schema().Lookup(spec.DEKColumn); clash {
 			return res, fmt.Errorf("%s: the target's dek_id column %q exists already in this file: set columns.dek_id to a new name", srcPath, spec.DEKColumn)
 		}
-		if fk, err = f.newFileKey(ctx, strings.TrimPrefix(srcPath, spec.SourceData)); err != nil {
+		if fk, err = f.newFileKey(ctx, rel); err != nil {
 			return res, err
 		}
 		fields := append(append([]parquet.Field(nil), schema.Fields()...), dekIDField{Node: parquet.String(), name: spec.DEKColumn})
@@ -333,7 +340,7 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, srcPath, dstPath, part str
 	}
 	if fk != nil {
 		// The file's DEK table before the file that needs it.
-		table := &fileDEKs{rel: strings.TrimPrefix(strings.TrimPrefix(srcPath, spec.SourceData), "/"), rows: []schemas.DEKRow{fk.row},
+		table := &fileDEKs{rel: rel, rows: []schemas.DEKRow{fk.row},
 			used: map[string]bool{fk.id: res.Totals.RecordsMigrated > 0}}
 		if err := table.commit(ctx, spec); err != nil {
 			return res, err

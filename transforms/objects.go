@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -98,8 +99,21 @@ func (f *ObjectsFn) Setup(ctx context.Context) (err error) {
 		return err
 	}
 	f.lib = objfmt.LibraryOf(f.Spec.SourceFormat)
+	if f.lib == objfmt.OSS && !isAliKMS(f.dst) && f.dst.Mechanism() != schemas.WrapRSAPKCS1 {
+		return fmt.Errorf("target KEK %s wraps with %s; OSS objects need rsa-pkcs1 (RSA/NONE/PKCS1Padding) or Alibaba Cloud KMS", redactKEK(f.dst.URI()), f.dst.Mechanism())
+	}
 	f.opts, err = objfmt.ParseOptions(f.Spec.SourceFormat, f.Spec.SourceFormatOptions)
 	return err
+}
+
+func isAliKMS(k keys.KEK) bool { return strings.HasPrefix(k.URI(), "alikms") }
+
+// ossAlgOf is the OSS wrap algorithm a KEK writes and reads.
+func ossAlgOf(k keys.KEK) string {
+	if isAliKMS(k) {
+		return objfmt.WrapAliKMS
+	}
+	return objfmt.WrapRSAPKCS1
 }
 
 // ProcessElement migrates one batch of objects.
@@ -128,12 +142,18 @@ func (f *ObjectsFn) ProcessElement(ctx context.Context, batch []string, emit fun
 	if spec.Mode == schemas.ModeReencrypt {
 		workers = min(workers, spec.workers())
 	}
+	var stop atomic.Bool // after an error that stops the run, no object starts
 	err = parallel(len(batch), workers, func(_, i int) error {
+		if stop.Load() {
+			return nil
+		}
 		if err := checkInterrupt(); err != nil {
+			stop.Store(true)
 			return err
 		}
 		row, err := f.object(ctx, batch[i])
 		if err != nil {
+			stop.Store(true)
 			return err // stops the run: a custodian refusing us, an unwritable target
 		}
 		rows[i] = row
@@ -146,6 +166,19 @@ func (f *ObjectsFn) ProcessElement(ctx context.Context, batch []string, emit fun
 		return nil
 	})
 	if err != nil {
+		// Objects already changed keep their rows (their ETags and the
+		// version that still holds the old key); the others get a failed
+		// row, so that --resume does the batch again.
+		for i := range rows {
+			if rows[i].Status == "" {
+				rows[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitObject, Source: storage.Join(spec.SourceData, batch[i]),
+					SourceKEK: f.src.URI(), TargetKEK: f.dst.URI(), Status: schemas.StatusFailed, At: now(),
+					Error: fmt.Sprintf("not done: the run stopped (%v); --resume does it", err)}
+			}
+		}
+		if werr := ledger.WritePart(ctx, part, rows); werr != nil {
+			return errors.Join(err, werr)
+		}
 		return err
 	}
 	for i := range rows {
@@ -200,6 +233,19 @@ func (f *ObjectsFn) object(ctx context.Context, rel string) (schemas.LedgerRow, 
 		return fail("written by %s client-side encryption, the job's source.format is %s", env.Library, spec.SourceFormat)
 	}
 	row.DEKID = keyName(string(env.Key))
+	if env.Library == objfmt.OSS && env.WrapAlg != ossAlgOf(f.src) {
+		// Not the source custodian's kind of wrap: already the target's
+		// (an earlier run), or someone else's.
+		if env.WrapAlg == ossAlgOf(f.dst) && spec.Mode == schemas.ModeRewrap {
+			mech, b, _ := f.binding(env, f.dst)
+			if back, err := f.dst.Unwrap(ctx, b, mech, env.Key); err == nil {
+				back.Zero()
+				row.Status, row.Error, row.ETagAfter = schemas.StatusSkipped, fmt.Sprintf("object %s: already wrapped by target.kek (an earlier run or attempt)", path), info.ETag
+				return row, nil
+			}
+		}
+		return fail("wrapped with %s, which source.kek %s does not unwrap; the object is left as it is", env.WrapAlg, redactKEK(f.src.URI()))
+	}
 	mech, b, err := f.binding(env, f.src)
 	if err != nil {
 		return fail("%v", err)
@@ -211,7 +257,8 @@ func (f *ObjectsFn) object(ctx context.Context, rel string) (schemas.LedgerRow, 
 		}
 		// Already wrapped by the target (an earlier attempt of a run)?
 		if spec.Mode == schemas.ModeRewrap {
-			if back, err2 := f.dst.Unwrap(ctx, b, f.dst.Mechanism(), env.Key); err2 == nil {
+			tmech, tb, _ := f.binding(env, f.dst)
+			if back, err2 := f.dst.Unwrap(ctx, tb, tmech, env.Key); err2 == nil {
 				back.Zero()
 				row.Status, row.Error, row.ETagAfter = schemas.StatusSkipped, fmt.Sprintf("object %s: already wrapped by target.kek (an earlier run or attempt)", path), info.ETag
 				return row, nil
@@ -319,7 +366,10 @@ func (f *ObjectsFn) rewrap(ctx context.Context, store storage.ObjectStore, path 
 		return fail(fmt.Errorf("it changed while rekey read it (ETag %s no longer current); run again to migrate its new version", info.ETag))
 	}
 	if err != nil {
-		return row, outputErr(path, err)
+		// This object's own trouble (gone, archived, denied on its
+		// prefix): a failed row; the failure budget stops a run where
+		// every object fails.
+		return fail(fmt.Errorf("replace its metadata: %w", err))
 	}
 	// row.VersionID stays the version read: after a rewrap it is the
 	// noncurrent version that still holds the old wrapped key.
@@ -348,7 +398,7 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 	}
 	in, err := storage.Open(ctx, path)
 	if err != nil {
-		return row, err
+		return fail(fmt.Errorf("read it: %w", err))
 	}
 	defer in.Close()
 	body := io.NewSectionReader(in, 0, in.Size())
@@ -478,6 +528,13 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 			proof = schemas.ProofNone
 		}
 	}
+	if err == nil {
+		// The body read must be the version whose metadata gave the key:
+		// a body replaced meanwhile would pass AES-CTR without an MD5.
+		if now, serr := store.StatObject(ctx, path); serr != nil || now.ETag != info.ETag {
+			err = fmt.Errorf("it changed while rekey read it (ETag %s no longer current); run again to migrate its new version", info.ETag)
+		}
+	}
 	if err != nil {
 		_ = out.Abort()
 		return fail(err)
@@ -539,12 +596,7 @@ func (nopCloser) Close() error { return nil }
 
 // ossWrapAlg is the OSS wrap algorithm of the target KEK: RSA PKCS#1 for a
 // PKCS#11 key pair, KMS/ALICLOUD for Alibaba Cloud KMS.
-func (f *ObjectsFn) ossWrapAlg() string {
-	if strings.HasPrefix(f.dst.URI(), "alikms") {
-		return objfmt.WrapAliKMS
-	}
-	return objfmt.WrapRSAPKCS1
-}
+func (f *ObjectsFn) ossWrapAlg() string { return ossAlgOf(f.dst) }
 
 // ossConvert is secret (as wrapped under wrap algorithm from) in the form
 // wrap algorithm to wraps.

@@ -243,3 +243,27 @@ func verifyObjects(t *testing.T, j *pipeline.Job, kek string) *transforms.Verify
 	ptest.BuildAndRun(t, func(s beam.Scope) { pipeline.BuildVerify(s, spec) })
 	return readJSON[transforms.VerifyReport](t, spec.Report)
 }
+
+// Object jobs whose target key the library could not use are refused
+// before anything is touched (a rewrap changes objects in place).
+func TestObjectJobsRefuseForeignCustodians(t *testing.T) {
+	for _, c := range []struct {
+		format, src, dst, wrap, want string
+	}{
+		{"s3ec", "awskms:alias/a?region=eu-west-1", env.KEK("target", "kek-aes"), "", "use an awskms: reference"},
+		{"oss-cse", env.KEK("source", "kek-rsa"), "awskms:alias/a?region=eu-west-1", "", "pkcs11:) or Alibaba Cloud KMS"},
+		{"oss-cse", env.KEK("source", "kek-rsa"), env.KEK("target", "kek-rsa"), "rsa-oaep-sha1", "OSS reads RSA/NONE/PKCS1Padding only"},
+		{"s3ec", "awskms:alias/a?region=eu-west-1", "awskms:alias/b?region=eu-west-1", "", ""},
+	} {
+		j := &pipeline.Job{Mode: schemas.ModeRewrap, RunID: "r", Ledger: t.TempDir(),
+			Source: pipeline.Side{Data: "s3://b/p", KEK: c.src, Format: c.format}, Target: pipeline.Side{KEK: c.dst, Wrap: c.wrap}}
+		if c.format == "oss-cse" {
+			j.Source.Data = "oss://b/p"
+		}
+		j.Defaults()
+		err := j.Validate()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s %s -> %s (%s): %v, want %q", c.format, c.src, c.dst, c.wrap, err, c.want)
+		}
+	}
+}

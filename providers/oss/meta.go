@@ -3,6 +3,7 @@ package oss
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -15,9 +16,8 @@ import (
 )
 
 const (
-	maxCopy  = 5 << 30
-	copyPart = 512 << 20
-	metaHdr  = "X-Oss-Meta-"
+	maxCopy = 5 << 30
+	metaHdr = "X-Oss-Meta-"
 )
 
 func userMeta(h http.Header) map[string]string {
@@ -49,46 +49,34 @@ func (b *bucket) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 }
 
 // ReplaceMeta implements objstore.MetaBucket: CopyObject onto itself with
-// x-oss-metadata-directive: REPLACE and x-oss-copy-source-if-match; over
-// 5 GiB a multipart copy (UploadPartCopy), each part conditional.
+// x-oss-metadata-directive: REPLACE and x-oss-copy-source-if-match,
+// keeping the object's content headers, server-side encryption and
+// storage class (not its ACL).
 func (b *bucket) ReplaceMeta(ctx context.Context, key, etag string, size int64, meta map[string]string) (storage.ObjectInfo, error) {
 	h, err := b.b.GetObjectDetailedMeta(key, oss.WithContext(ctx), oss.IfMatch(etag))
 	if err != nil {
 		return storage.ObjectInfo{}, convert(err)
 	}
 	keep := []oss.Option{oss.WithContext(ctx)}
-	if ct := h.Get("Content-Type"); ct != "" {
-		keep = append(keep, oss.ContentType(ct))
-	}
-	if size <= maxCopy {
-		opts := append(append(keep, oss.MetadataDirective(oss.MetaReplace), oss.CopySourceIfMatch(etag)), metaOpts(meta)...)
-		var hdr http.Header
-		out, err := b.b.CopyObject(key, key, append(opts, oss.GetResponseHeader(&hdr))...)
-		if err != nil {
-			return storage.ObjectInfo{}, convert(err)
+	// The object's own headers survive the replace.
+	for hk, opt := range map[string]func(string) oss.Option{"Content-Type": oss.ContentType, "Cache-Control": oss.CacheControl,
+		"Content-Disposition": oss.ContentDisposition, "Content-Encoding": oss.ContentEncoding,
+		"X-Oss-Server-Side-Encryption": oss.ServerSideEncryption, "X-Oss-Server-Side-Encryption-Key-Id": oss.ServerSideEncryptionKeyID,
+		"X-Oss-Storage-Class": func(v string) oss.Option { return oss.ObjectStorageClass(oss.StorageClassType(v)) }} {
+		if v := h.Get(hk); v != "" {
+			keep = append(keep, opt(v))
 		}
-		return storage.ObjectInfo{Size: size, ETag: out.ETag, VersionID: hdr.Get("X-Oss-Version-Id"), Meta: meta}, nil
 	}
-	imur, err := b.b.InitiateMultipartUpload(key, append(keep, metaOpts(meta)...)...)
-	if err != nil {
-		return storage.ObjectInfo{}, convert(err)
+	if size > maxCopy {
+		return storage.ObjectInfo{}, fmt.Errorf("the object is %d bytes: rekey replaces metadata with one conditional CopyObject (up to 5 GiB here; a multipart copy could overwrite a newer write); not supported yet", size)
 	}
-	var parts []oss.UploadPart
-	for off, n := int64(0), 1; off < size; off, n = off+copyPart, n+1 {
-		p, err := b.b.UploadPartCopy(imur, b.b.BucketName, key, off, min(copyPart, size-off), n, oss.WithContext(ctx), oss.CopySourceIfMatch(etag))
-		if err != nil {
-			_ = b.b.AbortMultipartUpload(imur, oss.WithContext(ctx))
-			return storage.ObjectInfo{}, convert(err)
-		}
-		parts = append(parts, p)
-	}
+	opts := append(append(keep, oss.MetadataDirective(oss.MetaReplace), oss.CopySourceIfMatch(etag)), metaOpts(meta)...)
 	var hdr http.Header
-	done, err := b.b.CompleteMultipartUpload(imur, parts, oss.WithContext(ctx), oss.GetResponseHeader(&hdr))
+	out, err := b.b.CopyObject(key, key, append(opts, oss.GetResponseHeader(&hdr))...)
 	if err != nil {
-		_ = b.b.AbortMultipartUpload(imur, oss.WithContext(ctx))
 		return storage.ObjectInfo{}, convert(err)
 	}
-	return storage.ObjectInfo{Size: size, ETag: done.ETag, VersionID: hdr.Get("X-Oss-Version-Id"), Meta: meta}, nil
+	return storage.ObjectInfo{Size: size, ETag: out.ETag, VersionID: hdr.Get("X-Oss-Version-Id"), Meta: meta}, nil
 }
 
 // PutMeta implements objstore.MetaBucket.

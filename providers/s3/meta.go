@@ -15,12 +15,8 @@ import (
 	"rekey/providers/storage"
 )
 
-// maxCopy is the largest object one CopyObject copies; larger ones are
-// copied in parts (UploadPartCopy) of copyPart bytes.
-const (
-	maxCopy  = 5 << 30
-	copyPart = 512 << 20
-)
+// maxCopy is the largest object one CopyObject copies.
+const maxCopy = 5 << 30
 
 // Stat implements objstore.MetaBucket.
 func (b *bucket) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
@@ -51,53 +47,40 @@ func (b *bucket) copySource(key string) string {
 }
 
 // ReplaceMeta implements objstore.MetaBucket: CopyObject onto itself with
-// MetadataDirective REPLACE and CopySourceIfMatch; over 5 GiB, a multipart
-// copy whose every part is conditional on the same ETag.
+// MetadataDirective REPLACE and CopySourceIfMatch, keeping the object's
+// content headers, storage class, server-side encryption and object lock
+// (tags are copied by CopyObject's default; the ACL is not: it becomes the
+// bucket's default).
 func (b *bucket) ReplaceMeta(ctx context.Context, key, etag string, size int64, meta map[string]string) (storage.ObjectInfo, error) {
 	head, err := b.c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &b.name, Key: &key, IfMatch: aws.String(etag)})
 	if err != nil {
 		return storage.ObjectInfo{}, convert(err)
 	}
-	src := b.copySource(key)
-	if size <= maxCopy {
-		out, err := b.c.CopyObject(ctx, &s3.CopyObjectInput{Bucket: &b.name, Key: &key, CopySource: aws.String(src),
-			CopySourceIfMatch: aws.String(etag), MetadataDirective: types.MetadataDirectiveReplace, Metadata: meta,
-			ContentType: head.ContentType, ContentEncoding: head.ContentEncoding, CacheControl: head.CacheControl,
-			ContentDisposition: head.ContentDisposition, ContentLanguage: head.ContentLanguage})
-		if err != nil {
-			return storage.ObjectInfo{}, convert(err)
-		}
-		info := storage.ObjectInfo{Size: size, VersionID: aws.ToString(out.VersionId), Meta: meta}
-		if out.CopyObjectResult != nil {
-			info.ETag = aws.ToString(out.CopyObjectResult.ETag)
-		}
-		return info, nil
+	if size > maxCopy {
+		return storage.ObjectInfo{}, errTooLarge(size)
 	}
-	up, err := b.c.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.name, Key: &key, Metadata: meta,
+	out, err := b.c.CopyObject(ctx, &s3.CopyObjectInput{Bucket: &b.name, Key: &key, CopySource: aws.String(b.copySource(key)),
+		CopySourceIfMatch: aws.String(etag), MetadataDirective: types.MetadataDirectiveReplace, Metadata: meta,
 		ContentType: head.ContentType, ContentEncoding: head.ContentEncoding, CacheControl: head.CacheControl,
-		ContentDisposition: head.ContentDisposition, ContentLanguage: head.ContentLanguage})
+		ContentDisposition: head.ContentDisposition, ContentLanguage: head.ContentLanguage, Expires: head.Expires,
+		WebsiteRedirectLocation: head.WebsiteRedirectLocation, StorageClass: types.StorageClass(head.StorageClass),
+		ServerSideEncryption: head.ServerSideEncryption, SSEKMSKeyId: head.SSEKMSKeyId, BucketKeyEnabled: head.BucketKeyEnabled,
+		ObjectLockMode: types.ObjectLockMode(head.ObjectLockMode), ObjectLockRetainUntilDate: head.ObjectLockRetainUntilDate,
+		ObjectLockLegalHoldStatus: types.ObjectLockLegalHoldStatus(head.ObjectLockLegalHoldStatus)})
 	if err != nil {
 		return storage.ObjectInfo{}, convert(err)
 	}
-	id := aws.ToString(up.UploadId)
-	var parts []types.CompletedPart
-	for off, n := int64(0), int32(1); off < size; off, n = off+copyPart, n+1 {
-		end := min(off+copyPart, size) - 1
-		out, err := b.c.UploadPartCopy(ctx, &s3.UploadPartCopyInput{Bucket: &b.name, Key: &key, UploadId: &id, PartNumber: aws.Int32(n),
-			CopySource: aws.String(src), CopySourceIfMatch: aws.String(etag), CopySourceRange: aws.String(fmt.Sprintf("bytes=%d-%d", off, end))})
-		if err != nil {
-			_, _ = b.c.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &b.name, Key: &key, UploadId: &id})
-			return storage.ObjectInfo{}, convert(err)
-		}
-		parts = append(parts, types.CompletedPart{PartNumber: aws.Int32(n), ETag: out.CopyPartResult.ETag})
+	info := storage.ObjectInfo{Size: size, VersionID: aws.ToString(out.VersionId), Meta: meta}
+	if out.CopyObjectResult != nil {
+		info.ETag = aws.ToString(out.CopyObjectResult.ETag)
 	}
-	done, err := b.c.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &b.name, Key: &key, UploadId: &id,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
-	if err != nil {
-		_, _ = b.c.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &b.name, Key: &key, UploadId: &id})
-		return storage.ObjectInfo{}, convert(err)
-	}
-	return storage.ObjectInfo{Size: size, ETag: aws.ToString(done.ETag), VersionID: aws.ToString(done.VersionId), Meta: meta}, nil
+	return info, nil
+}
+
+// errTooLarge: a metadata replace must be one atomic, conditional copy;
+// over 5 GiB S3 has only the multipart copy, whose completion would not be.
+func errTooLarge(size int64) error {
+	return fmt.Errorf("the object is %d bytes: rekey replaces metadata with one conditional CopyObject, which S3 allows up to 5 GiB (a multipart copy could overwrite a newer write); not supported yet", size)
 }
 
 // PutMeta implements objstore.MetaBucket.

@@ -315,9 +315,6 @@ func (g *GCMWriter) Close() error {
 	return err
 }
 
-// Tag is the tag Close wrote (valid after Close).
-func (g *GCMWriter) Tag() []byte { return g.s.gh.sum(g.s.mask) }
-
 // CTRStream is OSS's content cipher: AES-CTR with the IV as the initial
 // 128-bit big-endian counter. Encryption and decryption are the same.
 func CTRStream(key, iv []byte) (cipher.Stream, error) {
