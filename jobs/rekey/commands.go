@@ -249,7 +249,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	spec := j.Spec()
-	fmt.Fprintf(stderr, "rekey run %s: %s, %d DEKs, runner %s, ledger %s\n", j.RunID, j.Mode, r.DEKs, *runners.Runner, ledger.RunDir(j.Ledger, j.RunID))
+	work := plural(int64(r.DEKs), "DEK")
+	switch {
+	case spec.Objects():
+		work = plural(int64(r.DataFiles), "object")
+	case spec.CellKeys():
+		work = fmt.Sprintf("%s (a DEK in every cell)", plural(r.Records, "record"))
+	}
+	fmt.Fprintf(stderr, "rekey run %s: %s, %s, runner %s, ledger %s\n", j.RunID, j.Mode, work, *runners.Runner, ledger.RunDir(j.Ledger, j.RunID))
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.Build(s, spec)
 	start := time.Now()
@@ -280,7 +287,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v; its manifest could not be written (%v). Committed units are kept: finish with --run-id %s --resume", j.RunID, sig, err, j.RunID))
 		}
 		printSummary(stdout, &m, time.Since(start))
-		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v: %d DEKs and %d records committed, the rest not started or dropped (no partial file has a final name).\nTo finish it: rekey run <the same job> --run-id %s --resume", j.RunID, sig, m.Totals.DEKsMigrated, m.Totals.RecordsMigrated, j.RunID))
+		done := fmt.Sprintf("%d DEKs and %d records", m.Totals.DEKsMigrated, m.Totals.RecordsMigrated)
+		if m.Totals.Objects > 0 {
+			done = plural(m.Totals.ObjectsMigrated, "object")
+		}
+		return withCode(signalCode(sig), fmt.Errorf("run %s interrupted by %v: %s committed, the rest not started or dropped (no partial file has a final name).\nTo finish it: rekey run <the same job> --run-id %s --resume", j.RunID, sig, done, j.RunID))
 	}
 	if sig := sigs.received(); sig != nil {
 		fmt.Fprintf(stderr, "rekey run %s: %v received, but every unit had already been done: the run finished\n", j.RunID, sig)
