@@ -133,7 +133,7 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 		return fmt.Errorf("raw loop: unwrap DEK %q with %s: %w: wrapped key is %d bytes", dekID, src.ref, keys.ErrUnwrapFailed, len(in))
 	}
 	aad := schemas.DEKAAD(dekID)
-	plain, err := rawGCM(src.p11, src.sess[w], src.keys[w], false, in[:schemas.NonceSize], aad, in[schemas.NonceSize:])
+	plain, err := RawGCM(src.p11, src.sess[w], src.keys[w], false, in[:schemas.NonceSize], aad, in[schemas.NonceSize:])
 	defer clear(plain)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: unwrap DEK %q with %s", dekID, src.ref))
@@ -141,11 +141,11 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 	if _, err := rand.Read(nonce); err != nil {
 		return fmt.Errorf("raw loop: nonce: %w", err)
 	}
-	ct, err := rawGCM(dst.p11, dst.sess[w], dst.keys[w], true, nonce, aad, plain)
+	ct, err := RawGCM(dst.p11, dst.sess[w], dst.keys[w], true, nonce, aad, plain)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: wrap DEK %q with %s", dekID, dst.ref))
 	}
-	back, err := rawGCM(dst.p11, dst.sess[w], dst.keys[w], false, nonce, aad, ct)
+	back, err := RawGCM(dst.p11, dst.sess[w], dst.keys[w], false, nonce, aad, ct)
 	defer clear(back)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: verify-unwrap DEK %q with %s", dekID, dst.ref))
@@ -156,9 +156,10 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 	return nil
 }
 
-// rawGCM is one single-part CKM_AES_GCM encryption or decryption (a
-// 128-bit tag, appended to the ciphertext).
-func rawGCM(p *pkcs11.Ctx, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, encrypt bool, nonce, aad, in []byte) ([]byte, error) {
+// RawGCM is one single-part CKM_AES_GCM encryption or decryption (a
+// 128-bit tag, appended to the ciphertext) on a raw session: the raw
+// loops' peer calls (this one, and make bench's).
+func RawGCM(p *pkcs11.Ctx, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, encrypt bool, nonce, aad, in []byte) ([]byte, error) {
 	params := pkcs11.NewGCMParams(nonce, aad, schemas.TagSize*8)
 	defer params.Free()
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}

@@ -89,20 +89,9 @@ func (f *CellKeysFn) newFileKey(ctx context.Context, rel string) (*fileKey, erro
 		return nil, fmt.Errorf("a new DEK for %s: %w", rel, err)
 	}
 	defer dek.Zero()
-	w, err := f.dst.Wrap(ctx, keys.ByID(id), dek)
+	w, err := wrapVerified(ctx, &f.Spec, f.dst, keys.ByID(id), dek)
 	if err != nil {
-		return nil, fmt.Errorf("wrap the new DEK of %s with %s: %w", rel, redactKEK(f.dst.URI()), err)
-	}
-	if !f.Spec.SkipVerify {
-		back, err := f.dst.Unwrap(ctx, keys.ByID(id), f.dst.Mechanism(), w)
-		if err != nil {
-			return nil, fmt.Errorf("verify before commit: unwrap the new DEK of %s: %w", rel, err)
-		}
-		same := bytes.Equal(back.Bytes(), dek.Bytes())
-		back.Zero()
-		if !same {
-			return nil, fmt.Errorf("verify before commit: the target returned another key for the new DEK of %s", rel)
-		}
+		return nil, fmt.Errorf("the new DEK of %s: %w", rel, err)
 	}
 	aead, err := f.tf.Cipher(dek.Bytes())
 	if err != nil {
@@ -526,26 +515,12 @@ func (f *CellKeysFn) migrateCell(ctx context.Context, c *cellJob, column string)
 	c.newKey = keyName(string(w))
 }
 
-// wrapProven wraps dek with the target under b, and (unless verify is
-// off) unwraps the result again and compares.
+// wrapProven wraps dek with the target under b, verified; fail gets why not.
 func (f *CellKeysFn) wrapProven(ctx context.Context, b keys.Binding, dek *keys.DEK, fail func(error, string, ...any)) ([]byte, bool) {
-	w, err := f.dst.Wrap(ctx, b, dek)
+	w, err := wrapVerified(ctx, &f.Spec, f.dst, b, dek)
 	if err != nil {
-		fail(err, "wrap with %s", redactKEK(f.dst.URI()))
+		fail(err, "the new wrapped DEK")
 		return nil, false
-	}
-	if !f.Spec.SkipVerify {
-		back, err := f.dst.Unwrap(ctx, b, f.dst.Mechanism(), w)
-		if err != nil {
-			fail(err, "verify before commit: unwrap the new wrapped DEK")
-			return nil, false
-		}
-		same := bytes.Equal(back.Bytes(), dek.Bytes())
-		back.Zero()
-		if !same {
-			fail(nil, "verify before commit: the target returned another key")
-			return nil, false
-		}
 	}
 	return w, true
 }
@@ -554,17 +529,7 @@ func (f *CellKeysFn) wrapProven(ctx context.Context, b keys.Binding, dek *keys.D
 // serialized AES-GCM key), from the target's generator (dek_source: hsm,
 // when it has one) or crypto/rand.
 func (f *CellKeysFn) freshSecret(ctx context.Context) (*keys.DEK, error) {
-	var key *keys.DEK
-	var err error
-	if f.Spec.DEKSource != "crypto-rand" && keys.CanGenerate(f.dst) {
-		key, err = keys.Generate(ctx, f.dst)
-	} else {
-		b := make([]byte, keys.DEKSize)
-		defer clear(b)
-		if _, err = rand.Read(b); err == nil {
-			key, err = keys.NewDEK(b)
-		}
-	}
+	key, err := freshDEK(ctx, &f.Spec, f.dst)
 	if err != nil {
 		return nil, err
 	}

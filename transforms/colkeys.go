@@ -1,10 +1,12 @@
 package transforms
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"github.com/parquet-go/parquet-go"
@@ -213,8 +215,14 @@ func (f *ReencryptFn) resolveColumn(ctx context.Context, rel, key string, blob [
 // freshDEK is a new 256-bit DEK from the target custodian's generator
 // (dek_source: hsm, when it has one) or crypto/rand.
 func (f *ReencryptFn) freshDEK(ctx context.Context) (*keys.DEK, error) {
-	if f.Spec.DEKSource != "crypto-rand" && keys.CanGenerate(f.dst) {
-		return keys.Generate(ctx, f.dst)
+	return freshDEK(ctx, &f.Spec, f.dst)
+}
+
+// freshDEK is a new 256-bit key from dst's generator (dek_source: hsm,
+// when it has one) or crypto/rand: every stage that mints keys.
+func freshDEK(ctx context.Context, spec *Spec, dst keys.KEK) (*keys.DEK, error) {
+	if spec.DEKSource != "crypto-rand" && keys.CanGenerate(dst) {
+		return keys.Generate(ctx, dst)
 	}
 	b := make([]byte, keys.DEKSize)
 	defer clear(b)
@@ -222,4 +230,25 @@ func (f *ReencryptFn) freshDEK(ctx context.Context) (*keys.DEK, error) {
 		return nil, err
 	}
 	return keys.NewDEK(b)
+}
+
+// wrapVerified wraps secret with dst under b and, unless verify is off,
+// unwraps the result again and compares (verify before commit).
+func wrapVerified(ctx context.Context, spec *Spec, dst keys.KEK, b keys.Binding, secret *keys.DEK) ([]byte, error) {
+	w, err := dst.Wrap(ctx, b, secret)
+	if err != nil {
+		return nil, fmt.Errorf("wrap with %s: %w", redactKEK(dst.URI()), err)
+	}
+	if !spec.SkipVerify {
+		back, err := dst.Unwrap(ctx, b, dst.Mechanism(), w)
+		if err != nil {
+			return nil, fmt.Errorf("verify before commit: unwrap the new wrap: %w", err)
+		}
+		same := bytes.Equal(back.Bytes(), secret.Bytes())
+		back.Zero()
+		if !same {
+			return nil, errors.New("verify before commit: the target returned another key")
+		}
+	}
+	return w, nil
 }

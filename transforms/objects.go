@@ -302,25 +302,9 @@ func (f *ObjectsFn) binding(env *objfmt.Envelope, k keys.KEK) (string, keys.Bind
 	return "", keys.Binding{}, fmt.Errorf("wrap algorithm %s: not supported yet (rekey migrates %s, %s, %s and %s wraps)", env.WrapAlg, objfmt.WrapKMSContext, objfmt.WrapKMS, objfmt.WrapRSAPKCS1, objfmt.WrapAliKMS)
 }
 
-// wrapChecked wraps secret with the target under b and, unless verify is
-// off, unwraps it again and compares.
+// wrapChecked wraps secret with the target under b, verified.
 func (f *ObjectsFn) wrapChecked(ctx context.Context, b keys.Binding, secret *keys.DEK) ([]byte, error) {
-	w, err := f.dst.Wrap(ctx, b, secret)
-	if err != nil {
-		return nil, fmt.Errorf("wrap with %s: %w", redactKEK(f.dst.URI()), err)
-	}
-	if !f.Spec.SkipVerify {
-		back, err := f.dst.Unwrap(ctx, b, f.dst.Mechanism(), w)
-		if err != nil {
-			return nil, fmt.Errorf("verify before commit: unwrap the new wrap: %w", err)
-		}
-		same := bytes.Equal(back.Bytes(), secret.Bytes())
-		back.Zero()
-		if !same {
-			return nil, errors.New("verify before commit: the target returned another key")
-		}
-	}
-	return w, nil
+	return wrapVerified(ctx, &f.Spec, f.dst, b, secret)
 }
 
 func (f *ObjectsFn) rewrap(ctx context.Context, store storage.ObjectStore, path string, info storage.ObjectInfo, env *objfmt.Envelope, key, iv *keys.DEK, row schemas.LedgerRow) (schemas.LedgerRow, error) {
@@ -428,7 +412,7 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 		plain = io.TeeReader(&cipherReader{s: s, r: body}, sum)
 	}
 	// A fresh key (and IV) for the new object, wrapped by the target.
-	fresh, err := f.freshKey(ctx)
+	fresh, err := freshDEK(ctx, &f.Spec, f.dst)
 	if err != nil {
 		return fail(fmt.Errorf("a new key: %w", err))
 	}
@@ -548,20 +532,6 @@ func (f *ObjectsFn) reencrypt(ctx context.Context, store storage.ObjectStore, pa
 	}
 	row.Status, row.Proof, row.ETagAfter = schemas.StatusMigrated, proof, after.ETag
 	return row, nil
-}
-
-// freshKey is a new 256-bit content key from the target's generator
-// (dek_source: hsm, when it has one) or crypto/rand.
-func (f *ObjectsFn) freshKey(ctx context.Context) (*keys.DEK, error) {
-	if f.Spec.DEKSource != "crypto-rand" && keys.CanGenerate(f.dst) {
-		return keys.Generate(ctx, f.dst)
-	}
-	b := make([]byte, keys.DEKSize)
-	defer clear(b)
-	if _, err := rand.Read(b); err != nil {
-		return nil, err
-	}
-	return keys.NewDEK(b)
 }
 
 type cipherReader struct {

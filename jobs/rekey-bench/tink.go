@@ -26,6 +26,7 @@ import (
 	gcmpb "github.com/tink-crypto/tink-go/v2/proto/aes_gcm_go_proto"
 	"google.golang.org/protobuf/proto"
 
+	"rekey/hsmio"
 	"rekey/hsmio/softhsm"
 	"rekey/schemas"
 )
@@ -320,7 +321,7 @@ func tinkRawMain(args []string) error {
 
 // tinkRawOne is the per-cell work of goroutine w.
 func tinkRawOne(src, dst *p11Side, w int, c *tinkCellParts, nonce []byte) error {
-	dek, err := p11GCM(src.p, src.sess[w], src.keys[w], false, c.encDEK[:12], c.encDEK[12:])
+	dek, err := hsmio.RawGCM(src.p, src.sess[w], src.keys[w], false, c.encDEK[:12], nil, c.encDEK[12:])
 	defer clear(dek)
 	if err != nil {
 		return fmt.Errorf("unwrap (source C_Decrypt): %w", err)
@@ -350,11 +351,11 @@ func tinkRawOne(src, dst *p11Side, w int, c *tinkCellParts, nonce []byte) error 
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
-	ct, err := p11GCM(dst.p, dst.sess[w], dst.keys[w], true, nonce, dek)
+	ct, err := hsmio.RawGCM(dst.p, dst.sess[w], dst.keys[w], true, nonce, nil, dek)
 	if err != nil {
 		return fmt.Errorf("wrap (target C_Encrypt): %w", err)
 	}
-	back, err := p11GCM(dst.p, dst.sess[w], dst.keys[w], false, nonce, ct)
+	back, err := hsmio.RawGCM(dst.p, dst.sess[w], dst.keys[w], false, nonce, nil, ct)
 	defer clear(back)
 	if err != nil {
 		return fmt.Errorf("verify (target C_Decrypt): %w", err)
@@ -363,23 +364,6 @@ func tinkRawOne(src, dst *p11Side, w int, c *tinkCellParts, nonce []byte) error 
 		return errors.New("verify: the new wrap does not hold the DEK")
 	}
 	return nil
-}
-
-// p11GCM is one single-part CKM_AES_GCM operation, no AAD, 128-bit tag.
-func p11GCM(p *pkcs11.Ctx, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, encrypt bool, nonce, in []byte) ([]byte, error) {
-	params := pkcs11.NewGCMParams(nonce, nil, 128)
-	defer params.Free()
-	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}
-	if encrypt {
-		if err := p.EncryptInit(sh, mech, key); err != nil {
-			return nil, err
-		}
-		return p.Encrypt(sh, in)
-	}
-	if err := p.DecryptInit(sh, mech, key); err != nil {
-		return nil, err
-	}
-	return p.Decrypt(sh, in)
 }
 
 // p11Side is one token of the raw loop: a session per goroutine and the
