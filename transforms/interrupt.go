@@ -34,7 +34,7 @@ func checkInterrupt() error {
 // stops reports errors that end the run rather than failing a unit: a
 // custodian that refuses us, output that cannot be written, a stop request.
 func stops(err error) bool {
-	return isFatalKeyErr(err) || isOutputErr(err) || errors.Is(err, ErrInterrupted)
+	return isFatalKeyErr(err) || isOutputErr(err) || errors.Is(err, ErrInterrupted) || errors.Is(err, errFlightStopped)
 }
 
 // The cause of a stopped run: Beam wraps a DoFn's error in layers of its
@@ -47,7 +47,7 @@ var stopCause atomic.Pointer[string]
 // noteStop keeps *err as the run's stop cause when it stops the run and is
 // the first to; deferred by every migrating DoFn's Setup and ProcessElement.
 func noteStop(err *error) {
-	if *err == nil || errors.Is(*err, ErrInterrupted) || errors.Is(*err, ErrFailureBudget) {
+	if *err == nil || errors.Is(*err, ErrInterrupted) || errors.Is(*err, ErrFailureBudget) || errors.Is(*err, errFlightStopped) {
 		return
 	}
 	msg := strings.TrimSpace((*err).Error())

@@ -45,6 +45,7 @@ type ReencryptFn struct {
 	sf, tf   format.Format // source and target cell formats
 	cache    *keys.Cache
 	maps     map[string]*DEKMap
+	fl       *flight // this bundle's files in flight
 }
 
 // Setup opens both KEKs (once per process).
@@ -117,9 +118,31 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 	defer noteStop(&err)
 	markStarted()
 	f.loadMaps(deks)
-	return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
-		return f.reencryptFile(ctx, rel, srcPath, dstPath, part)
+	if f.fl == nil {
+		f.fl = newFlight(f.Spec.filesInFlight())
+	}
+	fl := f.fl
+	err = fl.start(emit, func(emit func(UnitResult)) error {
+		return recordUnit(ctx, &f.Spec, rel, emit, func(srcPath, dstPath, part string) (UnitResult, error) {
+			return f.reencryptFile(ctx, fl, rel, srcPath, dstPath, part)
+		})
 	})
+	if err != nil {
+		f.fl = nil
+	}
+	return err
+}
+
+// FinishBundle waits for the bundle's files in flight and emits their
+// results. (Beam wants the side input in its signature; it is not read.)
+func (f *ReencryptFn) FinishBundle(ctx context.Context, _ func(*DEKMap) bool, emit func(UnitResult)) (err error) {
+	defer noteStop(&err)
+	if f.fl == nil {
+		return nil
+	}
+	fl := f.fl
+	f.fl = nil
+	return fl.drain(emit)
 }
 
 // recordUnit is the skeleton of a stage that writes one record file per
@@ -185,7 +208,7 @@ func recordWriterOptions(spec *Spec, pf *parquet.File, schema *parquet.Schema, f
 // reencryptFile re-encrypts one file and commits it, then its ledger part
 // (streamed batch by batch into a pending part, so memory does not grow
 // with the records of a file).
-func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, part string) (UnitResult, error) {
+func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPath, dstPath, part string) (UnitResult, error) {
 	spec := &f.Spec
 	res := UnitResult{Unit: srcPath}
 	res.Totals.Files = 1
@@ -194,6 +217,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 		return res, err
 	}
 	defer in.Close()
+	defer fl.reserve(largestRowGroup(pf))()
 	layout, err := layoutFor(pf.Schema(), spec, f.sf, f.tf)
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", srcPath, err)
@@ -257,14 +281,15 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 	rows := make([]parquet.Row, batch)
 	outcomes := make([]rowOutcome, batch)
 	rowBase := int64(0) // the file's row number of rows[0]
-	for _, rg := range pf.RowGroups() {
+	for g, rg := range pf.RowGroups() {
 		rr := rg.Rows()
+		bn := spec.batchRows(pf, g, batch)
 		for {
-			if err := checkInterrupt(); err != nil {
+			if err := fl.halt(); err != nil {
 				rr.Close()
 				return res, err
 			}
-			n, rerr := rr.ReadRows(rows)
+			n, rerr := rr.ReadRows(rows[:bn])
 			if n > 0 {
 				var pairs map[string]*filePair
 				if minted != nil {
@@ -393,6 +418,15 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, rel, srcPath, dstPath, 
 	Progress.Failed.Add(res.Totals.Failed)
 	cntFailed.Inc(ctx, res.Totals.Failed)
 	return res, nil
+}
+
+// largestRowGroup is the uncompressed size of pf's largest row group.
+func largestRowGroup(pf *parquet.File) int64 {
+	var n int64
+	for _, rg := range pf.Metadata().RowGroups {
+		n = max(n, rg.TotalByteSize)
+	}
+	return n
 }
 
 func sumBytes(o []rowOutcome) int64 {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/parquet-go/parquet-go"
+
 	"rekey/providers/keys"
 	"rekey/schemas"
 	"rekey/schemas/format"
@@ -96,6 +98,31 @@ func (s *Spec) KeyWorkers() int {
 		return s.Workers
 	}
 	return max(runtime.NumCPU(), keys.DefaultConcurrency(s.SourceKEK), keys.DefaultConcurrency(s.TargetKEK))
+}
+
+// filesInFlight is how many record files a stage works on at once in one
+// bundle (see flight): the job's --workers, or the number of CPUs.
+func (s *Spec) filesInFlight() int { return s.workers() }
+
+// batchBytes bounds the plaintext-sized bytes of one batch of records
+// (see batchRows).
+const batchBytes = 8 << 20
+
+// batchRows is how many rows of row group g of pf one batch reads: the
+// job's row_batch when set, otherwise up to limit rows and about
+// batchBytes of data (a batch is held by the reader, the crypto and the
+// writer at once, for every file in flight: 1,024 rows of 64 KiB cells
+// were 64 MiB each).
+func (s *Spec) batchRows(pf *parquet.File, g, limit int) int {
+	if s.RowBatch > 0 {
+		return limit
+	}
+	rgs := pf.Metadata().RowGroups
+	if g >= len(rgs) || rgs[g].NumRows <= 0 || rgs[g].TotalByteSize <= 0 {
+		return limit
+	}
+	perRow := max(rgs[g].TotalByteSize/rgs[g].NumRows, 1)
+	return int(min(int64(limit), max(batchBytes/perRow, 16)))
 }
 
 func (s *Spec) rowBatch() int {
