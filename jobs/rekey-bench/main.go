@@ -28,6 +28,12 @@
 //   - rekey itself, run as a subprocess (`rekey run`, direct and prism
 //     runners, --workers 1 and the default), with the peak RSS of each run
 //     from the child's rusage;
+//   - in the same repetitions, on the same datasets, issue 14's peers of a
+//     reencrypt (peers.go): the per-file user loop (the baseline's program
+//     with one goroutine per file) and the floor (floor.go: the record
+//     files' bytes read, every cell opened, sealed and verify-opened,
+//     the bytes written and fsync'd; no Parquet decoding timed), with
+//     rekey's ratio to each as goal rows;
 //   - rekey on datasets in the aes-gcm cell format, written by this
 //     command as an application would (appdata.go): a reencrypt to
 //     rekey-v1 (keys in a DEK table) and rewraps of keys kept in a column;
@@ -41,7 +47,8 @@
 //     a rewrap in place (asserted not to read a body) and a reencrypt into
 //     another prefix, against a plain GET+PUT copy on the same server;
 //
-// and prints the ratios rekey/limit, rekey/baseline, workers=N/workers=1,
+// and prints the ratios rekey/limit, rekey/baseline, rekey/user loop,
+// rekey/floor, workers=N/workers=1,
 // aes-gcm/rekey-v1, and for KMS rekey/raw loop and default/best workers. With --compare BIN, every rekey-v1 run is also
 // made by BIN (the previous code), in alternating pairs, and each row gets
 // the ratio rekey/BIN: what a change costs, measured side by side.

@@ -178,6 +178,10 @@ type Results struct {
 	Notes   []string `json:"notes"`
 	// KMS states the KMS section's goals per path (kmsSummary).
 	KMS []string `json:"kms_summary,omitempty"`
+	// Reencrypt states issue 14's reencrypt goals against the per-file
+	// user loop and the floor (reencryptGoals), Goals the same as data.
+	Reencrypt []string `json:"reencrypt_summary,omitempty"`
+	Goals     []Goal   `json:"reencrypt_goals,omitempty"`
 	// Tink and Objects state those sections' ratios (tinkSummary,
 	// objectsSummary).
 	Tink    []string `json:"tink_summary,omitempty"`
@@ -270,7 +274,7 @@ func suiteMain(args []string) error {
 	// = workers).
 	var src, dst keys.KEK
 	var hsmRows []schemas.DEKRow
-	if c.Sections["limits"] || c.Sections["baseline"] || c.Sections["aes-gcm"] {
+	if c.Sections["limits"] || c.Sections["baseline"] || c.Sections["reencrypt"] || c.Sections["aes-gcm"] {
 		if src, err = keys.Open(ctx, sourceKEK(), keys.Options{Sessions: c.Workers}); err != nil {
 			return fmt.Errorf("source KEK: %w", err)
 		}
@@ -488,6 +492,15 @@ func suiteMain(args []string) error {
 		}
 		if c.Sections["reencrypt"] {
 			for _, ds := range reDS {
+				// Issue 14's peers run on the same dataset in the same
+				// repetition as rekey's runs of it: after them in the 1st,
+				// 3rd, ... repetition, before them in the others.
+				peersFirst := rep%2 == 1
+				if peersFirst {
+					if err := peerRuns(ctx, c, t, ds, src, dst, scratch, rep); err != nil {
+						return err
+					}
+				}
 				for _, runner := range c.Runners {
 					for _, w := range gs {
 						rr := rekeyRun{Mode: schemas.ModeReencrypt, Runner: runner, Workers: w, TargetWrap: c.TargetWrap}
@@ -508,6 +521,11 @@ func suiteMain(args []string) error {
 								DEKs: m.Totals.DEKs, HSMOps: 4 * m.Totals.DEKs, HSMOpsNote: "estimate (plan): 4 per DEK"}
 							add(b, keyRe(ds.Cell, runner, w), row, float64(ds.payloadBytes())/secs/1e6, float64(ds.records())/secs, cr)
 						}
+					}
+				}
+				if !peersFirst {
+					if err := peerRuns(ctx, c, t, ds, src, dst, scratch, rep); err != nil {
+						return err
 					}
 				}
 			}
@@ -618,6 +636,9 @@ func suiteMain(args []string) error {
 		res.Tink = tinkSummary(t, c)
 		res.Notes = append(res.Notes, tinkNotes(c, tinkDS)...)
 	}
+	if c.Sections["reencrypt"] {
+		res.Reencrypt, res.Goals = reencryptGoals(t, c)
+	}
 	if c.Sections["objects"] {
 		res.Objects = objectsSummary(t, c)
 		res.Notes = append(res.Notes, objectsNotes(c)...)
@@ -653,6 +674,9 @@ func notes(c *config) []string {
 		"HSM operations of subprocess runs are the plan's estimate (rewrap 3 per DEK, reencrypt 4 per DEK); `rekey-bench profile` counts actual calls in-process.",
 		"Peak RSS is ru_maxrss of the rekey child from wait4 (prism runs in-process in the same child).",
 		fmt.Sprintf("Medians of %d repetitions (rewrap: %d, kms: %d); spread = (max-min)/median. The machine is shared: expect noise.", c.Reps, c.RewrapReps, c.KMSReps),
+	}
+	if c.Sections["reencrypt"] {
+		out = append(out, peerNotes(c)...)
 	}
 	if c.Sections["aes-gcm"] {
 		out = append(out, "aes-gcm rows: datasets written by this bench as an application would (crypto/cipher AES-256-GCM, base64 text cells of nonce|ciphertext|tag, AAD = record id; keys wrapped by the source KEK through providers/keys). MB/s counts plaintext payload, as elsewhere; the cells on disk are base64, 4/3 larger. 'vs rekey-v1' is against the rekey-v1 row of the same cell size, runner and workers (reencrypt) or the rekey-v1 DEK-table rewrap (1 key/record).")

@@ -36,7 +36,14 @@ type Row struct {
 	LimitKey     string    `json:"limit,omitempty"`
 	LimitValue   float64   `json:"limit_value,omitempty"`
 	VsBaseline   float64   `json:"vs_baseline,omitempty"`
-	VsW1         float64   `json:"vs_workers1,omitempty"`
+	// VsUserLoop and VsFloor are a rekey reencrypt row's median over the
+	// per-file user loop's and the floor's at the same cell size (issue
+	// 14's peers, peers.go), and the Pairs the same per repetition.
+	VsUserLoop      float64   `json:"vs_user_loop,omitempty"`
+	VsUserLoopPairs []float64 `json:"vs_user_loop_pairs,omitempty"`
+	VsFloor         float64   `json:"vs_floor,omitempty"`
+	VsFloorPairs    []float64 `json:"vs_floor_pairs,omitempty"`
+	VsW1            float64   `json:"vs_workers1,omitempty"`
 	// PeerKey is the row this one is set against (aes-gcm rows: the
 	// rekey-v1 row of the same shape); VsPeer the ratio of the medians.
 	PeerKey string  `json:"peer,omitempty"`
@@ -214,6 +221,19 @@ func (t *table) ratios(c *config, mem []*dataset) {
 					r.VsW1 = r.Median / w1
 				}
 			}
+			if r.Section == "rekey" {
+				if p := t.byKey[keyLoop(r.Cell)]; p != nil && p.Median > 0 {
+					r.VsUserLoop, r.VsUserLoopPairs = r.Median/p.Median, pairRatios(r.Samples, p.Samples)
+				}
+				if p := t.byKey[keyFloor(r.Cell)]; p != nil && p.Median > 0 {
+					r.VsFloor, r.VsFloorPairs = r.Median/p.Median, pairRatios(r.Samples, p.Samples)
+				}
+			}
+		case r.Section == "peer" && r.Key == keyLoop(r.Cell):
+			// What one goroutine per file buys the baseline's program.
+			if b := t.get(keyBase(r.Cell)); b > 0 {
+				r.VsBaseline = r.Median / b
+			}
 		case r.Section == "rekey" && r.What == "rewrap":
 			// Issue 14's peer: the best raw session-copy loop, whatever
 			// its goroutines (one beats two on SoftHSM2); without one,
@@ -357,13 +377,17 @@ func (t *table) print(w io.Writer, res *Results) {
 		m.CPU, m.Cores, m.GOMAXPROCS, m.Kernel, m.Go, m.SoftHSM, m.LoadStart, m.LoadEnd, res.Took)
 	fmt.Fprintf(w, "command: %s\n\n", res.Command)
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', tabwriter.AlignRight)
-	peers, bases, bests := false, false, false
+	peers, bases, bests, loops := false, false, false, false
 	for _, r := range t.rows {
+		loops = loops || r.VsUserLoop > 0 || r.VsFloor > 0
 		peers = peers || r.VsPeer > 0
 		bases = bases || r.VsBase > 0
 		bests = bests || r.VsBest > 0
 	}
 	head := "section\twhat\tcell\tw\trunner\tmedian\tunit\trecords/s\tspread\tpeak RSS MiB\tDEKs\tHSM ops\tvs limit\tvs baseline\tvs w=1\t"
+	if loops {
+		head += "vs user loop\tvs floor\t"
+	}
 	if peers {
 		head += "vs rekey-v1\t"
 	}
@@ -407,6 +431,9 @@ func (t *table) print(w io.Writer, res *Results) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
 			r.Section, r.What, cellName(r.Cell), r.Workers, r.Runner, fnum(r.Median), r.Unit, fnum(r.RecordsPerS),
 			pct(r.Spread, len(r.Samples) > 1), fnum(r.PeakRSSMiB), inum(r.DEKs), hsm, ratio(r.VsLimit), ratio(r.VsBaseline), ratio(r.VsW1))
+		if loops {
+			fmt.Fprintf(tw, "%s\t%s\t", ratio(r.VsUserLoop), ratio(r.VsFloor))
+		}
 		if peers {
 			fmt.Fprintf(tw, "%s\t", ratio(r.VsPeer))
 		}
@@ -435,7 +462,7 @@ func (t *table) print(w io.Writer, res *Results) {
 	for _, s := range []struct {
 		name  string
 		lines []string
-	}{{"kms", res.KMS}, {"tink", res.Tink}, {"objects", res.Objects}} {
+	}{{"reencrypt goals (issue 14)", res.Reencrypt}, {"kms", res.KMS}, {"tink", res.Tink}, {"objects", res.Objects}} {
 		if len(s.lines) > 0 {
 			fmt.Fprintf(w, "\n%s:\n", s.name)
 			for _, l := range s.lines {
