@@ -92,7 +92,7 @@ func (f *jobFlags) register(forVerify bool) {
 	defString(&f.dekCol, "dek-column", "", "column naming each record's DEK (default dek_id)")
 	defString(&f.idCol, "id-column", "", "record id column (default id)")
 	defString(&f.dekSrc, "dek-source", "", "where fresh DEKs come from: hsm (target HSM RNG, default) or crypto-rand")
-	defInt(&f.workers, "workers", 0, "goroutines per worker process for crypto and HSM calls (default: number of CPUs)")
+	defInt(&f.workers, "workers", 0, "goroutines per worker process for crypto and HSM calls, and record files a reencrypt works on at once (default: number of CPUs)")
 	defInt(&f.cacheSize, "cache-size", 0, "unwrapped DEKs kept in memory per process (default 4096; evicted keys are zeroed)")
 	defInt(&f.maxCell, "max-cell-bytes", 0, "largest cell accepted (default and limit 64 MiB)")
 	ours["hsm-rate"] = true
