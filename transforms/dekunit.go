@@ -69,42 +69,49 @@ func (u *dekTable) abort() {
 // each batch before and after its rows are decided (on the bundle's
 // goroutine). It reports failed when the unit became
 // one failed file row, and the run's error when it must stop.
+//
+// Three goroutines overlap (dekPipe): one reads batch k+1 and indexes its
+// dek_ids while the bundle's decides batch k (the custodian's work) and a
+// third writes batch k-1's ledger rows and target rows. Batches stay in
+// order, so the outputs are the ones a serial loop writes; the first error
+// in that order is the unit's, and nothing is committed before every batch
+// is written (finishDEKUnit).
 func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b *dekBatch), decide func(b *dekBatch, i int) error, end func(b *dekBatch)) (failed bool, err error) {
 	spec := u.spec
-	readErr := readDEKRows(ctx, u.srcPath, spec.rowBatch(), func(rows []schemas.DEKRow) error {
-		if err := checkInterrupt(); err != nil {
-			return err
-		}
-		b := &dekBatch{rows: rows, dup: make([]schemas.DEKIDStatus, len(rows)),
-			led: make([]schemas.LedgerRow, len(rows)), out: make([]schemas.DEKRow, len(rows))}
-		for i := range rows {
-			b.dup[i] = u.index.Add(0, &rows[i])
-			b.led[i] = schemas.LedgerRow{RunID: spec.RunID, Mode: spec.Mode, Unit: schemas.UnitDEK, Source: u.srcPath, Target: u.dstPath,
-				DEKID: rows[i].DEKID, NewDEKID: rows[i].DEKID, SourceKEK: rows[i].KEK, TargetKEK: u.targetKEK}
-		}
-		if begin != nil {
-			begin(b)
-		}
-		if fatal := parallel(len(rows), cmp.Or(u.workers, spec.KeyWorkers()), func(_, i int) error { return decide(b, i) }); fatal != nil {
-			return fatal
-		}
-		keep := b.out[:0]
-		for i := range b.led {
-			u.res.add(&b.led[i])
-			if b.led[i].Status == schemas.StatusMigrated {
-				keep = append(keep, b.out[i])
+	p := u.startPipe(ctx)
+	readErr := func() error {
+		for it := range p.batches {
+			if it.err != nil {
+				return it.err
 			}
+			if err := p.writeErr(); err != nil {
+				return err
+			}
+			if err := checkInterrupt(); err != nil {
+				return err
+			}
+			b := it.b
+			if begin != nil {
+				begin(b)
+			}
+			if fatal := parallel(len(b.rows), cmp.Or(u.workers, spec.KeyWorkers()), func(_, i int) error { return decide(b, i) }); fatal != nil {
+				return fatal
+			}
+			if end != nil {
+				end(b)
+			}
+			Progress.DEKs.Add(int64(len(b.rows)))
+			cntDEKs.Inc(ctx, int64(len(b.rows)))
+			p.write(b)
 		}
-		if end != nil {
-			end(b)
-		}
-		Progress.DEKs.Add(int64(len(rows)))
-		cntDEKs.Inc(ctx, int64(len(rows)))
-		if err := u.lw.Write(b.led); err != nil {
-			return err
-		}
-		return u.out.write(keep)
-	})
+		return nil
+	}()
+	// A write error is of an earlier batch than anything the bundle's
+	// goroutine met: it comes first, as in a serial loop.
+	if werr := p.stop(); werr != nil {
+		readErr = werr
+	}
+	_ = u.index.Close()
 	if readErr == nil && u.res.Totals.Failed > 0 {
 		// A table with failed DEKs left out must not look finished to an
 		// incremental run.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/register"
@@ -29,6 +31,8 @@ type RewrapFn struct {
 
 	src, dst keys.KEK
 	samples  *cellSamples
+	matched  sync.Map // KEK name -> keys.Matches(src, name)
+	nMatched atomic.Int32
 }
 
 // Setup opens both KEKs (once per process).
@@ -79,15 +83,8 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		return err
 	}
 	failed, err := u.run(ctx, emit, nil, func(b *dekBatch, i int) error {
-		r, l := &b.rows[i], &b.led[i]
-		rw, err := f.rewrapOne(ctx, r, b.dup[i])
-		l.At, l.Proof, l.Path = now(), rw.proof, rw.path
-		if err == errDuplicate {
-			l.Status, l.Error = schemas.StatusSkipped, b.dup[i].Err(r.DEKID).Error()
-			return nil
-		}
-		b.out[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: rw.wrapped, Created: r.Created, KCV: rw.kcv}
-		return decided(l, rw.wrapped, err)
+		rw, err := f.rewrapOne(ctx, &b.rows[i], b.dup[i])
+		return f.record(b, i, rw, err)
 	}, nil)
 	if err != nil {
 		return err
@@ -113,6 +110,18 @@ type rewrapped struct {
 	proof, path  string
 }
 
+// record fills row i's ledger row and target row from its rewrap.
+func (f *RewrapFn) record(b *dekBatch, i int, rw rewrapped, err error) error {
+	r, l := &b.rows[i], &b.led[i]
+	l.At, l.Proof, l.Path = now(), rw.proof, rw.path
+	if err == errDuplicate {
+		l.Status, l.Error = schemas.StatusSkipped, b.dup[i].Err(r.DEKID).Error()
+		return nil
+	}
+	b.out[i] = schemas.DEKRow{DEKID: r.DEKID, KEK: f.dst.URI(), Wrap: f.dst.Mechanism(), Wrapped: rw.wrapped, Created: r.Created, KCV: rw.kcv}
+	return decided(l, rw.wrapped, err)
+}
+
 // rewrapOne returns r's new wrap and its kcv, the proof the source DEK had
 // ("" if none was reached) and the path it took. When the source custodian
 // can rewrap into the target itself (keys.CanRewrap), it is asked to, so
@@ -129,7 +138,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas
 	case schemas.DEKIDConflict:
 		return out, dup.Err(r.DEKID)
 	}
-	if !keys.Matches(f.src, r.KEK) {
+	if !f.srcMatches(r.KEK) {
 		return out, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	if keys.CanRewrap(f.src, f.dst, r.Wrap) {
@@ -147,7 +156,11 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas
 	if out.proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
 		return out, err
 	}
-	out.kcv = schemas.KCV(dek.Bytes(), r.DEKID)
+	if out.proof == schemas.ProofKCV {
+		out.kcv = r.KCV // just checked equal to the DEK's (r is the batch's own copy)
+	} else {
+		out.kcv = schemas.KCV(dek.Bytes(), r.DEKID)
+	}
 	if out.wrapped, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek); err != nil {
 		return out, err
 	}
@@ -156,6 +169,21 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas
 	}
 	return out, f.verifyNew(ctx, r, out.wrapped, dek.Bytes())
 }
+
+// srcMatches is keys.Matches(f.src, kek), remembered for the few KEK
+// names a table holds (it parses the name: a cost per DEK otherwise).
+func (f *RewrapFn) srcMatches(kek string) bool {
+	if v, ok := f.matched.Load(kek); ok {
+		return v.(bool)
+	}
+	m := keys.Matches(f.src, kek)
+	if f.nMatched.Add(1) <= maxMatched {
+		f.matched.Store(kek, m)
+	}
+	return m
+}
+
+const maxMatched = 64
 
 // rewrapInside asks the source custodian to rewrap r into the target.
 // What the custodian did not prove or verify inside is done here with the
