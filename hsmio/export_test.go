@@ -3,7 +3,6 @@ package hsmio
 import (
 	"context"
 
-	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
 )
 
@@ -18,11 +17,10 @@ const CopyLabelPrefix = copyLabelPrefix
 // operations use.
 type KeyObject struct {
 	Copy bool // a session copy, not the token object
-	// Read through crypto11 from the key its AES-GCM uses.
+	// Read from the object the operations use, on a session of the pool.
 	Label                         string
 	Token, Sensitive, Extractable bool
-	// With Copy: the handle the raw calls (aes-kwp, rewrap) use, and the
-	// session the copy lives on.
+	// With Copy: the copy's handle, and the session the copy lives on.
 	Handle pkcs11.ObjectHandle
 	Holder pkcs11.SessionHandle
 }
@@ -30,30 +28,19 @@ type KeyObject struct {
 // InspectKey reports the object k's operations use now.
 func InspectKey(ctx context.Context, k *KEK) (KeyObject, error) {
 	var ko KeyObject
-	err := k.withObjs(ctx, func(o *c11Key) error {
-		a, err := o.gen.c11.GetAttributes(o.aes, []crypto11.AttributeType{crypto11.CkaToken, crypto11.CkaSensitive, crypto11.CkaExtractable, crypto11.CkaLabel})
+	err := k.withKey(ctx, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		a, err := k.tok.p11.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil), pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
 		if err != nil {
 			return err
 		}
-		b := func(t crypto11.AttributeType) bool {
-			v := a[t]
-			return v != nil && len(v.Value) > 0 && v.Value[0] != 0
-		}
-		ko = KeyObject{Token: b(crypto11.CkaToken), Sensitive: b(crypto11.CkaSensitive), Extractable: b(crypto11.CkaExtractable)}
-		if l := a[crypto11.CkaLabel]; l != nil {
-			ko.Label = string(l.Value)
-		}
-		if o.copy != nil {
-			ko.Copy, ko.Handle, ko.Holder = true, o.copy.h, o.copy.holder.sh
+		b := func(i int) bool { return len(a[i].Value) > 0 && a[i].Value[0] != 0 }
+		ko = KeyObject{Token: b(0), Sensitive: b(1), Extractable: b(2), Label: string(a[3].Value)}
+		if _, cp, err := k.aesHandle(sh); err == nil && cp != nil && cp.h == h {
+			ko.Copy, ko.Handle, ko.Holder = true, cp.h, cp.holder.sh
 		}
 		return nil
 	})
-	if err == nil && ko.Copy {
-		// The raw calls' handle must be the same copy.
-		h, cp, herr := k.aesHandle(0)
-		if herr != nil || cp == nil || h != ko.Handle {
-			ko.Handle = 0
-		}
-	}
 	return ko, err
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/cipher"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1" //nolint:gosec // OAEP-SHA1 is what SoftHSM offers; it is not used for signatures.
@@ -99,9 +98,7 @@ type KEK struct {
 // c11Key is a KEK's crypto11 objects in one generation.
 type c11Key struct {
 	gen     *generation
-	copy    *sessionCopy // the session copy aes is, nil: the token object
-	aes     *crypto11.SecretKey
-	gcm     cipher.AEAD
+	copy    *sessionCopy             // the session copy crypto11 could see (checked once per generation), nil: the token object
 	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
 }
 
@@ -302,10 +299,10 @@ func (k *KEK) in(g *generation) (*c11Key, error) {
 				return nil, gone(err)
 			}
 		}
-		if o.gcm, err = sk.NewGCM(); err != nil {
-			return nil, err
+		if sk == nil {
+			return nil, fmt.Errorf("key %s: %w (it was there when rekey opened it)", ref, keys.ErrKeyNotFound)
 		}
-		o.aes, o.copy = sk, cp
+		o.copy = cp
 	case k.hasPriv:
 		id, label := k.lookup()
 		kp, err := g.c11.FindKeyPair(id, label)
@@ -332,29 +329,6 @@ func (k *KEK) fresh(o *c11Key, g *generation) bool {
 		return true
 	}
 	return o.copy == k.copy.cur.Load() && (o.copy == nil || o.copy.live())
-}
-
-// withObjs runs f with the key's crypto11 objects in the token's current
-// generation (withC11). An operation on a session copy that the token no
-// longer knows (its holder was lost) runs again, on a new copy.
-func (k *KEK) withObjs(ctx context.Context, f func(o *c11Key) error) error {
-	for try := 0; ; try++ {
-		var used *c11Key
-		err := k.tok.withC11(ctx, func(g *generation) error {
-			o, err := k.in(g)
-			if err != nil {
-				return err
-			}
-			used = o
-			return f(o)
-		})
-		if used == nil || used.copy == nil || !copyGone(err, true) || try == maxReplace {
-			return err
-		}
-		if !k.copy.lost(used.copy) {
-			return err // the copy is alive: the error is the operation's own
-		}
-	}
 }
 
 func (k *KEK) checkMech(m string) error {
@@ -518,35 +492,42 @@ func (k *KEK) handleLost(h pkcs11.ObjectHandle, cp *sessionCopy, err error) bool
 
 // Wrap implements keys.KEK.
 func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []byte, err error) {
-	what := fmt.Sprintf("wrap DEK (%s) with %s (%s)", b, k.URI(), k.mech)
+	// The message is built only when an error needs it.
+	what := func() string { return fmt.Sprintf("wrap DEK (%s) with %s (%s)", b, k.URI(), k.mech) }
 	switch k.mech {
 	case schemas.WrapAESGCM:
 		if err := k.tokenOffers(k.mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		nonce := make([]byte, schemas.NonceSize)
 		if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 			return nil, err
 		}
-		err = k.withObjs(ctx, func(o *c11Key) error {
-			// Seal panics on HSM errors; withC11 turns that back into
-			// an error. nonce has no spare capacity: Seal appends to a
-			// copy.
-			out = o.gcm.Seal(nonce, nonce, dek.Bytes(), gcmAAD(b))
+		aad := gcmAAD(b)
+		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
+			ct, err := RawGCM(k.tok.p11, sh, kek, true, nonce, aad, dek.Bytes())
+			if err != nil {
+				return err
+			}
+			if len(ct) != dek.Len()+schemas.TagSize {
+				return fmt.Errorf("the token's CKM_AES_GCM returned %d bytes for a %d-byte key, want %d", len(ct), dek.Len(), dek.Len()+schemas.TagSize)
+			}
+			// nonce has no spare capacity: append copies it.
+			out = append(nonce, ct...)
 			return nil
 		})
 		if err != nil {
-			return nil, classify(err, what)
+			return nil, classify(err, what())
 		}
 		return out, nil
 	case schemas.WrapAESKWP:
 		if dek.Len()%8 != 0 {
 			// RFC 5649 pads other lengths, and the padding does not
 			// always come off again on unwrap (SoftHSM returns it).
-			return nil, fmt.Errorf("%s: %w: aes-kwp wraps secrets whose length is a multiple of 8 bytes; this one is %d (use aes-gcm)", what, keys.ErrMechanism, dek.Len())
+			return nil, fmt.Errorf("%s: %w: aes-kwp wraps secrets whose length is a multiple of 8 bytes; this one is %d (use aes-gcm)", what(), keys.ErrMechanism, dek.Len())
 		}
 		if err := k.tokenOffers(k.mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			obj, err := k.tok.p11.CreateObject(sh, []*pkcs11.Attribute{
@@ -564,14 +545,14 @@ func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []by
 			return err
 		})
 		if err != nil {
-			return nil, classify(err, what)
+			return nil, classify(err, what())
 		}
 		return out, nil
 	case schemas.WrapRSAOAEPSHA256, schemas.WrapRSAOAEPSHA1:
 		if k.hasPriv {
 			// A wrap the token will not unwrap is no wrap at all.
 			if err := k.oaepRefused(k.mech); err != nil {
-				return nil, fmt.Errorf("%s: %w", what, err)
+				return nil, fmt.Errorf("%s: %w", what(), err)
 			}
 		}
 		h := sha256.New()
@@ -580,17 +561,17 @@ func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []by
 		}
 		out, err = rsa.EncryptOAEP(h, rand.Reader, k.rsaPub, dek.Bytes(), nil)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		return out, nil
 	case schemas.WrapRSAPKCS1:
 		out, err = rsa.EncryptPKCS1v15(rand.Reader, k.rsaPub, dek.Bytes())
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%s: %w: unknown wrap", what, keys.ErrMechanism)
+	return nil, fmt.Errorf("%s: %w: unknown wrap", what(), keys.ErrMechanism)
 }
 
 // badParams reports a token refusing a mechanism's parameters: SoftHSM
@@ -660,12 +641,13 @@ func (k *KEK) refuseOAEP(ctx context.Context, mech string, cause error) error {
 
 // Unwrap implements keys.KEK.
 func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped []byte) (*keys.DEK, error) {
-	what := fmt.Sprintf("unwrap DEK (%s) with %s (%s)", b, k.URI(), mech)
+	// The message is built only when an error needs it.
+	what := func() string { return fmt.Sprintf("unwrap DEK (%s) with %s (%s)", b, k.URI(), mech) }
 	if err := k.checkMech(mech); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, fmt.Errorf("%s: %w", what(), err)
 	}
 	if len(wrapped) > schemas.MaxWrappedDEK {
-		return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes", what, keys.ErrUnwrapFailed, len(wrapped))
+		return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes", what(), keys.ErrUnwrapFailed, len(wrapped))
 	}
 	var plain []byte
 	defer func() { clear(plain) }()
@@ -673,24 +655,25 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 	switch mech {
 	case schemas.WrapAESGCM:
 		if n := len(wrapped) - schemas.NonceSize - schemas.TagSize; n < keys.MinSecret || n > keys.MaxSecret {
-			return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes, want %d to %d", what, keys.ErrUnwrapFailed, len(wrapped), schemas.NonceSize+keys.MinSecret+schemas.TagSize, schemas.NonceSize+keys.MaxSecret+schemas.TagSize)
+			return nil, fmt.Errorf("%s: %w: wrapped key is %d bytes, want %d to %d", what(), keys.ErrUnwrapFailed, len(wrapped), schemas.NonceSize+keys.MinSecret+schemas.TagSize, schemas.NonceSize+keys.MaxSecret+schemas.TagSize)
 		}
 		if err := k.tokenOffers(mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
-		err = k.withObjs(ctx, func(o *c11Key) error {
+		aad := gcmAAD(b)
+		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			var err error
-			plain, err = o.gcm.Open(nil, wrapped[:schemas.NonceSize], wrapped[schemas.NonceSize:], gcmAAD(b))
+			plain, err = RawGCM(k.tok.p11, sh, kek, false, wrapped[:schemas.NonceSize], aad, wrapped[schemas.NonceSize:])
 			return err
 		})
 	case schemas.WrapAESKWP:
 		// RFC 5649: an 8-byte integrity block plus the padded key, in
 		// 8-byte blocks.
 		if len(wrapped) < 8+keys.MinSecret || len(wrapped)%8 != 0 {
-			return nil, fmt.Errorf("%s: %w: an aes-kwp wrapped key is a multiple of 8 bytes and at least %d; this one is %d", what, keys.ErrUnwrapFailed, 8+keys.MinSecret, len(wrapped))
+			return nil, fmt.Errorf("%s: %w: an aes-kwp wrapped key is a multiple of 8 bytes and at least %d; this one is %d", what(), keys.ErrUnwrapFailed, 8+keys.MinSecret, len(wrapped))
 		}
 		if err := k.tokenOffers(mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			obj, err := k.tok.p11.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, kek, wrapped, []*pkcs11.Attribute{
@@ -713,21 +696,21 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 		})
 	case schemas.WrapRSAOAEPSHA256, schemas.WrapRSAOAEPSHA1:
 		if !k.hasPriv {
-			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what, keys.ErrKeyNotFound)
+			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what(), keys.ErrKeyNotFound)
 		}
 		if err := k.tokenOffers(mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		plain, err = k.decryptOAEP(ctx, mech, wrapped)
 		if badParams(err) {
-			return nil, fmt.Errorf("%s: %w", what, k.refuseOAEP(ctx, mech, err))
+			return nil, fmt.Errorf("%s: %w", what(), k.refuseOAEP(ctx, mech, err))
 		}
 	case schemas.WrapRSAPKCS1:
 		if !k.hasPriv {
-			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what, keys.ErrKeyNotFound)
+			return nil, fmt.Errorf("%s: %w: the token holds only the public key", what(), keys.ErrKeyNotFound)
 		}
 		if err := k.tokenOffers(mech); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what(), err)
 		}
 		err = k.tok.withC11(ctx, func(g *generation) error {
 			o, err := k.in(g)
@@ -739,11 +722,11 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 		})
 	}
 	if err != nil {
-		return nil, classify(err, what)
+		return nil, classify(err, what())
 	}
 	dek, err := keys.NewDEK(plain)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, fmt.Errorf("%s: %w", what(), err)
 	}
 	return dek, nil
 }
@@ -795,11 +778,12 @@ func (k *KEK) GenerateDEK(ctx context.Context) (*keys.DEK, error) {
 // the opens, and Reserve), capped by the token's session limit
 // (C_GetTokenInfo; one session holds the login, one the session copies of
 // the keys when the limit leaves room, and the rest are split between
-// crypto11's pool and the raw calls of aes-kwp). Callers that run
+// crypto11's pool, for RSA keys and the token's random generator, and the
+// raw sessions every AES key operation runs on). Callers that run
 // more workers than this make the others wait for a session: cap the
 // workers to it.
 func (k *KEK) Sessions() int {
-	return k.tok.usable(k.mech == schemas.WrapAESKWP)
+	return k.tok.usable(!k.isRSA)
 }
 
 // SessionLimit is the token's session limit, 0 if it reports none.

@@ -28,7 +28,7 @@ const rawLoopCopyPrefix = "rekey-rawloop-copy-"
 
 // wrapForRawLoop wraps n fresh DEKs with hsmio's aes-gcm Wrap under key
 // object on token "src".
-func wrapForRawLoop(t *testing.T, object string, n int) (wrapped [][]byte, ids []string) {
+func wrapForRawLoop(t testing.TB, object string, n int) (wrapped [][]byte, ids []string) {
 	t.Helper()
 	ctx := context.Background()
 	k, err := hsmio.Open(ctx, uri("src", object), keys.Options{Wrap: schemas.WrapAESGCM})

@@ -23,8 +23,9 @@ import (
 // visible to every session of the process and live until the session that
 // made them closes, so the copies are made on one raw session of the token
 // held open for them (the holder, never in a pool): crypto11 finds a copy
-// by its label on its own sessions and does AES-GCM with it; C_WrapKey and
-// C_UnwrapKey (aes-kwp) and the inside-token rewrap use its handle. A copy
+// by its label on its own sessions once per generation (the check that
+// other sessions see it); AES-GCM, C_WrapKey and C_UnwrapKey (aes-kwp) and
+// the inside-token rewrap use its handle on the raw pool's sessions. A copy
 // vanishes with its holder, when the process exits at the latest: it is
 // never stored on the token. One copy serves every KEK of the process that
 // names the same key on the same token.

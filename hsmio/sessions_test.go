@@ -278,7 +278,7 @@ func TestSessionLimitSizesThePool(t *testing.T) {
 	for _, tc := range []struct {
 		limit, gcm, kwp int // sessions usable by aes-gcm and by aes-kwp operations
 		copy            bool
-	}{{3, 1, 1, false}, {4, 1, 1, true}, {7, 4, 1, true}} {
+	}{{3, 1, 1, false}, {4, 1, 1, true}, {7, 4, 4, true}} {
 		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
 			lib := faultpkcs11.ForTest(t, faultpkcs11.Config{MaxSessions: tc.limit})
 			for _, wrap := range []string{schemas.WrapAESGCM, schemas.WrapAESKWP} {

@@ -20,10 +20,10 @@ import (
 
 // token is one logged-in token, shared by every KEK on it in this process.
 //
-// Two kinds of sessions work on it. crypto11 (AES-GCM, RSA-OAEP decrypt,
-// HSM random, key lookup) has its own pool, and a persistent session that
-// holds the login; the raw calls crypto11 does not offer (C_WrapKey,
-// C_UnwrapKey, attribute reads) use the raw pool below, on the same
+// Two kinds of sessions work on it. crypto11 (RSA-OAEP decrypt, HSM
+// random, key lookup) has its own pool, and a persistent session that
+// holds the login; every AES key operation (AES-GCM, C_WrapKey,
+// C_UnwrapKey) and attribute reads use the raw pool below, on the same
 // initialized module.
 //
 // crypto11 v1.5.0 puts every session back into its pool, dead or alive, so
@@ -160,7 +160,7 @@ func openToken(u URI, sessions int) (*token, error) {
 		work := t.limit - t.others - 1
 		if work < 2 {
 			_ = g.c11.Close()
-			return nil, keys.Retryable(fmt.Errorf("open token %q: %w: the token allows %d sessions and %d are open elsewhere; rekey needs 3 (one stays logged in, one for crypto11's operations, one for key wrapping): close other applications' sessions, or raise the token's session limit",
+			return nil, keys.Retryable(fmt.Errorf("open token %q: %w: the token allows %d sessions and %d are open elsewhere; rekey needs 3 (one stays logged in, one for crypto11's operations (RSA keys, random), one for AES key operations): close other applications' sessions, or raise the token's session limit",
 				name, pkcs11.Error(pkcs11.CKR_SESSION_COUNT), t.limit, t.others))
 		}
 		// The session holding the session copies of the keys is one
@@ -171,10 +171,13 @@ func openToken(u URI, sessions int) (*token, error) {
 		} else {
 			t.noHolder = fmt.Sprintf("the token's session limit (%d sessions, %d open elsewhere) leaves no room for the session that would hold a session copy", t.limit, t.others)
 		}
-		// The token's room is split once: a third (at least one) for the
-		// raw calls, the rest for crypto11. Both open sessions lazily.
-		rawSize = max(1, work/3)
-		if c11 := work - rawSize; c11 != g.work {
+		// The token's room is split once: a third (at least one) for
+		// crypto11 (RSA keys, the token's random generator), the rest for
+		// the raw calls (every AES key operation). Both open sessions
+		// lazily.
+		c11 := max(1, work/3)
+		rawSize = work - c11
+		if c11 != g.work {
 			// Nothing runs on g yet: it is closed at once (after its
 			// successor is configured, so the module stays initialized).
 			g2, err := t.configure(c11)
