@@ -462,7 +462,7 @@ func (t *table) print(w io.Writer, res *Results) {
 	for _, s := range []struct {
 		name  string
 		lines []string
-	}{{"reencrypt goals (issue 14)", res.Reencrypt}, {"kms", res.KMS}, {"tink", res.Tink}, {"objects", res.Objects}} {
+	}{{"issue 14 goals", res.Reencrypt}, {"kms", res.KMS}, {"tink", res.Tink}, {"objects", res.Objects}} {
 		if len(s.lines) > 0 {
 			fmt.Fprintf(w, "\n%s:\n", s.name)
 			for _, l := range s.lines {
