@@ -70,6 +70,16 @@ func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (record
 	return l, nil
 }
 
+// isEnc reports whether leaf column c is one of the encrypted columns.
+func (l *recordLayout) isEnc(c int) bool {
+	for _, e := range l.enc {
+		if e == c {
+			return true
+		}
+	}
+	return false
+}
+
 // rowFields renders the values of columns cols of row for a format's
 // templates, into dst.
 func rowFields(dst []string, row parquet.Row, cols []int, schema func(int) string) ([]string, error) {

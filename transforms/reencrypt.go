@@ -8,12 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"slices"
 	"sync"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -88,20 +86,14 @@ type cellScratch struct {
 	nonces          io.Reader
 	hash            hash.Hash // the ledger checksum, reset per record
 	cells           [][]byte
-	arena           []byte // new ciphertexts of the current batch
+	arena           *arena   // new ciphertexts of the current batch (the batch's)
+	strs            strArena // record ids and checksums of the ledger rows
 }
 
 // alloc returns an empty slice with room for n bytes, carved from the
-// batch's arena: one allocation per ~256 KiB of cells instead of one per
-// cell. A new batch starts a new arena (the writer still reads the old one).
-func (sc *cellScratch) alloc(n int) []byte {
-	if cap(sc.arena)-len(sc.arena) < n {
-		sc.arena = make([]byte, 0, max(n, 256<<10))
-	}
-	start := len(sc.arena)
-	sc.arena = sc.arena[:start+n]
-	return sc.arena[start : start : start+n]
-}
+// batch's arena for this worker: the cells live as long as the batch, and
+// the arena is reused once the writer has encoded it.
+func (sc *cellScratch) alloc(n int) []byte { return sc.arena.alloc(n) }
 
 type rowOutcome struct {
 	ok    bool
@@ -120,6 +112,13 @@ func (f *ReencryptFn) ProcessElement(ctx context.Context, rel string, deks func(
 	f.loadMaps(deks)
 	if f.fl == nil {
 		f.fl = newFlight(f.Spec.filesInFlight())
+	}
+	// The files in flight count on their own goroutines. Beam adds a
+	// counter to a plain map the first time it is incremented: create
+	// them here, on the bundle goroutine, so the files only read the map
+	// (the increments themselves are atomic).
+	for _, c := range [...]beam.Counter{cntRecords, cntBytes, cntFailed, cntFiles} {
+		c.Inc(ctx, 0)
 	}
 	fl := f.fl
 	err = fl.start(emit, func(emit func(UnitResult)) error {
@@ -275,11 +274,13 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 	// The bundle goroutine reads and re-encrypts batch k (crypto on the
 	// worker pool) while a writer goroutine encodes batch k-1: on two
 	// cores, Parquet encoding and crypto overlap instead of alternating.
-	w := startBatchWriter(pw)
-	defer w.stop()
 	batch := spec.rowBatch()
-	rows := make([]parquet.Row, batch)
+	pool := newBatchPool(batch, workers)
+	w := startBatchWriter(pw, pool)
+	defer w.stop()
 	outcomes := make([]rowOutcome, batch)
+	// One slice of ledger rows for every batch: led.Write copies them.
+	batchLedger := make([]schemas.LedgerRow, 0, batch)
 	rowBase := int64(0) // the file's row number of rows[0]
 	for g, rg := range pf.RowGroups() {
 		rr := rg.Rows()
@@ -289,7 +290,14 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 				rr.Close()
 				return res, err
 			}
+			// Each batch reads into rows the writer does not hold: the
+			// batch before this one may still be queued or being encoded.
+			b := pool.get()
+			rows := b.rows
 			n, rerr := rr.ReadRows(rows[:bn])
+			if n == 0 {
+				pool.put(b)
+			}
 			if n > 0 {
 				var pairs map[string]*filePair
 				if minted != nil {
@@ -298,7 +306,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 					pairs = f.pairsFor(ctx, keysOf, rows[:n], &layout)
 				}
 				for i := range scratch {
-					scratch[i].arena = nil // the writer still holds the last batch's cells
+					scratch[i].arena = &b.cells[i]
 				}
 				fatal := parallel(n, workers, func(w, i int) error {
 					outcomes[i] = f.reencryptRow(ctx, &layout, rows[i], &scratch[w], pairs, colNames)
@@ -308,8 +316,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 					rr.Close()
 					return res, fatal
 				}
-				keep := make([]parquet.Row, 0, n)
-				batchLedger := make([]schemas.LedgerRow, 0, n)
+				batchLedger = batchLedger[:0]
 				at := now()
 				for i := 0; i < n; i++ {
 					o := &outcomes[i]
@@ -329,10 +336,11 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 					}
 					if o.ok {
 						l.Status, l.Bytes, l.Checksum = schemas.StatusMigrated, o.bytes, o.sum
-						// The reader reuses its buffers for the next batch:
-						// the writer gets its own copy of the values that
-						// still point into them (new cells are already ours).
-						keep = append(keep, detach(rows[i], &layout))
+						// The reader reuses its pages for the next batch:
+						// the values that still point into them are copied
+						// into the batch (new cells are already its own).
+						b.detachRow(rows[i], &layout)
+						b.keep = append(b.keep, rows[i])
 					} else {
 						l.Status, l.Error, l.NewDEKID = schemas.StatusFailed, o.err, ""
 						if o.id == "" {
@@ -348,7 +356,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 					rr.Close()
 					return res, err
 				}
-				if err := w.write(keep, false); err != nil {
+				if err := w.write(b, false); err != nil {
 					rr.Close()
 					return res, outputErr(dstPath, err)
 				}
@@ -368,7 +376,7 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 		rr.Close()
 		// Keep the source's row group boundaries (and bound the writer's
 		// buffered row group to the source's).
-		if err := w.write(nil, true); err != nil {
+		if err := w.flush(); err != nil {
 			return res, outputErr(dstPath, err)
 		}
 	}
@@ -456,7 +464,7 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	if iv < 0 || dv < 0 {
 		return fail("row has no value for the record id or dek_id column")
 	}
-	id, err := recordID(row[iv])
+	id, err := sc.strs.recordID(row[iv])
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -480,8 +488,10 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 			return fail("record %q: column %q: %v (is key_encoding right?)", id, names[l.dek], err)
 		}
 		o.dekID = key
+	} else if p := pairs[string(row[dv].ByteArray())]; p != nil && p.dekID != "" {
+		o.dekID = p.dekID // the map's own string: no copy per row
 	} else {
-		o.dekID = string(row[dv].ByteArray())
+		o.dekID = sc.strs.copyString(row[dv].ByteArray())
 	}
 	p := pairs[o.dekID]
 	if p == nil || p.err != "" {
@@ -560,7 +570,7 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	v := row[dv]
 	row[dv] = parquet.ByteArrayValue(p.newIDBytes).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
 	o.ok = true
-	o.sum = schemas.RecordChecksumPrefix + hex.EncodeToString(h.Sum(sc.sum[:0]))
+	o.sum = sc.strs.hexString(schemas.RecordChecksumPrefix, h.Sum(sc.sum[:0]))
 	return o
 }
 
@@ -571,6 +581,7 @@ type filePair struct {
 	srcAEAD    cipher.AEAD // the cell ciphers of the source and target formats
 	dstAEAD    cipher.AEAD
 	srcName    string // keys in a column: the source key's name in the ledger
+	dekID      string // keys in a table: the dek_id it is found by
 	newID      string
 	newIDBytes []byte
 	err        string
@@ -588,6 +599,7 @@ func (f *ReencryptFn) pairsFor(ctx context.Context, known map[string]*filePair, 
 		return nil
 	})
 	for i, id := range missing {
+		resolved[i].dekID = id
 		known[id] = resolved[i]
 	}
 	return known
@@ -658,25 +670,12 @@ func Reencrypt(s beam.Scope, spec Spec, files, maps beam.PCollection) beam.PColl
 	return beam.ParDo(s, &ReencryptFn{Spec: spec}, files, beam.SideInput{Input: maps})
 }
 
-// detach copies the byte arrays of row that still alias the reader's
-// buffers (every column but the re-encrypted ones and the dek_id).
-func detach(row parquet.Row, l *recordLayout) parquet.Row {
-	out := make(parquet.Row, len(row))
-	for i, v := range row {
-		c := v.Column()
-		if c == l.dek || slices.Contains(l.enc, c) {
-			out[i] = v
-		} else {
-			out[i] = v.Clone()
-		}
-	}
-	return out
-}
-
-// batchWriter encodes rows on its own goroutine, one batch behind the
-// reader; at most one batch waits, so memory stays bounded.
+// batchWriter encodes batches on its own goroutine, one batch behind the
+// reader; at most one batch waits, so memory stays bounded. A batch goes
+// back to its pool once encoded (or skipped after an error).
 type batchWriter struct {
 	pw    *parquet.Writer
+	pool  *batchPool
 	in    chan writeReq
 	done  chan struct{}
 	err   error
@@ -685,33 +684,40 @@ type batchWriter struct {
 }
 
 type writeReq struct {
-	rows  []parquet.Row
+	batch *recordBatch // nil: flush only
 	flush bool
 }
 
-func startBatchWriter(pw *parquet.Writer) *batchWriter {
-	w := &batchWriter{pw: pw, in: make(chan writeReq, 1), done: make(chan struct{})}
+func startBatchWriter(pw *parquet.Writer, pool *batchPool) *batchWriter {
+	w := &batchWriter{pw: pw, pool: pool, in: make(chan writeReq, 1), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for req := range w.in {
-			if w.failed() != nil {
-				continue
-			}
-			var err error
-			if len(req.rows) > 0 {
-				_, err = w.pw.WriteRows(req.rows)
-			}
-			if err == nil && req.flush {
-				err = w.pw.Flush()
-			}
-			if err != nil {
-				w.errMu.Lock()
-				w.err = err
-				w.errMu.Unlock()
+			w.do(req)
+			if req.batch != nil {
+				w.pool.put(req.batch)
 			}
 		}
 	}()
 	return w
+}
+
+func (w *batchWriter) do(req writeReq) {
+	if w.failed() != nil {
+		return
+	}
+	var err error
+	if req.batch != nil && len(req.batch.keep) > 0 {
+		_, err = w.pw.WriteRows(req.batch.keep)
+	}
+	if err == nil && req.flush {
+		err = w.pw.Flush()
+	}
+	if err != nil {
+		w.errMu.Lock()
+		w.err = err
+		w.errMu.Unlock()
+	}
 }
 
 func (w *batchWriter) failed() error {
@@ -720,11 +726,22 @@ func (w *batchWriter) failed() error {
 	return w.err
 }
 
-func (w *batchWriter) write(rows []parquet.Row, flush bool) error {
+// write queues b's rows to write; b belongs to the writer from here on.
+func (w *batchWriter) write(b *recordBatch, flush bool) error {
+	if err := w.failed(); err != nil {
+		w.pool.put(b)
+		return err
+	}
+	w.in <- writeReq{batch: b, flush: flush}
+	return nil
+}
+
+// flush ends the row group once the batches queued before are written.
+func (w *batchWriter) flush() error {
 	if err := w.failed(); err != nil {
 		return err
 	}
-	w.in <- writeReq{rows: rows, flush: flush}
+	w.in <- writeReq{flush: true}
 	return nil
 }
 
