@@ -17,6 +17,7 @@ import (
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
 	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/direct"
+	"github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism"
 
 	"rekey/pipeline"
 	"rekey/providers/keys"
@@ -97,14 +98,15 @@ type profileResult struct {
 	HeapProfile string  `json:"heap_profile,omitempty"`
 }
 
-// profileMain runs one migration in this process on the direct runner,
-// under the CPU profiler, with HSM calls counted.
+// profileMain runs one migration in this process on the direct runner (or
+// prism, --runner), under the CPU profiler, with HSM calls counted.
 func profileMain(args []string) error {
 	fs := flag.NewFlagSet("rekey-bench profile", flag.ContinueOnError)
 	dir := fs.String("dir", "demo/bench", "the suite's folder (tokens and datasets made by a suite run)")
 	mode := fs.String("mode", "reencrypt", "reencrypt or rewrap")
 	name := fs.String("dataset", "re-4096", "dataset under DIR/data (re-<cell>, rewrap-<n>, mem-<n>MiB)")
 	workers := fs.Int("workers", 0, "rekey --workers (0: number of CPUs)")
+	runner := fs.String("runner", "direct", "direct or prism (in-process, its workers in this process too)")
 	wrap := fs.String("target-wrap", "aes-gcm", "target wrap mechanism")
 	skipVerify := fs.Bool("skip-verify", false, "turn verify-before-commit off (to measure what it costs; never in production)")
 	cpu := fs.String("cpuprofile", "", "CPU profile output (default DIR/prof/<mode>-<dataset>.cpu.pprof)")
@@ -188,7 +190,15 @@ func profileMain(args []string) error {
 		return err
 	}
 	start := time.Now()
-	_, runErr := direct.Execute(ctx, p)
+	var runErr error
+	switch *runner {
+	case "direct":
+		_, runErr = direct.Execute(ctx, p)
+	case "prism":
+		_, runErr = prism.Execute(ctx, p)
+	default:
+		runErr = fmt.Errorf("--runner %q: want direct or prism", *runner)
+	}
 	el := time.Since(start)
 	pprof.StopCPUProfile()
 	if runErr != nil {
