@@ -62,10 +62,10 @@ $(FAULTPKCS11): hsmio/faultpkcs11/csrc/faultpkcs11.c
 	$${CC:-gcc} -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden \
 	  -I"$$($(GO) list -m -f '{{.Dir}}' github.com/miekg/pkcs11)" -o $@ $< -ldl -lpthread
 
+# Every test, then the race detector on what runs on several goroutines in
+# one bundle: files in flight, recycled batches, a reencrypt through Beam.
 test: deps versitygw local-kms vet faultpkcs11
 	REKEY_FAULTPKCS11=$(CURDIR)/$(FAULTPKCS11) REKEY_LOCAL_KMS=$(LOCAL_KMS) $(GO) test -count=1 -timeout 30m ./...
-	# The race detector on what runs on several goroutines in one bundle:
-	# files in flight, recycled batches, a reencrypt through Beam.
 	$(GO) test -race -count=1 -timeout 15m ./transforms -run 'Flight|Batch|Arena|Detach'
 	REKEY_FAULTPKCS11=$(CURDIR)/$(FAULTPKCS11) REKEY_LOCAL_KMS=$(LOCAL_KMS) $(GO) test -race -count=1 -timeout 15m ./pipeline -run '^TestReencryptRoundTrip$$'
 
