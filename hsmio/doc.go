@@ -31,7 +31,7 @@
 // such as SoftHSM2 re-read a token object from their store on every
 // operation. The copies live on one raw session held open for them (the
 // holder), are used by handle from the raw pool's sessions (crypto11
-// checks once per generation that another session sees them), and
+// checks when the key is opened that another session sees them), and
 // vanish with the holder; a lost holder or generation gets a new copy. A
 // key with CKA_COPYABLE false, a token that refuses the copy, or one whose
 // session limit has no room for the holder uses the token object, and the

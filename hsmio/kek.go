@@ -98,7 +98,7 @@ type KEK struct {
 // c11Key is a KEK's crypto11 objects in one generation.
 type c11Key struct {
 	gen     *generation
-	copy    *sessionCopy             // the session copy crypto11 could see (checked once per generation), nil: the token object
+	copy    *sessionCopy             // the session copy crypto11 could see (checked when the key is opened), nil: the token object
 	rsaPriv crypto11.SignerDecrypter // nil if only the public key is present
 }
 

@@ -17,7 +17,8 @@ import (
 	"rekey/schemas"
 )
 
-// The raw PKCS#11 loop: a benchmark peer, not used by rekey's pipeline.
+// The raw PKCS#11 loop: a benchmark peer, not used by rekey's pipeline
+// (RawGCM, its call, is: every AES-GCM wrap and unwrap of a KEK).
 //
 // Issue 14 sets rekey's aes-gcm -> aes-gcm rewrap against what a competent
 // engineer would write directly against PKCS#11 with the best key handle
@@ -157,8 +158,9 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 }
 
 // RawGCM is one single-part CKM_AES_GCM encryption or decryption (a
-// 128-bit tag, appended to the ciphertext) on a raw session: the raw
-// loops' peer calls (this one, and make bench's).
+// 128-bit tag, appended to the ciphertext) on a raw session: what a KEK's
+// AES-GCM Wrap and Unwrap call, and the raw loops' peer calls (this one,
+// and make bench's).
 func RawGCM(p *pkcs11.Ctx, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, encrypt bool, nonce, aad, in []byte) ([]byte, error) {
 	params := pkcs11.NewGCMParams(nonce, aad, schemas.TagSize*8)
 	defer params.Free()

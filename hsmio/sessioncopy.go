@@ -23,7 +23,7 @@ import (
 // visible to every session of the process and live until the session that
 // made them closes, so the copies are made on one raw session of the token
 // held open for them (the holder, never in a pool): crypto11 finds a copy
-// by its label on its own sessions once per generation (the check that
+// by its label on its own sessions when the key is opened (the check that
 // other sessions see it); AES-GCM, C_WrapKey and C_UnwrapKey (aes-kwp) and
 // the inside-token rewrap use its handle on the raw pool's sessions. A copy
 // vanishes with its holder, when the process exits at the latest: it is
@@ -36,15 +36,16 @@ import (
 // it made is not a session object with the key's protections, or when
 // crypto11's sessions cannot see it; and when the token's session limit
 // leaves no room for the holder. A transient failure uses the token object
-// until the next replacement of lost sessions. The preflight says which
-// one a key uses.
+// until the next replacement of lost sessions (rearmCopies: the next
+// operation after it tries the copy again). The preflight says which one a
+// key uses.
 //
 // A lost holder takes its copies with it: an operation on a copy then
 // fails with CKR_KEY_HANDLE_INVALID or CKR_OBJECT_HANDLE_INVALID, the copy
 // is checked (one C_GetAttributeValue on the holder), and if it or its
 // holder is gone, the holder is closed (the module releases it and what is
 // left on it), a new one opened, a new copy made, and the operation runs
-// again. A replaced crypto11 generation checks the copy the same way.
+// again.
 
 // noSessionCopies switches session copies off for keys opened afterwards
 // (the benchmarks' baseline).
@@ -173,8 +174,8 @@ func (kc *keyCopy) reopened() {
 }
 
 // current returns the live copy, making one if there was none yet or the
-// last one's holder was lost (nil: the token object is used, until the
-// next renew if a copy failed for now).
+// last one's holder was lost (nil: the token object is used; after a copy
+// that failed for now, until the token's lost sessions are replaced).
 func (kc *keyCopy) current() *sessionCopy {
 	cp := kc.cur.Load()
 	if cp.live() || cp == nil && kc.tried.Load() {
@@ -203,6 +204,22 @@ func (kc *keyCopy) lost(cp *sessionCopy) bool {
 	kc.cur.Store(nil)
 	kc.ensureLocked(false)
 	return true
+}
+
+// rearmCopies is called when the token lost sessions and they were
+// replaced (a fail-over): a key whose copy failed for now (not for good)
+// tries to make one again at its next operation, instead of using its
+// token object until the process exits.
+func (t *token) rearmCopies() {
+	t.copiesMu.Lock()
+	defer t.copiesMu.Unlock()
+	for _, kc := range t.copies {
+		kc.mu.Lock()
+		if kc.off == "" && kc.cur.Load() == nil {
+			kc.tried.Store(false)
+		}
+		kc.mu.Unlock()
+	}
 }
 
 // renew checks the copy after crypto11's sessions were replaced, and makes

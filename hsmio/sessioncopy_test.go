@@ -368,3 +368,30 @@ func TestSessionCopyAfterFailOver(t *testing.T) {
 		t.Fatalf("%d session copies, %d before: the lost holders' copies were not released", n, copies)
 	}
 }
+
+// TestSessionCopyRetriedAfterFailOver: a copy that failed for now (the
+// token answered C_CopyObject with CKR_DEVICE_REMOVED three times while the
+// key was opened) leaves the key on its token object only until the token
+// loses sessions and they are replaced: the next operation after that
+// fail-over makes the copy, instead of the key staying on its token object
+// until the process exits.
+func TestSessionCopyRetriedAfterFailOver(t *testing.T) {
+	log := t.TempDir() + "/faults.log"
+	k, _ := faultOpen(t, faultpkcs11.Config{Calls: []string{"C_CopyObject", "C_Encrypt"}, Mode: faultpkcs11.Fail, Code: faultpkcs11.DeviceRemoved, Rate: 1, Max: 4, Log: log}, "kek-aes", schemas.WrapAESGCM, 2)
+	ctx := t.Context()
+	if ko, err := hsmio.InspectKey(ctx, k); err != nil || ko.Copy || !ko.Token {
+		t.Fatalf("after three refused copies the key uses %+v (%v); want its token object", ko, err)
+	}
+	if info := handleCheck(k.Preflight(ctx, true, true)); !strings.Contains(info, "failed for now") {
+		t.Fatalf("preflight: %q, want the copy to have failed for now", info)
+	}
+	// The wrap's C_Encrypt is refused with CKR_DEVICE_REMOVED: the token
+	// lost its sessions; they are replaced and the wrap runs again.
+	roundTrip(t, k, "after-fail-over")
+	if lines, _ := faultpkcs11.Logged(log); len(lines) != 4 {
+		t.Fatalf("%d calls disturbed, want 4 (3 copies, 1 encrypt): %v", len(lines), lines)
+	}
+	if ko, err := hsmio.InspectKey(ctx, k); err != nil || !ko.Copy {
+		t.Fatalf("after the fail-over the key uses %+v (%v); want a new session copy", ko, err)
+	}
+}

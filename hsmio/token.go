@@ -424,8 +424,8 @@ func pause(ctx context.Context, try int) error {
 // again, up to maxReplace times; f failing because another goroutine
 // replaced the generation under it runs again too. A token with no
 // session free (CKR_SESSION_COUNT: other applications hold them) is waited
-// for, up to poolWait. A panic in f (crypto11's AEAD Seal panics on HSM
-// errors) becomes its error.
+// for, up to poolWait. A panic in f (crypto11 may panic on HSM errors)
+// becomes its error.
 func (t *token) withC11(ctx context.Context, f func(g *generation) error) error {
 	var deadline time.Time
 	backoff := 20 * time.Millisecond
@@ -447,6 +447,7 @@ func (t *token) withC11(ctx context.Context, f func(g *generation) error) error 
 			if rerr := t.replace(g, g.work, true); rerr != nil {
 				return fmt.Errorf("%w (replacing the lost session: %v)", err, rerr)
 			}
+			t.rearmCopies()
 		case sessionCount(err):
 			if deadline.IsZero() {
 				deadline = time.Now().Add(poolWait)
@@ -540,6 +541,9 @@ func (t *token) withSession(ctx context.Context, f func(pkcs11.SessionHandle) er
 		err = recovered(func() error { return f(sh) })
 		replace, flush, again := loss(err)
 		t.raw.put(sh, replace, flush)
+		if flush {
+			t.rearmCopies() // a fail-over: copies that failed for now are tried again
+		}
 		if !again || replaced == maxReplace {
 			return err
 		}

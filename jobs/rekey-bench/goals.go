@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -36,18 +37,19 @@ func ratioGoal(t *table, name, rk, pk string, cell int, min float64) Goal {
 	return g
 }
 
-// rssGoal states row k's peak RSS against a ceiling in MiB.
+// rssGoal states row k's peak RSS, the highest of its runs, against a
+// ceiling in MiB.
 func rssGoal(t *table, name, k string, cell int, ceiling float64) Goal {
 	g := Goal{Goal: fmt.Sprintf("%s peak RSS < %.0f MiB", name, ceiling), Cell: cell, Rekey: k, Min: ceiling, Unit: "MiB"}
 	r := t.byKey[k]
-	if r == nil || r.PeakRSSMiB == 0 {
+	if r == nil || len(r.RSSSamples) == 0 {
 		g.Verdict = "not measured"
 		return g
 	}
-	g.RekeyValue = r.PeakRSSMiB
+	g.RekeyValue = slices.Max(r.RSSSamples)
 	g.Pairs = r.RSSSamples
 	g.Verdict = "missed"
-	if r.PeakRSSMiB < ceiling {
+	if g.RekeyValue < ceiling {
 		g.Verdict = "met"
 	}
 	return g
@@ -90,7 +92,9 @@ func otherGoals(t *table, c *config, mem []*dataset) ([]string, []Goal) {
 			goals = append(goals, ratioGoal(t, "rewrap prism vs direct, default workers", keyRw("prism", N), keyRw("direct", N), 0, goalPrism))
 		}
 		g := rssGoal(t, fmt.Sprintf("rewrap of %s DEKs (direct)", inum(int64(c.RewrapDEKs))), keyRw("direct", N), 0, goalRewrapRSS)
-		if c.RewrapDEKs < goalRewrapDEKs && g.Verdict != "not measured" {
+		// Fewer DEKs than the goal's: under the ceiling says little, over
+		// it is a miss already.
+		if c.RewrapDEKs < goalRewrapDEKs && g.Verdict == "met" {
 			g.Verdict = fmt.Sprintf("info: the goal is for %s DEKs (--rewrap-deks %d)", inum(goalRewrapDEKs), goalRewrapDEKs)
 		}
 		goals = append(goals, g)

@@ -29,6 +29,7 @@ func TestOtherGoals(t *testing.T) {
 	tb.add(keyHSMRaw(2, true), &Row{Section: "limit", Unit: "DEKs/s"}, 17000, 0)
 	mem := []*dataset{newDataset(t.TempDir(), "mem-512MiB", 4096, 2, 131072, 8), newDataset(t.TempDir(), "mem-1024MiB", 4096, 2, 262144, 8)}
 	run("mem/mem-512MiB", &Row{Section: "memory", Unit: "MB/s"}, 220, 100)
+	tb.addRun("mem/mem-512MiB", nil, 100, 0, childResult{MaxRSS: 230 << 20}) // the goal is on the highest run
 	// mem-1024MiB was not run.
 	tb.ratios(c, mem)
 	lines, goals := otherGoals(tb, c, mem)
@@ -62,8 +63,14 @@ func TestOtherGoals(t *testing.T) {
 	if g := goals[0]; len(g.Pairs) != 3 || g.Pairs[0] != 100.0/80 {
 		t.Errorf("pairs of %q: %v, want per repetition", g.Goal, g.Pairs)
 	}
-	if g := goals[5]; g.RekeyValue != 220 || !strings.Contains(lines[5], "220 MiB") {
+	if g := goals[5]; g.RekeyValue != 230 || !strings.Contains(lines[5], "230 MiB") {
 		t.Errorf("memory goal: %+v, line %q", g, lines[5])
+	}
+	// A smaller rewrap already over the ceiling is a miss, not info.
+	tb.addRun(keyRw("direct", 2), nil, 15000, 0, childResult{MaxRSS: 310 << 20})
+	tb.ratios(c, mem)
+	if _, goals := otherGoals(tb, c, mem); goals[4].Verdict != "missed" {
+		t.Errorf("rewrap of 100,000 DEKs at 310 MiB: %q, want missed", goals[4].Verdict)
 	}
 	// Without the limits section there is no raw loop to compare with:
 	// the rewrap goal is left out, not passed.
