@@ -30,14 +30,11 @@ import (
 // beat, not easier. It returns payload bytes per second and the number of
 // HSM operations it made.
 func baseline(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID string) (rate float64, hsmOps int64, err error) {
-	files, err := ds.files()
+	files, done, err := ds.filesInto(out)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return 0, 0, err
-	}
-	defer os.RemoveAll(out)
+	defer done()
 	start := time.Now()
 	uk, err := newUserKeys(ctx, ds, src, dst, runID)
 	if err != nil {
@@ -64,14 +61,11 @@ func baseline(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID st
 // ledger, no verify, no fsync, parquet-go's defaults, like the baseline.
 // It returns payload bytes per second and the HSM operations it made.
 func perFileLoop(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID string) (rate float64, hsmOps int64, err error) {
-	files, err := ds.files()
+	files, done, err := ds.filesInto(out)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return 0, 0, err
-	}
-	defer os.RemoveAll(out)
+	defer done()
 	start := time.Now()
 	uk, err := newUserKeys(ctx, ds, src, dst, runID)
 	if err != nil {

@@ -57,14 +57,11 @@ type floorKey struct {
 // or ledger is written. It returns payload bytes per second of the timed
 // part.
 func floorRate(ctx context.Context, ds *dataset, src, dst keys.KEK, out, runID string, g int) (float64, error) {
-	files, err := ds.files()
+	files, done, err := ds.filesInto(out)
 	if err != nil {
 		return 0, err
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(out)
+	defer done()
 	defer debug.FreeOSMemory() // give back the cells before rekey's runs
 	uk, err := newUserKeys(ctx, ds, src, dst, runID)
 	if err != nil {

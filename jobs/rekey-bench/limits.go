@@ -177,14 +177,11 @@ func hsmRate(ctx context.Context, src, dst keys.KEK, rows []schemas.DEKRow, g in
 // (rekey writes snappy); false writes uncompressed pages, the lever the
 // issue names for ciphertext columns.
 func parquetCopyRate(ds *dataset, tmp string, g int, compress bool) (float64, error) {
-	files, err := ds.files()
+	files, done, err := ds.filesInto(tmp)
 	if err != nil {
 		return 0, err
 	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(tmp)
+	defer done()
 	var next atomic.Int64
 	var firstErr error
 	var once sync.Once

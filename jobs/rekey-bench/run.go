@@ -59,6 +59,18 @@ func (d *dataset) files() ([]string, error) {
 	return m, nil
 }
 
+// filesInto returns d's record files and makes out, a scratch folder for
+// a program's output; done removes it.
+func (d *dataset) filesInto(out string) (files []string, done func(), err error) {
+	if files, err = d.files(); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, nil, err
+	}
+	return files, func() { _ = os.RemoveAll(out) }, nil
+}
+
 // rowGroupRows keeps a generated row group near 64 MiB of payload, as a
 // real writer would, whatever the cell size.
 func rowGroupRows(cell int) int {
