@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"github.com/parquet-go/parquet-go"
+
+	"rekey/schemas"
 )
 
 // recordBatch is the memory of one batch of records, recycled from batch
@@ -18,10 +20,13 @@ import (
 // buffers (plain pages, dictionaries, statistics), so once WriteRows has
 // returned nothing refers to the batch and its memory can be reused.
 type recordBatch struct {
-	rows  []parquet.Row // what the reader read (cap: the batch size)
-	keep  []parquet.Row // the rows to write (the migrated ones)
-	bytes arena         // copies of values that alias the reader's pages
-	cells []arena       // new ciphertexts, one arena per worker
+	rows []parquet.Row // what the reader read (cap: the batch size)
+	keep []parquet.Row // the rows to write (the migrated ones)
+	// ledger is the batch's ledger rows (one per row read), written by the
+	// writer goroutine after keep.
+	ledger []schemas.LedgerRow
+	bytes  arena   // copies of values that alias the reader's pages
+	cells  []arena // new ciphertexts, one arena per worker
 }
 
 // batchPool hands out at most size batches: one being read and
@@ -55,6 +60,8 @@ func (p *batchPool) get() *recordBatch {
 		b = <-p.free
 	}
 	b.keep = b.keep[:0]
+	clear(b.ledger) // no strings of earlier batches kept alive
+	b.ledger = b.ledger[:0]
 	b.bytes.reset()
 	for i := range b.cells {
 		b.cells[i].reset()

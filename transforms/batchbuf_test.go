@@ -32,7 +32,7 @@ func TestRecycledBatchesReachTheWriterIntact(t *testing.T) {
 	var buf bytes.Buffer
 	pw := parquet.NewWriter(&buf, schema)
 	pool := newBatchPool(rowsPerBatch, workers)
-	w := startBatchWriter(pw, pool)
+	w := startBatchWriter(pw, nil, pool)
 	l := recordLayout{enc: []int{col(t, schema, "payload")}, dek: col(t, schema, "dek_id")}
 
 	// The reader's pages: one buffer reused for every batch, as parquet-go

@@ -72,6 +72,14 @@ func TestOtherGoals(t *testing.T) {
 	if _, goals := otherGoals(tb, c, mem); goals[4].Verdict != "missed" {
 		t.Errorf("rewrap of 100,000 DEKs at 310 MiB: %q, want missed", goals[4].Verdict)
 	}
+	// The raw loop run next to the rewrap runs is the peer when there is
+	// one, whatever the limits section measured earlier.
+	tb.add(keyRwRaw(1), &Row{Section: "peer", Unit: "DEKs/s"}, 12000, 0)
+	tb.add(keyRwRaw(2), &Row{Section: "peer", Unit: "DEKs/s"}, 15000, 0)
+	tb.ratios(c, mem)
+	if _, goals := otherGoals(tb, c, mem); goals[2].Peer != keyRwRaw(2) || goals[2].Verdict != "met" {
+		t.Errorf("rewrap goal with the adjacent raw loop: %+v, want its g2 row (15,000) as the peer, met", goals[2])
+	}
 	// Without the limits section there is no raw loop to compare with:
 	// the rewrap goal is left out, not passed.
 	delete(c.Sections, "limits")
