@@ -76,6 +76,8 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "profile":
 		err = profileMain(args[1:])
+	case len(args) > 0 && args[0] == "peer":
+		err = peerMain(args[1:])
 	case len(args) > 0 && args[0] == "kms-raw":
 		err = kmsRawMain(args[1:])
 	case len(args) > 0 && args[0] == "kms-serve":

@@ -498,7 +498,7 @@ func suiteMain(args []string) error {
 				// 3rd, ... repetition, before them in the others.
 				peersFirst := rep%2 == 1
 				if peersFirst {
-					if err := peerRuns(ctx, c, t, ds, src, dst, scratch, rep); err != nil {
+					if err := peerRuns(ctx, c, t, ds, scratch, logs, rep); err != nil {
 						return err
 					}
 				}
@@ -525,7 +525,7 @@ func suiteMain(args []string) error {
 					}
 				}
 				if !peersFirst {
-					if err := peerRuns(ctx, c, t, ds, src, dst, scratch, rep); err != nil {
+					if err := peerRuns(ctx, c, t, ds, scratch, logs, rep); err != nil {
 						return err
 					}
 				}
