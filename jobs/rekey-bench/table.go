@@ -107,9 +107,10 @@ func keyHSMRaw(g int, copies bool) string {
 	}
 	return fmt.Sprintf("limit/hsm3-raw-token/g%d", g)
 }
+
 // keyRwRaw is the raw PKCS#11 session-copy loop run next to rekey's rewrap
 // runs (the rewrap goal's peer).
-func keyRwRaw(g int) string { return fmt.Sprintf("peer/rewrap-raw-copy/g%d", g) }
+func keyRwRaw(g int) string   { return fmt.Sprintf("peer/rewrap-raw-copy/g%d", g) }
 func keyBase(cell int) string { return fmt.Sprintf("baseline/%d", cell) }
 func keyRe(cell int, runner string, w int) string {
 	return fmt.Sprintf("rekey/reencrypt/%d/%s/w%d", cell, runner, w)
