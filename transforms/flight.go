@@ -2,6 +2,9 @@ package transforms
 
 import (
 	"errors"
+	"fmt"
+	"log"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -106,7 +109,7 @@ func (fl *flight) start(emit func(UnitResult), unit func(emit func(UnitResult)) 
 			fl.wg.Add(1)
 			go func() {
 				defer fl.wg.Done()
-				err := unit(func(r UnitResult) {
+				err := runUnit(unit, func(r UnitResult) {
 					fl.mu.Lock()
 					fl.results = append(fl.results, r)
 					fl.mu.Unlock()
@@ -124,6 +127,20 @@ func (fl *flight) start(emit func(UnitResult), unit func(emit func(UnitResult)) 
 		case <-fl.wake:
 		}
 	}
+}
+
+// runUnit calls unit, a panic becoming its error: on a goroutine of its
+// own, a panic (the Parquet reader's, on a corrupt file) would end the
+// process with a stack trace instead of stopping the run with its cause,
+// as Beam does for a panic on the bundle goroutine.
+func runUnit(unit func(emit func(UnitResult)) error, emit func(UnitResult)) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error (panic): %v", r)
+			log.Printf("rekey: recovered panic in a unit in flight: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return unit(emit)
 }
 
 func (fl *flight) fail(err error) {

@@ -2,6 +2,7 @@ package transforms
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -105,5 +106,19 @@ func TestFlightReserve(t *testing.T) {
 	b()
 	if fl.reserved != 0 {
 		t.Fatalf("reserved %d after every release", fl.reserved)
+	}
+}
+
+// TestFlightUnitPanicStopsTheRun: a unit that panics on its goroutine stops
+// the run with the panic as its cause instead of ending the process.
+func TestFlightUnitPanicStopsTheRun(t *testing.T) {
+	fl := newFlight(2)
+	emit := func(UnitResult) {}
+	if err := fl.start(emit, func(func(UnitResult)) error { panic("corrupt page") }); err != nil {
+		t.Fatal(err)
+	}
+	err := fl.drain(emit)
+	if err == nil || !strings.Contains(err.Error(), "panic") || !strings.Contains(err.Error(), "corrupt page") {
+		t.Fatalf("drain: %v, want the unit's panic", err)
 	}
 }
