@@ -275,9 +275,10 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 		// instead of one system call per cell.
 		scratch[i].nonces = bufio.NewReaderSize(rand.Reader, 4096)
 	}
-	// The bundle goroutine reads and re-encrypts batch k (crypto on the
-	// worker pool) while a writer goroutine encodes batch k-1: on two
-	// cores, Parquet encoding and crypto overlap instead of alternating.
+	// The file's goroutine reads and re-encrypts batch k (crypto on the
+	// worker pool) while a writer goroutine encodes batch k-1 and its
+	// ledger rows: on two cores, Parquet encoding and crypto overlap
+	// instead of alternating.
 	batch := spec.rowBatch()
 	pool := newBatchPool(batch, workers)
 	w := startBatchWriter(pw, led, pool)
