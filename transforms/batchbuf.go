@@ -72,6 +72,17 @@ func (p *batchPool) get() *recordBatch {
 // put returns a batch once nothing will read it any more.
 func (p *batchPool) put(b *recordBatch) { p.free <- b }
 
+// drop lets go of the batches the pool holds, once no one will get one.
+func (p *batchPool) drop() {
+	for {
+		select {
+		case <-p.free:
+		default:
+			return
+		}
+	}
+}
+
 // detachRow makes row independent of the reader, in place: the byte
 // arrays of every column but the re-encrypted ones and the dek_id (whose
 // new values the crypto pool put in the batch's cell arenas) are copied

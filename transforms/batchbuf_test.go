@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/parquet-go/parquet-go"
@@ -205,5 +206,43 @@ func TestStrArena(t *testing.T) {
 	}
 	if _, err := s.recordID(parquet.NullValue()); err == nil {
 		t.Fatal("a null record id gave no error")
+	}
+}
+
+// panicWriter panics on every write, as a bug under the Parquet writer
+// would.
+type panicWriter struct{}
+
+func (panicWriter) Write([]byte) (int, error) { panic("bug under the writer") }
+
+// TestBatchWriterPanicIsTheFileError: a panic while the writer goroutine
+// writes a batch becomes the error stop returns, instead of ending the
+// process.
+func TestBatchWriterPanicIsTheFileError(t *testing.T) {
+	schema := parquet.SchemaOf(batchTestRow{})
+	pw := parquet.NewWriter(panicWriter{}, schema)
+	pool := newBatchPool(1, 1)
+	w := startBatchWriter(pw, nil, pool)
+	b := pool.get()
+	b.keep = append(b.keep, schema.Deconstruct(nil, batchTestRow{ID: 1, DEKID: "d", Tenant: "t", Payload: make([]byte, 1<<20)}))
+	if err := w.write(b, true); err != nil {
+		t.Fatal(err)
+	}
+	err := w.stop()
+	if err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("stop: %v, want the writer's panic as the error", err)
+	}
+}
+
+// TestDoUnitPanicFailsTheFile: a panic while a file is migrated (a corrupt
+// file can make the Parquet reader panic) is that file's error, naming it,
+// and does not stop the run.
+func TestDoUnitPanicFailsTheFile(t *testing.T) {
+	_, err := doUnit(func(string, string, string) (UnitResult, error) { panic("index out of range") }, "data/part-7.parquet", "out/part-7.parquet", "ledger/part")
+	if err == nil || !strings.Contains(err.Error(), "data/part-7.parquet") || !strings.Contains(err.Error(), "index out of range") {
+		t.Fatalf("doUnit: %v, want the panic naming the file", err)
+	}
+	if stops(err) {
+		t.Fatalf("a panic of one file stops the run: %v", err)
 	}
 }

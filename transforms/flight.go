@@ -51,9 +51,12 @@ type flight struct {
 var errFlightStopped = errors.New("stopped: another file of this run stopped it")
 
 // flightBytes bounds the row-group bytes (uncompressed, from the files'
-// footers) of the files in flight together. On two cores one file with
-// 36 MB row groups already keeps both busy (reader, crypto pool and writer
-// overlap); two of them cost 130 MiB more peak RSS for no gain, measured.
+// footers) of the files in flight together while they read and write rows
+// (a file that has written its rows gives its share back while it writes
+// its footer and commits, so the next one starts then). On two cores one
+// file with 36 MB row groups already keeps both busy (reader, crypto pool
+// and writer overlap); two of them cost 110-130 MiB more peak RSS for no
+// gain, measured twice.
 const flightBytes = 64 << 20
 
 func newFlight(n int) *flight {

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log"
+	"runtime/debug"
 	"sync"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -171,7 +173,7 @@ func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResul
 		emit(res)
 		return nil
 	}
-	res, err := do(srcPath, dstPath, part)
+	res, err := doUnit(do, srcPath, dstPath, part)
 	if err != nil {
 		if stops(err) {
 			return err
@@ -189,6 +191,20 @@ func recordUnit(ctx context.Context, spec *Spec, rel string, emit func(UnitResul
 	cntFiles.Inc(ctx, 1)
 	emit(res)
 	return spec.MaxFailures.check()
+}
+
+// doUnit is do, a panic becoming the file's error: a corrupt file can make
+// the Parquet reader panic, and that file then fails alone (a failed ledger
+// row naming it), as when the reader returns an error; the file's deferred
+// cleanup (abort of its pending outputs) has run by then.
+func doUnit(do func(srcPath, dstPath, part string) (UnitResult, error), srcPath, dstPath, part string) (res UnitResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: internal error (panic) while migrating the file: %v (is the file corrupt? check it with a Parquet tool)", srcPath, r)
+			log.Printf("rekey: recovered panic migrating %s: %v\n%s", srcPath, r, debug.Stack())
+		}
+	}()
+	return do(srcPath, dstPath, part)
 }
 
 // recordWriterOptions are the options of a record file written from pf:
@@ -383,6 +399,10 @@ func (f *ReencryptFn) reencryptFile(ctx context.Context, fl *flight, rel, srcPat
 	if err := w.stop(); err != nil {
 		return res, outputErr(dstPath, err)
 	}
+	// The batches go to the garbage collector now, not when the file has
+	// committed: what stays until then is the writer's footer and the
+	// ledger part's last page.
+	pool.drop()
 	release()
 	if res.Totals.Failed > 0 {
 		// Records were left out: an incremental run must redo this file.
@@ -712,6 +732,16 @@ func (w *batchWriter) do(req writeReq) {
 		return
 	}
 	var err error
+	defer func() {
+		// A panic here would end the process (this is the writer's own
+		// goroutine): it becomes the write's error and stops the file.
+		if r := recover(); r != nil {
+			log.Printf("rekey: recovered panic in a file's writer: %v\n%s", r, debug.Stack())
+			w.errMu.Lock()
+			w.err = fmt.Errorf("internal error (panic) writing the file or its ledger part: %v", r)
+			w.errMu.Unlock()
+		}
+	}()
 	if req.batch != nil && len(req.batch.keep) > 0 {
 		_, err = w.pw.WriteRows(req.batch.keep)
 	}
