@@ -232,6 +232,18 @@ ledger: %q
 	// which the boot loader then cannot find in its worker pool; the wrapper
 	// strips them.
 	script := strings.ReplaceAll(bootShim, "BOOT", os.Getenv(bootEnv))
+	script = strings.ReplaceAll(script, "SEMI", filepath.Join(root, "semi"))
+	// The boot loader copies the worker binary to a new /tmp/bin*/worker
+	// for every worker it starts and never removes it (it expects a
+	// throwaway container): 226 MB left in /tmp by every run of this test.
+	before := workerCopies()
+	t.Cleanup(func() {
+		for d := range workerCopies() {
+			if !before[d] {
+				_ = os.RemoveAll(d)
+			}
+		}
+	})
 	if err := os.WriteFile(boot, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +289,8 @@ ledger: %q
 	}
 }
 
-// bootShim runs Beam's boot loader with prism's --id='ID' unquoted.
+// bootShim runs Beam's boot loader with prism's --id='ID' unquoted, and
+// its staging folder in the test's (SEMI) instead of /tmp/staged.
 const bootShim = `#!/bin/sh
 for a do
   shift
@@ -286,8 +299,21 @@ for a do
   esac
   set -- "$@" "$a"
 done
-exec BOOT "$@"
+exec BOOT "$@" --semi_persist_dir=SEMI
 `
+
+// workerCopies lists the folders holding a copy of a worker binary made by
+// Beam's boot loader (/tmp/bin*/worker; the loader's path is fixed).
+func workerCopies() map[string]bool {
+	m := map[string]bool{}
+	ds, _ := filepath.Glob("/tmp/bin*")
+	for _, d := range ds {
+		if fi, err := os.Stat(filepath.Join(d, "worker")); err == nil && fi.Mode().IsRegular() {
+			m[d] = true
+		}
+	}
+	return m
+}
 
 // startPrism starts the job server as a separate process on a free port
 // and waits until it accepts connections on 127.0.0.1.
