@@ -275,7 +275,7 @@ func suiteMain(args []string) error {
 	// = workers).
 	var src, dst keys.KEK
 	var hsmRows []schemas.DEKRow
-	if c.Sections["limits"] || c.Sections["baseline"] || c.Sections["reencrypt"] || c.Sections["aes-gcm"] {
+	if c.Sections["limits"] || c.Sections["baseline"] || c.Sections["aes-gcm"] {
 		if src, err = keys.Open(ctx, sourceKEK(), keys.Options{Sessions: c.Workers}); err != nil {
 			return fmt.Errorf("source KEK: %w", err)
 		}
