@@ -2,6 +2,7 @@ package hsmio
 
 import (
 	"context"
+	"errors"
 
 	"github.com/miekg/pkcs11"
 )
@@ -43,4 +44,51 @@ func InspectKey(ctx context.Context, k *KEK) (KeyObject, error) {
 		return nil
 	})
 	return ko, err
+}
+
+// GCMCrossCheck encrypts in under k's AES key through the module's
+// function list (gcmcall.go) and through the binding's calls (RawGCM), and
+// decrypts each ciphertext through the other path. oneCall reports whether
+// the function-list path exists for k's module.
+func GCMCrossCheck(ctx context.Context, k *KEK, nonce, aad, in []byte) (oneCall bool, fast, slow []byte, err error) {
+	if k.tok.gcm == nil {
+		return false, nil, nil, nil
+	}
+	err = k.withKey(ctx, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		var err error
+		if fast, err = k.tok.gcm.call(sh, h, true, nonce, aad, in); err != nil {
+			return err
+		}
+		if slow, err = RawGCM(k.tok.p11, sh, h, true, nonce, aad, in); err != nil {
+			return err
+		}
+		for _, c := range []struct {
+			ct  []byte
+			raw bool
+		}{{fast, true}, {slow, false}} {
+			var pt []byte
+			if c.raw {
+				pt, err = RawGCM(k.tok.p11, sh, h, false, nonce, aad, c.ct)
+			} else {
+				pt, err = k.tok.gcm.call(sh, h, false, nonce, aad, c.ct)
+			}
+			if err != nil {
+				return err
+			}
+			if string(pt) != string(in) {
+				return errors.New("a ciphertext of one path does not decrypt to the input through the other")
+			}
+		}
+		return nil
+	})
+	return true, fast, slow, err
+}
+
+// GCMOpen decrypts ct under k's AES key through the module's function list.
+func GCMOpen(ctx context.Context, k *KEK, nonce, aad, ct []byte) (pt []byte, err error) {
+	err = k.withKey(ctx, func(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		pt, err = k.tok.gcm.call(sh, h, false, nonce, aad, ct)
+		return err
+	})
+	return pt, err
 }

@@ -406,6 +406,9 @@ func (k *KEK) tokenOffers(m string) error {
 	if _, ok := mechs[ckm[m].m]; !ok {
 		return k.noMech(m, nil)
 	}
+	if m != schemas.WrapRSAOAEPSHA256 && m != schemas.WrapRSAOAEPSHA1 {
+		return nil // only OAEP parameters are refused after the fact
+	}
 	return k.oaepRefused(m)
 }
 
@@ -505,7 +508,7 @@ func (k *KEK) Wrap(ctx context.Context, b keys.Binding, dek *keys.DEK) (out []by
 		}
 		aad := gcmAAD(b)
 		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
-			ct, err := RawGCM(k.tok.p11, sh, kek, true, nonce, aad, dek.Bytes())
+			ct, err := k.tok.gcmOp(sh, kek, true, nonce, aad, dek.Bytes())
 			if err != nil {
 				return err
 			}
@@ -663,7 +666,7 @@ func (k *KEK) Unwrap(ctx context.Context, b keys.Binding, mech string, wrapped [
 		aad := gcmAAD(b)
 		err = k.withKey(ctx, func(sh pkcs11.SessionHandle, kek pkcs11.ObjectHandle) error {
 			var err error
-			plain, err = RawGCM(k.tok.p11, sh, kek, false, wrapped[:schemas.NonceSize], aad, wrapped[schemas.NonceSize:])
+			plain, err = k.tok.gcmOp(sh, kek, false, wrapped[:schemas.NonceSize], aad, wrapped[schemas.NonceSize:])
 			return err
 		})
 	case schemas.WrapAESKWP:

@@ -56,7 +56,15 @@ const rawCopyLabelPrefix = "rekey-rawloop-copy-"
 // the source does not open: keys.ErrUnwrapFailed). The copies are destroyed
 // and the sessions closed before it returns. Its sessions count against the
 // tokens' session limits: 2 x goroutines when both keys are on one token.
-func RawGCMRewrapLoop(ctx context.Context, srcURI, dstURI string, wrapped [][]byte, dekIDs []string, goroutines int, sessionCopy bool, d time.Duration) (perSecond float64, err error) {
+//
+// Its AES-GCM calls are github.com/miekg/pkcs11's (RawGCM), as a program of
+// its own would make them; with the option OneCallGCM they are the ones
+// rekey's aes-gcm keys make (one call into C, no output-size query).
+func RawGCMRewrapLoop(ctx context.Context, srcURI, dstURI string, wrapped [][]byte, dekIDs []string, goroutines int, sessionCopy bool, d time.Duration, opts ...RawLoopOption) (perSecond float64, err error) {
+	oneCall := false
+	for _, o := range opts {
+		oneCall = oneCall || o == OneCallGCM
+	}
 	switch {
 	case len(wrapped) == 0:
 		return 0, errors.New("raw loop: no DEKs to rewrap")
@@ -65,7 +73,7 @@ func RawGCMRewrapLoop(ctx context.Context, srcURI, dstURI string, wrapped [][]by
 	case goroutines < 1:
 		return 0, fmt.Errorf("raw loop: goroutines is %d, want at least 1", goroutines)
 	}
-	src, err := openRawSide(ctx, srcURI, goroutines, sessionCopy)
+	src, err := openRawSide(ctx, srcURI, goroutines, sessionCopy, oneCall)
 	if err != nil {
 		return 0, err
 	}
@@ -74,7 +82,7 @@ func RawGCMRewrapLoop(ctx context.Context, srcURI, dstURI string, wrapped [][]by
 			perSecond, err = 0, cerr
 		}
 	}()
-	dst, err := openRawSide(ctx, dstURI, goroutines, sessionCopy)
+	dst, err := openRawSide(ctx, dstURI, goroutines, sessionCopy, oneCall)
 	if err != nil {
 		return 0, err
 	}
@@ -134,7 +142,7 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 		return fmt.Errorf("raw loop: unwrap DEK %q with %s: %w: wrapped key is %d bytes", dekID, src.ref, keys.ErrUnwrapFailed, len(in))
 	}
 	aad := schemas.DEKAAD(dekID)
-	plain, err := RawGCM(src.p11, src.sess[w], src.keys[w], false, in[:schemas.NonceSize], aad, in[schemas.NonceSize:])
+	plain, err := src.gcm(src.sess[w], src.keys[w], false, in[:schemas.NonceSize], aad, in[schemas.NonceSize:])
 	defer clear(plain)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: unwrap DEK %q with %s", dekID, src.ref))
@@ -142,11 +150,11 @@ func rawRewrapOne(src, dst *rawSide, w int, in []byte, dekID string, nonce []byt
 	if _, err := rand.Read(nonce); err != nil {
 		return fmt.Errorf("raw loop: nonce: %w", err)
 	}
-	ct, err := RawGCM(dst.p11, dst.sess[w], dst.keys[w], true, nonce, aad, plain)
+	ct, err := dst.gcm(dst.sess[w], dst.keys[w], true, nonce, aad, plain)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: wrap DEK %q with %s", dekID, dst.ref))
 	}
-	back, err := RawGCM(dst.p11, dst.sess[w], dst.keys[w], false, nonce, aad, ct)
+	back, err := dst.gcm(dst.sess[w], dst.keys[w], false, nonce, aad, ct)
 	defer clear(back)
 	if err != nil {
 		return classify(err, fmt.Sprintf("raw loop: verify-unwrap DEK %q with %s", dekID, dst.ref))
@@ -180,18 +188,19 @@ func RawGCM(p *pkcs11.Ctx, sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, enc
 // rawSide is one key of the raw loop: a session per goroutine and the key
 // handle each uses (its own session copy, or the token object).
 type rawSide struct {
-	t      *token
-	p11    *pkcs11.Ctx
-	ref    string // the key's URI, for messages
-	sess   []pkcs11.SessionHandle
-	keys   []pkcs11.ObjectHandle
-	copied bool // keys are session copies, to destroy
+	t       *token
+	p11     *pkcs11.Ctx
+	oneCall bool   // AES-GCM through the token's gcmOp, not RawGCM
+	ref     string // the key's URI, for messages
+	sess    []pkcs11.SessionHandle
+	keys    []pkcs11.ObjectHandle
+	copied  bool // keys are session copies, to destroy
 }
 
 // openRawSide logs in to the token of uri (or reuses the process's login)
 // and opens n sessions on it, with a session copy of the key on each if
 // sessionCopy.
-func openRawSide(ctx context.Context, uri string, n int, sessionCopy bool) (*rawSide, error) {
+func openRawSide(ctx context.Context, uri string, n int, sessionCopy, oneCall bool) (*rawSide, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -201,7 +210,7 @@ func openRawSide(ctx context.Context, uri string, n int, sessionCopy bool) (*raw
 	if err := retry(ctx, nil, func() (err error) { tok, err = openToken(u, 2); return err }); err != nil {
 		return nil, err
 	}
-	s := &rawSide{t: tok, p11: tok.p11, ref: u.KeyURI(), copied: sessionCopy}
+	s := &rawSide{t: tok, p11: tok.p11, ref: u.KeyURI(), copied: sessionCopy, oneCall: oneCall}
 	fail := func(err error, what string) (*rawSide, error) {
 		_ = s.close()
 		return nil, classify(err, fmt.Sprintf("raw loop: %s (%s)", what, s.ref))
@@ -242,6 +251,21 @@ func openRawSide(ctx context.Context, uri string, n int, sessionCopy bool) (*raw
 	}
 	return s, nil
 }
+
+// gcm is one AES-GCM operation of the loop.
+func (s *rawSide) gcm(sh pkcs11.SessionHandle, key pkcs11.ObjectHandle, encrypt bool, nonce, aad, in []byte) ([]byte, error) {
+	if s.oneCall {
+		return s.t.gcmOp(sh, key, encrypt, nonce, aad, in)
+	}
+	return RawGCM(s.p11, sh, key, encrypt, nonce, aad, in)
+}
+
+// RawLoopOption is an option of RawGCMRewrapLoop.
+type RawLoopOption int
+
+// OneCallGCM makes the raw loop's AES-GCM calls the way rekey's keys make
+// them (gcmcall.go) instead of through the binding's calls.
+const OneCallGCM RawLoopOption = 1
 
 // close destroys the copies and closes the sessions, and returns the first
 // failure (a copy also vanishes with its session).

@@ -103,16 +103,18 @@ func TestRawGCMRewrapLoop(t *testing.T) {
 	src, dst := uri("src", "kek-aes"), uri("dst", "kek-aes")
 	for _, copies := range []bool{true, false} {
 		for _, g := range []int{1, 3} {
-			t.Run(fmt.Sprintf("copy=%v/g%d", copies, g), func(t *testing.T) {
-				r, err := hsmio.RawGCMRewrapLoop(ctx, src, dst, wrapped, ids, g, copies, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if r <= 0 {
-					t.Fatalf("rate %v", r)
-				}
-				checkNoRawLoopCopies(t)
-			})
+			for _, opts := range [][]hsmio.RawLoopOption{nil, {hsmio.OneCallGCM}} {
+				t.Run(fmt.Sprintf("copy=%v/g%d/onecall=%v", copies, g, opts != nil), func(t *testing.T) {
+					r, err := hsmio.RawGCMRewrapLoop(ctx, src, dst, wrapped, ids, g, copies, 0, opts...)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if r <= 0 {
+						t.Fatalf("rate %v", r)
+					}
+					checkNoRawLoopCopies(t)
+				})
+			}
 		}
 	}
 	// Timed, for about d: the rates are logged (SoftHSM2 is faster with

@@ -37,6 +37,7 @@ import (
 // raw context.
 type token struct {
 	p11  *pkcs11.Ctx
+	gcm  *gcmFuncs // AES-GCM in one C call (gcmcall.go); nil: through p11
 	slot uint
 	name string // label or "serial N", for messages
 	pin  Secret
@@ -143,6 +144,7 @@ func openToken(u URI, sessions int) (*token, error) {
 		return nil, fmt.Errorf("%w %s: %v", keys.ErrModule, u.ModulePath, err)
 	}
 	t.p11 = p11
+	t.gcm = gcmFuncsOf(u.ModulePath)
 	if t.slot, err = findSlot(p11, u); err != nil {
 		_ = g.c11.Close()
 		return nil, err
@@ -562,7 +564,8 @@ type pool struct {
 	idle    []pkcs11.SessionHandle
 	open    int           // sessions open: idle and in use
 	size    int           // most sessions to hold open
-	changed chan struct{} // closed (and replaced) when a session returns or the size changes
+	changed chan struct{} // closed (and replaced) when a session returns or the size changes, if watched
+	watched bool          // a caller of get took changed to wait on
 }
 
 func (p *pool) init(t *token, size int) {
@@ -586,9 +589,20 @@ func (p *pool) sizes() (size, open int) {
 	return p.size, p.open
 }
 
+// signal wakes the callers of get waiting on changed. With none (the
+// usual put), it costs nothing.
 func (p *pool) signal() {
+	if !p.watched {
+		return
+	}
 	close(p.changed)
-	p.changed = make(chan struct{})
+	p.changed, p.watched = make(chan struct{}), false
+}
+
+// watch returns the channel signal closes next (p.mu held).
+func (p *pool) watch() chan struct{} {
+	p.watched = true
+	return p.changed
 }
 
 // get returns an idle session, or opens one if the pool has room, or waits
@@ -596,7 +610,7 @@ func (p *pool) signal() {
 // (CKR_SESSION_COUNT: other applications hold the rest) is asked again
 // after a pause or when one of ours comes back, until poolWait has passed.
 func (p *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
-	deadline := time.Now().Add(poolWait)
+	var deadline time.Time // set when it first has to wait
 	pause := 20 * time.Millisecond
 	var full error // the token's last CKR_SESSION_COUNT
 	for {
@@ -607,7 +621,7 @@ func (p *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 			p.mu.Unlock()
 			return sh, nil
 		}
-		wait := p.changed
+		wait := p.watch()
 		if p.open < p.size {
 			p.open++
 			p.mu.Unlock()
@@ -618,7 +632,7 @@ func (p *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 			p.mu.Lock()
 			p.open--
 			p.signal()
-			wait = p.changed
+			wait = p.watch()
 			p.mu.Unlock()
 			if !sessionCount(err) {
 				return 0, classify(err, fmt.Sprintf("open a session on token %q", p.t.name))
@@ -626,6 +640,9 @@ func (p *pool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 			full = err
 		} else {
 			p.mu.Unlock()
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(poolWait)
 		}
 		left := time.Until(deadline)
 		if left <= 0 {

@@ -27,6 +27,11 @@ type dekTable struct {
 	// workers decide rows at once (default Spec.KeyWorkers; the rewrap
 	// stage sets what the HSM probe measured).
 	workers int
+	// settle, when set, finishes a decided batch on the writer goroutine
+	// before its rows are counted and written (the rewrap stage's kcv
+	// proofs and ledger rows: off the custodian's goroutine). An error
+	// stops the unit, as a write error does.
+	settle func(b *dekBatch) error
 }
 
 // dekBatch is one batch of a dekTable: the source rows, what the index
@@ -37,6 +42,19 @@ type dekBatch struct {
 	dup  []schemas.DEKIDStatus
 	led  []schemas.LedgerRow
 	out  []schemas.DEKRow
+	// pend is the rewrap stage's per-row state between deciding and
+	// settling; it holds unwrapped DEKs until settled or dropped.
+	pend []pendingDEK
+}
+
+// drop zeroes the DEKs a batch that will not be settled still holds.
+func (b *dekBatch) drop() {
+	for i := range b.pend {
+		if d := b.pend[i].dek; d != nil {
+			d.Zero()
+			b.pend[i].dek = nil
+		}
+	}
 }
 
 // openDEKTable creates the unit's outputs: the target DEK table file (with
@@ -72,7 +90,8 @@ func (u *dekTable) abort() {
 //
 // Three goroutines overlap (dekPipe): one reads batch k+1 and indexes its
 // dek_ids while the bundle's decides batch k (the custodian's work) and a
-// third writes batch k-1's ledger rows and target rows. Batches stay in
+// third settles batch k-1 (u.settle) and writes its ledger rows and target
+// rows. Batches stay in
 // order, so the outputs are the ones a serial loop writes; the first error
 // in that order is the unit's, and nothing is committed before every batch
 // is written (finishDEKUnit).
@@ -95,6 +114,7 @@ func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b 
 				begin(b)
 			}
 			if fatal := parallel(len(b.rows), cmp.Or(u.workers, spec.KeyWorkers()), func(_, i int) error { return decide(b, i) }); fatal != nil {
+				b.drop()
 				return fatal
 			}
 			if end != nil {

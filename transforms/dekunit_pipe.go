@@ -99,10 +99,17 @@ func (p *dekPipe) writer() {
 	u := p.u
 	for b := range p.toWrite {
 		if p.writeErr() != nil {
+			b.drop()
 			continue // the unit is dropped: nothing more to write
 		}
 		err := func() (err error) {
+			defer b.drop()
 			defer recoverTo(&err)
+			if u.settle != nil {
+				if err := u.settle(b); err != nil {
+					return err
+				}
+			}
 			keep := b.out[:0]
 			for i := range b.led {
 				u.res.add(&b.led[i])

@@ -22,9 +22,9 @@ func init() {
 }
 
 // RewrapFn rewraps one DEK table file: every DEK is unwrapped by the source
-// KEK, proven to be the right key (its kcv, or a cell of the dataset: see
-// proveDEK), wrapped by the target KEK, unwrapped again by the target and
-// compared before the new table file is committed. Records are untouched.
+// KEK, wrapped by the target KEK, unwrapped again by the target and
+// compared, and proven to be the right key (its kcv, or a cell of the
+// dataset: see proveDEK) before the new table file is committed. Records are untouched.
 // Its side input is SampleCells's output.
 type RewrapFn struct {
 	Spec Spec
@@ -82,9 +82,27 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 	if err != nil {
 		return err
 	}
-	failed, err := u.run(ctx, emit, nil, func(b *dekBatch, i int) error {
-		rw, err := f.rewrapOne(ctx, &b.rows[i], b.dup[i])
-		return f.record(b, i, rw, err)
+	// The custodian's calls run on the bundle's goroutine (or the probed
+	// number of them); a row's kcv proof and ledger row are settled on the
+	// unit's writer goroutine, before the batch is written, so the
+	// custodian's goroutine makes only its calls (issue 14).
+	u.settle = func(b *dekBatch) error {
+		for i := range b.rows {
+			p := &b.pend[i]
+			f.settle(ctx, &b.rows[i], p)
+			if err := f.record(b, i, p.rw, p.err); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	failed, err := u.run(ctx, emit, func(b *dekBatch) { b.pend = make([]pendingDEK, len(b.rows)) }, func(b *dekBatch, i int) error {
+		p := &b.pend[i]
+		p.rw, p.dek, p.err = f.rewrapOne(ctx, &b.rows[i], b.dup[i])
+		if p.err != nil && isFatalKeyErr(p.err) {
+			return p.err // the custodian refuses us or stays down: stop, resume later
+		}
+		return nil
 	}, nil)
 	if err != nil {
 		return err
@@ -122,52 +140,87 @@ func (f *RewrapFn) record(b *dekBatch, i int, rw rewrapped, err error) error {
 	return decided(l, rw.wrapped, err)
 }
 
-// rewrapOne returns r's new wrap and its kcv, the proof the source DEK had
-// ("" if none was reached) and the path it took. When the source custodian
-// can rewrap into the target itself (keys.CanRewrap), it is asked to, so
-// the DEK stays inside it; otherwise (or when it declines this key) the
-// DEK is unwrapped here and wrapped again.
-func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas.DEKIDStatus) (out rewrapped, err error) {
+// pendingDEK is one row between its custodian calls and its settling
+// (RewrapFn.settle): the new wrap, the error so far, and the source DEK
+// while its kcv proof is still to be made (then zeroed).
+type pendingDEK struct {
+	rw  rewrapped
+	err error
+	dek *keys.DEK
+}
+
+// rewrapOne returns r's new wrap, the proof the source DEK had ("" if none
+// was reached, or still to be made) and the path it took. When the source
+// custodian can rewrap into the target itself (keys.CanRewrap), it is
+// asked to, so the DEK stays inside it; otherwise (or when it declines
+// this key) the DEK is unwrapped here and wrapped again, and returned
+// (dek) for settle to prove against the row's kcv and zero: that check is
+// CPU work only, made on the writer goroutine, and its failure still comes
+// first and fails the row before anything is committed. A proof by a cell
+// of the dataset (a table without kcv) may read storage: it is made here,
+// before the wrap.
+func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas.DEKIDStatus) (out rewrapped, dek *keys.DEK, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
-		return out, err
+		return out, nil, err
 	}
 	switch dup {
 	case schemas.DEKIDRepeat:
-		return out, errDuplicate
+		return out, nil, errDuplicate
 	case schemas.DEKIDConflict:
-		return out, dup.Err(r.DEKID)
+		return out, nil, dup.Err(r.DEKID)
 	}
 	if !f.srcMatches(r.KEK) {
-		return out, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
+		return out, nil, fmt.Errorf("dek_id %q is wrapped by %s, not by the configured source KEK %s", r.DEKID, r.KEK, f.src.URI())
 	}
 	if keys.CanRewrap(f.src, f.dst, r.Wrap) {
 		out, err = f.rewrapInside(ctx, r)
 		if !errors.Is(err, keys.ErrNoRewrap) {
-			return out, err
+			return out, nil, err
 		}
 	}
 	out = rewrapped{path: schemas.PathRekey}
-	dek, err := f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
+	dek, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
 	if err != nil {
-		return out, err
+		return out, nil, err
 	}
-	defer dek.Zero()
-	if out.proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
-		return out, err
-	}
-	if out.proof == schemas.ProofKCV {
-		out.kcv = r.KCV // just checked equal to the DEK's (r is the batch's own copy)
-	} else {
-		out.kcv = schemas.KCV(dek.Bytes(), r.DEKID)
+	if len(r.KCV) == 0 {
+		if out.proof, err = proveDEK(ctx, &f.Spec, f.src, r, dek, f.samples); err != nil {
+			dek.Zero()
+			return out, nil, err
+		}
 	}
 	if out.wrapped, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek); err != nil {
-		return out, err
+		return out, dek, err
 	}
 	if f.Spec.SkipVerify {
-		return out, nil
+		return out, dek, nil
 	}
-	return out, f.verifyNew(ctx, r, out.wrapped, dek.Bytes())
+	return out, dek, f.verifyNew(ctx, r, out.wrapped, dek.Bytes())
+}
+
+// settle finishes row r after its custodian calls: the source DEK's proof
+// against the row's kcv (its failure is the row's error, before any
+// other: the wrong key would otherwise be reported as a wrap or verify
+// failure), the new row's kcv, and the DEK zeroed.
+func (f *RewrapFn) settle(ctx context.Context, r *schemas.DEKRow, p *pendingDEK) {
+	if p.dek == nil {
+		return
+	}
+	defer func() { p.dek.Zero(); p.dek = nil }()
+	if len(r.KCV) > 0 {
+		proof, err := proveDEK(ctx, &f.Spec, f.src, r, p.dek, nil)
+		p.rw.proof = proof
+		if err != nil {
+			p.err = err
+			return
+		}
+		p.rw.kcv = r.KCV // just checked equal to the DEK's (r is the batch's own copy)
+		return
+	}
+	if p.err == nil {
+		p.rw.kcv = schemas.KCV(p.dek.Bytes(), r.DEKID)
+	}
 }
 
 // srcMatches is keys.Matches(f.src, kek), remembered for the few KEK

@@ -110,7 +110,12 @@ func keyHSMRaw(g int, copies bool) string {
 
 // keyRwRaw is the raw PKCS#11 session-copy loop run next to rekey's rewrap
 // runs (the rewrap goal's peer).
-func keyRwRaw(g int) string   { return fmt.Sprintf("peer/rewrap-raw-copy/g%d", g) }
+func keyRwRaw(g int) string { return fmt.Sprintf("peer/rewrap-raw-copy/g%d", g) }
+
+// keyRwRawOne is the same loop making its AES-GCM calls as rekey's keys
+// do (hsmio.OneCallGCM): for information, rekey's own cost per DEK.
+func keyRwRawOne(g int) string { return fmt.Sprintf("peer/rewrap-raw-copy-onecall/g%d", g) }
+
 func keyBase(cell int) string { return fmt.Sprintf("baseline/%d", cell) }
 func keyRe(cell int, runner string, w int) string {
 	return fmt.Sprintf("rekey/reencrypt/%d/%s/w%d", cell, runner, w)
