@@ -60,36 +60,47 @@ static void *rk_function_list_of(const char *path) {
 
 // rk_gcm is one single-part CKM_AES_GCM operation: C_EncryptInit or
 // C_DecryptInit, then C_Encrypt or C_Decrypt into out (capacity *outlen).
-// A token that asks for a larger buffer than out gets one here, so the
-// operation ends; the answer is then CKR_BUFFER_TOO_SMALL with the length.
+// A token that asks for a larger buffer than out (CKR_BUFFER_TOO_SMALL
+// leaves the operation active) gets one here, at most three times, so the
+// operation completes and ends; if the result does not fit out the answer
+// is CKR_BUFFER_TOO_SMALL with its length. A failed allocation, or a
+// token still asking for more after three tries, leaves the operation
+// active (the session's next operation then fails and the pool replaces
+// the session). Empty input is passed as a non-NULL pointer,
+// as the binding does.
 static rk_ulong rk_gcm(void *list, rk_ulong session, rk_ulong key, int encrypt, unsigned char *iv, rk_ulong iv_len,
 		       unsigned char *aad, rk_ulong aad_len, rk_ulong tag_bits, unsigned char *in, rk_ulong in_len,
 		       unsigned char *out, rk_ulong *out_len) {
+	static unsigned char empty[1];
 	rk_function_list *f = (rk_function_list *)list;
 	rk_gcm_params p = {iv, iv_len, iv_len * 8, aad, aad_len, tag_bits};
 	rk_mechanism m = {RK_CKM_AES_GCM, &p, sizeof p};
 	rk_ulong cap = *out_len;
+	if (in == NULL)
+		in = empty;
 	rk_ulong rv = encrypt ? f->encrypt_init(session, &m, key) : f->decrypt_init(session, &m, key);
 	if (rv != 0)
 		return rv;
 	rk_op_fn op = encrypt ? f->encrypt : f->decrypt;
 	rv = op(session, in, in_len, out, out_len);
-	if (rv != RK_CKR_BUFFER_TOO_SMALL)
-		return rv;
-	rk_ulong need = *out_len;
-	unsigned char *tmp = malloc(need > 0 ? need : 1);
-	if (tmp == NULL)
-		return RK_CKR_HOST_MEMORY;
-	rv = op(session, in, in_len, tmp, &need);
-	if (rv == 0 && need <= cap) {
-		memcpy(out, tmp, need);
-		*out_len = need;
-	} else if (rv == 0) {
-		*out_len = need;
-		rv = RK_CKR_BUFFER_TOO_SMALL;
+	int too_long = 0;
+	for (int tries = 0; rv == RK_CKR_BUFFER_TOO_SMALL && tries < 3; tries++) {
+		rk_ulong size = *out_len > 0 ? *out_len : 1;
+		unsigned char *tmp = malloc(size);
+		if (tmp == NULL)
+			return RK_CKR_HOST_MEMORY;
+		rk_ulong got = size;
+		rv = op(session, in, in_len, tmp, &got);
+		*out_len = got;
+		if (rv == 0 && got <= cap)
+			memcpy(out, tmp, got);
+		else if (rv == 0)
+			too_long = 1;
+		explicit_bzero(tmp, size);
+		free(tmp);
 	}
-	memset(tmp, 0, need);
-	free(tmp);
+	if (too_long)
+		rv = RK_CKR_BUFFER_TOO_SMALL;
 	return rv;
 }
 */

@@ -83,7 +83,8 @@ func (u *dekTable) abort() {
 
 // run streams the source file: decide(b, i) fills b.led[i] (already holding
 // the run, unit, source, target and dek_id; NewDEKID = dek_id) and b.out[i],
-// and returns only errors that stop the run. begin and end, when set, see
+// or leaves them to u.settle (rewrap), and returns only errors that stop
+// the run. begin and end, when set, see
 // each batch before and after its rows are decided (on the bundle's
 // goroutine). It reports failed when the unit became
 // one failed file row, and the run's error when it must stop.

@@ -92,8 +92,9 @@ func (u *dekTable) newBatch(rows []schemas.DEKRow) *dekBatch {
 	return b
 }
 
-// writer counts each decided batch in the unit's result and writes its
-// ledger rows and the target rows of its migrated DEKs.
+// writer settles each decided batch (u.settle, when set), counts it in the
+// unit's result and writes its ledger rows and the target rows of its
+// migrated DEKs; a batch it does not write has its DEKs zeroed (drop).
 func (p *dekPipe) writer() {
 	defer close(p.written)
 	u := p.u

@@ -23,8 +23,9 @@ func init() {
 
 // RewrapFn rewraps one DEK table file: every DEK is unwrapped by the source
 // KEK, wrapped by the target KEK, unwrapped again by the target and
-// compared, and proven to be the right key (its kcv, or a cell of the
-// dataset: see proveDEK) before the new table file is committed. Records are untouched.
+// compared, and proven to be the right key before the new table file is
+// committed: by its kcv after the wrap (off the custodian's goroutine), or
+// by a cell of the dataset before it (see proveDEK). Records are untouched.
 // Its side input is SampleCells's output.
 type RewrapFn struct {
 	Spec Spec
@@ -85,7 +86,9 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 	// The custodian's calls run on the bundle's goroutine (or the probed
 	// number of them); a row's kcv proof and ledger row are settled on the
 	// unit's writer goroutine, before the batch is written, so the
-	// custodian's goroutine makes only its calls (issue 14).
+	// custodian's goroutine makes little else than its calls (issue 14; a
+	// proof by a cell, which may read storage, stays there, before the
+	// wrap).
 	u.settle = func(b *dekBatch) error {
 		for i := range b.rows {
 			p := &b.pend[i]
@@ -155,8 +158,12 @@ type pendingDEK struct {
 // asked to, so the DEK stays inside it; otherwise (or when it declines
 // this key) the DEK is unwrapped here and wrapped again, and returned
 // (dek) for settle to prove against the row's kcv and zero: that check is
-// CPU work only, made on the writer goroutine, and its failure still comes
-// first and fails the row before anything is committed. A proof by a cell
+// CPU work only, made on the writer goroutine; its failure fails the row
+// before anything is committed and is the row's error whatever the wrap or
+// verify answered, unless that answer stopped the run (a fatal custodian
+// error: the batch is dropped, and a resume decides the row again). A
+// wrong key is thus wrapped by the target before it is found out, and
+// discarded. A proof by a cell
 // of the dataset (a table without kcv) may read storage: it is made here,
 // before the wrap.
 func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas.DEKIDStatus) (out rewrapped, dek *keys.DEK, err error) {
