@@ -163,9 +163,8 @@ type pendingDEK struct {
 // verify answered, unless that answer stopped the run (a fatal custodian
 // error: the batch is dropped, and a resume decides the row again). A
 // wrong key is thus wrapped by the target before it is found out, and
-// discarded. A proof by a cell
-// of the dataset (a table without kcv) may read storage: it is made here,
-// before the wrap.
+// discarded. A proof by a cell of the dataset (a table without kcv) may
+// read storage: it is made here, before the wrap.
 func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas.DEKIDStatus) (out rewrapped, dek *keys.DEK, err error) {
 	defer recoverTo(&err)
 	if err := r.Validate(); err != nil {
