@@ -127,7 +127,7 @@ import (
 // loaded (dlopen RTLD_NOLOAD): the same module instance, so its sessions
 // and handles are the binding's.
 
-// gcmFuncs is a module's function list for gcmCall, nil where it could
+// gcmFuncs is a module's function list for call, nil where it could
 // not be had (the binding's calls are used then).
 type gcmFuncs struct{ list unsafe.Pointer }
 
