@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"sort"
 	"strings"
 
@@ -30,6 +31,10 @@ type Report struct {
 	DataFiles  int
 	OtherFiles int // files under source.data that are not *.parquet (ignored)
 	Records    int64
+	// RecordsAll is set when Records counts every record file (every
+	// footer was read); otherwise it is the first file's count only, not
+	// a total.
+	RecordsAll bool
 	DataBytes  int64
 	HSMOps     int64
 	HSMOpsNote string
@@ -135,6 +140,17 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		if checks, ok := keys.Preflight(ctx, dst, true, true); ok {
 			r.Checks = append(r.Checks, checks...)
 		}
+	}
+
+	// The preflight's own key operations below (a test unwrap, sampled
+	// cells and objects) meet what the run's do: a throttled KMS, an HSM
+	// failing over. They are retried the same way, inside the same rate,
+	// so one transient fault does not refuse a run.
+	if src != nil {
+		src = keys.WithRetry(keys.WithRate(src, spec.HSMRate), keys.RetryPolicy{})
+	}
+	if dst != nil {
+		dst = keys.WithRetry(keys.WithRate(dst, spec.HSMRate), keys.RetryPolicy{})
 	}
 
 	if spec.Objects() {
@@ -528,26 +544,17 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 	p.BadFiles, p.NoColumn, p.Records = 0, 0, 0
 	p.Units = int64(r.DEKs)
 	p.RecordsCounted = all && failing != nil
-	for i, rel := range data {
-		if !all && i > 0 {
-			break
-		}
-		path := storage.Join(j.Source.Data, rel)
-		f, err := storage.Open(ctx, path)
-		if err != nil {
+	r.RecordsAll = all
+	if !all {
+		data = data[:min(len(data), 1)]
+	}
+	for ft := range footers(ctx, j.Source.Data, data) {
+		path, f, pf := ft.path, ft.f, ft.pf
+		if ft.err != nil {
 			p.BadFiles++
 			if firstBad == "" {
-				firstBad = err.Error()
+				firstBad = ft.err.Error()
 			}
-			continue
-		}
-		pf, err := parquet.OpenFile(f, f.Size(), parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true))
-		if err != nil {
-			p.BadFiles++
-			if firstBad == "" {
-				firstBad = fmt.Sprintf("%s: not a readable Parquet file (%v)", path, err)
-			}
-			f.Close()
 			continue
 		}
 		r.Records += pf.NumRows()
@@ -599,6 +606,98 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 		f.Close()
 	}
 	return firstBad
+}
+
+// CountRecords counts the records of j's source record files from their
+// footers (unreadable files count none: they fail as whole files).
+func CountRecords(ctx context.Context, j *Job) (int64, error) {
+	files, err := storage.List(ctx, j.Source.Data)
+	if err != nil {
+		return 0, err
+	}
+	var data []string
+	for _, f := range files {
+		if strings.HasSuffix(f, ".parquet") {
+			data = append(data, f)
+		}
+	}
+	var n int64
+	for ft := range footers(ctx, j.Source.Data, data) {
+		if ft.err == nil {
+			n += ft.pf.NumRows()
+			ft.f.Close()
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+	}
+	return n, nil
+}
+
+// footer is one record file opened with its Parquet footer read, or why
+// it could not be.
+type footer struct {
+	path string
+	f    storage.File
+	pf   *parquet.File
+	err  error
+}
+
+// footerWindow is how many record files footers reads ahead: a footer is
+// one or two small reads, so on an object store the round trips, not the
+// bytes, are the cost.
+const footerWindow = 16
+
+// footers yields the record files data (relative to root) in order, each
+// opened and its footer read, up to footerWindow of them read ahead
+// concurrently. The caller closes each yielded file; files read ahead
+// and not yielded (the caller stopped) are closed here.
+func footers(ctx context.Context, root string, data []string) iter.Seq[footer] {
+	return func(yield func(footer) bool) {
+		out := make([]chan footer, len(data))
+		for i := range out {
+			out[i] = make(chan footer, 1)
+		}
+		sem := make(chan struct{}, footerWindow)
+		stop, launched := make(chan struct{}), make(chan int, 1)
+		go func() {
+			for i, rel := range data {
+				select {
+				case sem <- struct{}{}:
+				case <-stop:
+					launched <- i
+					return
+				}
+				go func() {
+					ft := footer{path: storage.Join(root, rel)}
+					f, err := storage.Open(ctx, ft.path)
+					if err != nil {
+						ft.err = err
+					} else if pf, err := parquet.OpenFile(f, f.Size(), parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true)); err != nil {
+						f.Close()
+						ft.err = fmt.Errorf("%s: not a readable Parquet file (%v)", ft.path, err)
+					} else {
+						ft.f, ft.pf = f, pf
+					}
+					out[i] <- ft
+				}()
+			}
+			launched <- len(data)
+		}()
+		for i := range out {
+			ft := <-out[i]
+			<-sem
+			if !yield(ft) {
+				close(stop)
+				for _, c := range out[i+1 : <-launched] {
+					if ft := <-c; ft.f != nil {
+						ft.f.Close()
+					}
+				}
+				return
+			}
+		}
+	}
 }
 
 // recordsUnder counts the rows of pf whose dek_id column names one of ids.

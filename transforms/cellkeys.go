@@ -202,6 +202,7 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, rel, srcPath, dstPath, par
 	whyNot := make([]string, len(rows))
 	var jobs []cellJob
 	deks := int64(0)
+	rowBase := int64(0) // the file's row number of rows[0]
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
@@ -293,6 +294,10 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, rel, srcPath, dstPath, par
 						}
 						keep = append(keep, out)
 					}
+					if lr.Status == schemas.StatusFailed && ids[i] == "" {
+						// No record id to find it by: say where it is.
+						lr.Error += fmt.Sprintf(" (row %d of %s, counting from 0)", rowBase+int64(i), srcPath)
+					}
 					res.add(&lr)
 					lrows = append(lrows, lr)
 				}
@@ -307,6 +312,7 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, rel, srcPath, dstPath, par
 					}
 				}
 				Progress.Records.Add(int64(n))
+				rowBase += int64(n)
 				cntRecords.Inc(ctx, int64(n))
 			}
 			if errors.Is(rerr, io.EOF) {

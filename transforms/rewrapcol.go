@@ -122,6 +122,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 	whyNot := make([]string, len(rows))
 	ids := make([]string, len(rows))
 	nameOf := func(c int) string { return names[c] }
+	rowBase := int64(0) // the file's row number of rows[0]
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
@@ -202,6 +203,10 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 						lr.Bytes, lr.Checksum = int64(len(k.value)), k.sum
 						keep = append(keep, withKey(rows[i], l.dek, k.value))
 					}
+					if lr.Status == schemas.StatusFailed && ids[i] == "" {
+						// No record id to find it by: say where it is.
+						lr.Error += fmt.Sprintf(" (row %d of %s, counting from 0)", rowBase+int64(i), srcPath)
+					}
 					res.add(&lr)
 					ledger = append(ledger, lr)
 				}
@@ -216,6 +221,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 					}
 				}
 				Progress.Records.Add(int64(n))
+				rowBase += int64(n)
 				cntRecords.Inc(ctx, int64(n))
 			}
 			if errors.Is(rerr, io.EOF) {

@@ -121,7 +121,7 @@ func cmdAudit(args []string, stdout, stderr io.Writer) error {
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildAudit(s, spec)
 	start := time.Now()
-	stop := startProgress(stderr, progress, "audit", progressTotals{})
+	stop := startProgress(stderr, progress, "audit", noTotals)
 	_, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if runErr != nil {

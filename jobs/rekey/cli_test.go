@@ -114,7 +114,26 @@ func TestCLIRunVerifyAndFailures(t *testing.T) {
 		}
 		return c
 	}
+	// Issue 15 item 15: r1 completed with nothing failed and has its
+	// _SUCCESS markers; a run that ends with failures has none, not even
+	// one an earlier run left in its target.
+	for _, d := range []string{"dst/data", "dst/deks"} {
+		if _, err := os.Stat(filepath.Join(dir, d, "_SUCCESS")); err != nil {
+			t.Errorf("the succeeded run r1 has no _SUCCESS in %s: %v", d, err)
+		}
+	}
+	if err := os.MkdirAll(dir+"/r2/data", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/r2/data/_SUCCESS", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	rekey(t, exitFailures, append([]string{"run", "--run-id", "r2"}, other("r2")...)...)
+	for _, d := range []string{"r2/data", "r2/deks"} {
+		if _, err := os.Stat(filepath.Join(dir, d, "_SUCCESS")); err == nil {
+			t.Errorf("run r2 ended with failures (exit 3), but %s has a _SUCCESS marker", d)
+		}
+	}
 	// The failure budget stops it, with exit 3 too.
 	rekey(t, exitFailures, append([]string{"run", "--run-id", "r3", "--max-failures", "0"}, other("r3")...)...)
 	// A second re-encrypt into a target DEK table that earlier output uses is refused.

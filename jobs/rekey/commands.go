@@ -253,8 +253,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case spec.Objects():
 		work = plural(int64(r.DataFiles), "object")
-	case spec.CellKeys():
+	case spec.CellKeys() && r.RecordsAll:
 		work = fmt.Sprintf("%s (a DEK in every cell)", plural(r.Records, "record"))
+	case spec.CellKeys():
+		work = fmt.Sprintf("%s (a DEK in every cell)", plural(int64(r.DataFiles), "record file"))
 	}
 	fmt.Fprintf(stderr, "rekey run %s: %s, %s, runner %s, ledger %s\n", j.RunID, j.Mode, work, *runners.Runner, ledger.RunDir(j.Ledger, j.RunID))
 	p, s := beam.NewPipelineWithRoot()
@@ -265,13 +267,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "  progress: the workers run on %s; watch its UI (Beam counters rekey/files, deks, records, bytes, failed)\n", *runners.Runner)
 		progress = -1
 	}
-	// The files the run's stages count: record files, or DEK table files
-	// for a rewrap of a DEK table.
-	files := int64(r.DataFiles)
-	if j.Mode == schemas.ModeRewrap && !spec.ColumnKeys() {
-		files = int64(r.DEKFiles)
-	}
-	stop := startProgress(stderr, progress, j.Mode, progressTotals{Files: files, DEKs: int64(r.DEKs), Records: r.Records})
+	stop := startProgress(stderr, progress, j.Mode, runTotals(runCtx, j, &spec, r, progress >= 0))
 	started.Store(true)
 	if sigs.received() != nil {
 		transforms.Interrupt() // a signal during the preflight's last moments
@@ -494,7 +490,53 @@ type progressTotals struct {
 	Files, DEKs, Records int64
 }
 
-func startProgress(w io.Writer, every time.Duration, mode string, total progressTotals) (stop func()) {
+// runTotals are the totals of a run's progress line from its preflight:
+// the files its stages count (record files, or DEK table files for a
+// rewrap of a DEK table), the DEKs, and the records only when the
+// preflight read every record file's footer (else it counted the first
+// file alone, which is no total).
+//
+// When the preflight did not count the records and count is set, they are
+// counted in the background while the run starts (footers only, a few at
+// a time): the totals gain them when that is done.
+func runTotals(ctx context.Context, j *pipeline.Job, spec *transforms.Spec, r *pipeline.Report, count bool) func() progressTotals {
+	t := progressTotals{Files: int64(r.DataFiles), DEKs: int64(r.DEKs)}
+	if j.Mode == schemas.ModeRewrap && !spec.ColumnKeys() {
+		t.Files = int64(r.DEKFiles)
+	}
+	perRecord := int64(len(j.Columns.Encrypted)) // DEKs per record when they are in the cells
+	if r.RecordsAll {
+		t.Records = r.Records
+		return func() progressTotals { return t }
+	}
+	if spec.CellKeys() {
+		t.DEKs = 0 // one per cell: known once the records are
+	}
+	if !count || spec.Objects() || j.Mode == schemas.ModeRewrap && !spec.ColumnKeys() {
+		return func() progressTotals { return t }
+	}
+	var records atomic.Int64
+	go func() {
+		if n, err := pipeline.CountRecords(ctx, j); err == nil {
+			records.Store(n)
+		}
+	}()
+	return func() progressTotals {
+		c := t
+		if n := records.Load(); n > 0 {
+			c.Records = n
+			if spec.CellKeys() {
+				c.DEKs = n * perRecord
+			}
+		}
+		return c
+	}
+}
+
+// noTotals is for progress lines without a plan (verify, audit).
+func noTotals() progressTotals { return progressTotals{} }
+
+func startProgress(w io.Writer, every time.Duration, mode string, total func() progressTotals) (stop func()) {
 	if every < 0 {
 		return func() {}
 	}
@@ -519,7 +561,7 @@ func startProgress(w io.Writer, every time.Duration, mode string, total progress
 				return
 			case <-t.C:
 				p := &transforms.Progress
-				fmt.Fprintln(w, progressLine(time.Since(start), mode, total, p.Files.Load(), p.DEKs.Load(), p.Records.Load(), p.Bytes.Load(), p.Failed.Load(), tty))
+				fmt.Fprintln(w, progressLine(time.Since(start), mode, total(), p.Files.Load(), p.DEKs.Load(), p.Records.Load(), p.Bytes.Load(), p.Failed.Load(), tty))
 			}
 		}
 	}()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 
+	"rekey/hsmio/faultpkcs11"
 	"rekey/transforms"
 	"rekey/transforms/ledger"
 )
@@ -127,8 +129,8 @@ func TestSignalStopsARunCleanly(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	}
-	if code != 130 {
-		t.Fatalf("after two SIGINTs: exit %d, want 130 (args %q):\n%s", code, args2, out.String())
+	if code != 130 || !strings.Contains(out.String(), "received again: stopping now") {
+		t.Fatalf("after two SIGINTs: exit %d, want 130 and the second one acted on (args %q):\n%s", code, args2, out.String())
 	}
 	for _, root := range []string{filepath.Join(dir, "dst2", "deks"), runDir2} {
 		files, _ := os.ReadDir(root)
@@ -179,4 +181,74 @@ func readParquetRows(path string) (int64, error) {
 		return 0, err
 	}
 	return pf.NumRows(), nil
+}
+
+// TestSignalStopsAReencrypt (issue 15 item 1, the issue's own case): a real
+// SIGTERM to a real `rekey run` reencrypting 12 record files, its target
+// HSM slowed by the project's fault module (every C_Encrypt delayed 40 ms,
+// as a remote HSM answers). The run stops before the end with exit 143 and
+// a resume hint, its manifest interrupted; every target record file that
+// exists has its committed ledger part, and none is missing; --resume
+// finishes the run and verify passes.
+func TestSignalStopsAReencrypt(t *testing.T) {
+	dir := t.TempDir()
+	src := env.KEK("source", "kek-aes")
+	slow := fmt.Sprintf("pkcs11:token=target;object=kek-aes?module-path=%s&pin-source=env:REKEY_TARGET_PIN",
+		faultpkcs11.ForTest(t, faultpkcs11.Config{Calls: []string{"C_Encrypt"}, Mode: faultpkcs11.Delay, Rate: 1, Delay: 40 * time.Millisecond}))
+	rekey(t, exitOK, "gen", "--data", dir+"/src/data", "--deks", dir+"/src/deks", "--kek", src, "--files", "12", "--records", "200", "--num-deks", "240")
+	args := []string{"run", "--mode", "reencrypt", "--run-id", "e1", "--workers", "1", "--source-data", dir + "/src/data", "--source-deks", dir + "/src/deks",
+		"--source-kek", src, "--target-data", dir + "/dst/data", "--target-deks", dir + "/dst/deks", "--target-kek", slow,
+		"--ledger", dir + "/ledger", "--progress", "-1s"}
+	a, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "REKEY_KEYS_CHILD=cli", "REKEY_KEYS_ARGS="+string(a), "SOFTHSM2_CONF="+env.Conf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	runDir := ledger.RunDir(dir+"/ledger", "e1")
+	for deadline := time.Now().Add(120 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if p, _ := filepath.Glob(filepath.Join(runDir, "part-data-*.parquet")); len(p) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("no record file committed after 120 s:\n%s", out.String())
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if code != 143 || !strings.Contains(out.String(), "--resume") || !strings.Contains(out.String(), "SIGTERM") && !strings.Contains(out.String(), "terminated") {
+		t.Fatalf("after SIGTERM: exit %d (want 143, the signal named, a resume hint):\n%s", code, out.String())
+	}
+	m, err := ledger.ReadManifest(context.Background(), dir+"/ledger", "e1")
+	if err != nil || m.Status != transforms.ManifestInterrupted {
+		t.Fatalf("manifest after SIGTERM: %+v, %v", m, err)
+	}
+	parts, _ := filepath.Glob(filepath.Join(runDir, "part-data-*.parquet"))
+	files, _ := filepath.Glob(filepath.Join(dir, "dst", "data", "*.parquet"))
+	if len(parts) == 0 || len(parts) >= 12 || len(files) != len(parts) || m.Totals.RecordsMigrated != int64(200*len(parts)) {
+		t.Fatalf("after SIGTERM: %d ledger parts, %d target files, manifest %d records migrated; want 0 < parts < 12, as many files, 200 records each:\n%s",
+			len(parts), len(files), m.Totals.RecordsMigrated, out.String())
+	}
+	for _, f := range files {
+		if n, err := readParquetRows(f); err != nil || n != 200 {
+			t.Fatalf("committed target file %s: %d rows, %v", f, n, err)
+		}
+	}
+	resetFlags()
+	rekey(t, exitOK, append(args, "--resume")...)
+	resetFlags()
+	v := rekey(t, exitOK, "verify", "--run-id", "e1", "--source-data", dir+"/src/data", "--source-deks", dir+"/src/deks", "--source-kek", src,
+		"--target-data", dir+"/dst/data", "--target-deks", dir+"/dst/deks", "--target-kek", slow, "--ledger", dir+"/ledger")
+	if !strings.Contains(v, "2400 decrypt") {
+		t.Fatalf("verify after resume:\n%s", v)
+	}
 }

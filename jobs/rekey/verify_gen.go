@@ -115,7 +115,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildVerify(s, spec)
-	stop := startProgress(stderr, f.progress, "verify", progressTotals{})
+	stop := startProgress(stderr, f.progress, "verify", noTotals)
 	start := time.Now()
 	_, runErr := beam.Run(ctx, *runners.Runner, p)
 	stop()
@@ -484,7 +484,7 @@ func cmdGen(args []string, stdout, stderr io.Writer) error {
 	p, s := beam.NewPipelineWithRoot()
 	pipeline.BuildGen(s, g)
 	start := time.Now()
-	stop := startProgress(stderr, -1, "gen", progressTotals{})
+	stop := startProgress(stderr, -1, "gen", noTotals)
 	_, err := beam.Run(ctx, *runners.Runner, p)
 	stop()
 	if err != nil {
