@@ -34,6 +34,9 @@ type Side struct {
 	// rekey-v1, the default, or aes-gcm) and FormatOptions its options.
 	Format        string            `yaml:"format,omitempty"`
 	FormatOptions map[string]string `yaml:"format_options,omitempty"`
+	// HSMRate overrides the job's hsm_rate for this side's custodian
+	// (operations per second per worker process; 0: the job's hsm_rate).
+	HSMRate float64 `yaml:"hsm_rate,omitempty"`
 }
 
 // Columns names the record columns rekey reads.
@@ -259,8 +262,16 @@ func (j *Job) Validate() error {
 	if j.MaxCell < 0 || j.MaxCell > schemas.MaxCellBytes {
 		return cfgErr("max_cell_bytes", "%d: must be between 0 (default %d) and %d", j.MaxCell, schemas.MaxCellBytes, schemas.MaxCellBytes)
 	}
-	if j.HSMRate < 0 {
-		return cfgErr("hsm_rate", "%g: must be 0 (the custodian's default: unlimited for PKCS#11, the published quota for a KMS) or a positive number of operations per second", j.HSMRate)
+	for _, r := range []struct {
+		field string
+		rate  float64
+	}{{"hsm_rate", j.HSMRate}, {"source.hsm_rate", j.Source.HSMRate}, {"target.hsm_rate", j.Target.HSMRate}} {
+		if r.rate < 0 {
+			return cfgErr(r.field, "%g: must be 0 (the custodian's default: unlimited for PKCS#11, the published quota for a KMS) or a positive number of operations per second", r.rate)
+		}
+	}
+	if j.Source.HSMRate > 0 && j.Target.HSMRate > 0 && j.Source.HSMRate != j.Target.HSMRate && j.sameCustodian() {
+		return cfgErr("target.hsm_rate", "%g differs from source.hsm_rate %g, but source.kek and target.kek are on one custodian, which has one budget: set one of them (it applies to both) or hsm_rate", j.Target.HSMRate, j.Source.HSMRate)
 	}
 	if _, err := transforms.ParseBudget(j.MaxFailures); err != nil {
 		return cfgErr("max_failures", "%v", err)
@@ -332,8 +343,45 @@ func normLoc(loc string) string {
 	return filepath.ToSlash(abs)
 }
 
+// sameCustodian reports whether source.kek and target.kek are on one
+// custodian (one rate budget).
+func (j *Job) sameCustodian() bool {
+	s, err1 := keys.ParseRef(j.Source.KEK)
+	t, err2 := keys.ParseRef(j.Target.KEK)
+	return err1 == nil && err2 == nil && s.Custodian != "" && s.Custodian == t.Custodian
+}
+
+// Rates are the operations per second the run allows the source's and the
+// target's custodian, and where each comes from ("source.hsm_rate",
+// "target.hsm_rate", "hsm_rate"; "" for 0: the custodian's default). A
+// side's own rate wins over the job's; one custodian has one budget, so a
+// rate set on one side applies to the other side too when both are on it.
+func (j *Job) Rates() (src, dst float64, srcFrom, dstFrom string) {
+	pick := func(own float64, field string) (float64, string) {
+		if own > 0 {
+			return own, field
+		}
+		if j.HSMRate > 0 {
+			return j.HSMRate, "hsm_rate"
+		}
+		return 0, ""
+	}
+	src, srcFrom = pick(j.Source.HSMRate, "source.hsm_rate")
+	dst, dstFrom = pick(j.Target.HSMRate, "target.hsm_rate")
+	if j.sameCustodian() {
+		switch {
+		case j.Source.HSMRate > 0:
+			dst, dstFrom = src, srcFrom
+		case j.Target.HSMRate > 0:
+			src, srcFrom = dst, dstFrom
+		}
+	}
+	return src, dst, srcFrom, dstFrom
+}
+
 // Spec turns a validated job into the DoFns' configuration.
 func (j *Job) Spec() transforms.Spec {
+	srcRate, dstRate, _, _ := j.Rates()
 	budget, _ := transforms.ParseBudget(j.MaxFailures) // checked by Validate
 	return transforms.Spec{
 		RunID: j.RunID, Mode: j.Mode,
@@ -343,7 +391,7 @@ func (j *Job) Spec() transforms.Spec {
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		Ledger: j.Ledger, Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
 		Workers: j.Workers, DEKSource: j.DEKSource, Resume: j.Resume, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell,
-		HSMRate: j.HSMRate, MaxFailures: budget, Incremental: j.Incremental, SkipVerify: j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit,
+		HSMRate: j.HSMRate, SourceRate: srcRate, TargetRate: dstRate, MaxFailures: budget, Incremental: j.Incremental, SkipVerify: j.VerifyBeforeCommit != nil && !*j.VerifyBeforeCommit,
 	}
 }
 
@@ -351,11 +399,12 @@ func (j *Job) Spec() transforms.Spec {
 // source: the caller adds it, see `rekey verify`), with j's columns and
 // tuning. report is where its JSON report goes.
 func (j *Job) VerifySpec(report string) transforms.VerifySpec {
+	_, dstRate, _, _ := j.Rates()
 	return transforms.VerifySpec{
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
 		TargetFormat: j.Target.Format, TargetFormatOptions: j.Target.FormatOptions,
 		Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
-		Workers: j.Workers, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell, HSMRate: j.HSMRate,
+		Workers: j.Workers, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell, HSMRate: dstRate,
 		Report: report,
 	}
 }

@@ -59,6 +59,13 @@ func TestJobValidate(t *testing.T) {
 		{"dek_source", func(j *pipeline.Job) { j.DEKSource = "dev-random" }},
 		{"columns", func(j *pipeline.Job) { j.Columns.DEKID = "payload" }},
 		{"columns.encrypted", func(j *pipeline.Job) { j.Columns.Encrypted = []string{"a", "a"} }},
+		{"source.hsm_rate", func(j *pipeline.Job) { j.Source.HSMRate = -1 }},
+		// One custodian on both sides has one budget: two rates for it
+		// cannot both hold.
+		{"target.hsm_rate", func(j *pipeline.Job) {
+			j.Target.KEK = "pkcs11:token=source;object=kek-2?pin-source=env:P"
+			j.Source.HSMRate, j.Target.HSMRate = 10, 20
+		}},
 	} {
 		j, _ := pipeline.ParseJob([]byte(goodJob))
 		j.Defaults()
@@ -68,6 +75,16 @@ func TestJobValidate(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Field != tc.field {
 			t.Errorf("want a config error naming %s, got %v", tc.field, err)
 		}
+	}
+	// A side's rate applies to its custodian, and to the other side's too
+	// when both are on one custodian.
+	j.HSMRate, j.Source.HSMRate = 5, 30
+	if s, d, sf, df := j.Rates(); s != 30 || d != 5 || sf != "source.hsm_rate" || df != "hsm_rate" {
+		t.Errorf("two custodians: rates %g (%s), %g (%s); want 30 from source.hsm_rate, 5 from hsm_rate", s, sf, d, df)
+	}
+	j.Target.KEK = "pkcs11:token=source;object=kek-2?pin-source=env:P"
+	if s, d, _, df := j.Rates(); s != 30 || d != 30 || df != "source.hsm_rate" {
+		t.Errorf("one custodian: rates %g, %g (%s); want 30 for both, from source.hsm_rate", s, d, df)
 	}
 }
 

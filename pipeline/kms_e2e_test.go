@@ -10,6 +10,7 @@ package pipeline_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"rekey/pipeline"
 	"rekey/providers/alikms/kmsfake"
 	"rekey/providers/awskms/localkms"
+	"rekey/providers/ibmkp"
 	"rekey/providers/ibmkp/kpfake"
 	"rekey/providers/keys"
 	"rekey/schemas"
@@ -295,4 +297,68 @@ func TestKMSKeyRevokedMidRun(t *testing.T) {
 		t.Fatalf("ledger DEK rows: %v", got)
 	}
 	wantVerified(t, j, 60, 240)
+}
+
+// TestKMSRewrapInsideIBMAfterRotation (issue 12: key versions, server-side
+// rewrap): DEKs wrapped under a Key Protect root key (FAKE), the key then
+// rotated. A rewrap to the same root key is Key Protect's rewrap action for
+// every DEK (the DEK never leaves the service; ledger path custodian), and
+// each new wrapped key is the ciphertext under the latest version: an
+// unwrap of it answers no newer one. verify passes.
+func TestKMSRewrapInsideIBMAfterRotation(t *testing.T) {
+	ibm := newIBMRunbook(t)
+	ref := ibm.ref(ibm.beta, ibm.betaKey)
+	d := genSharded(t, ref, "", 1, 20, 12, 6)
+	ibm.srv.Rotate(ibm.betaKey)
+	j := d.job(schemas.ModeRewrap, "rotated", ref, "")
+	j.Source.Data = d.gen.Data
+	wantSucceeded(t, runJob(t, j), 12, 0)
+	if got := ledgerDEKRows(t, j); got["migrated/custodian"] != 12 || len(got) != 1 {
+		t.Fatalf("ledger DEK rows by status/path: %v; want 12 migrated/custodian (Key Protect rewrap)", got)
+	}
+	kek, err := keys.Open(context.Background(), ref, keys.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp := keys.Base(kek).(*ibmkp.KEK)
+	n := 0
+	err = transforms.ScanDEKTable(context.Background(), j.Target.DEKs, func(_ string, rows []schemas.DEKRow) error {
+		for _, r := range rows {
+			dek, latest, err := kp.UnwrapLatest(context.Background(), keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
+			if err != nil || latest != nil {
+				return fmt.Errorf("DEK %s after the rewrap: %v, a newer ciphertext than the one written: %v", r.DEKID, err, latest != nil)
+			}
+			dek.Zero()
+			n++
+		}
+		return nil
+	}, new(int))
+	if err != nil || n != 12 {
+		t.Fatalf("target DEK table: %d DEKs checked, %v", n, err)
+	}
+	wantVerified(t, j, 20, 12)
+}
+
+// TestKMSRewrapInsideAlibabaGateway (issue 12: server-side rewrap): a
+// rewrap between two keys of one Alibaba Cloud KMS gateway (FAKE) is
+// ReEncrypt for every DEK, with no Decrypt or Encrypt of a DEK outside
+// verification; verify passes.
+func TestKMSRewrapInsideAlibabaGateway(t *testing.T) {
+	ali := newAliRunbook(t)
+	k1, k2 := ali.gw.CreateKey(), ali.gw.CreateKey()
+	d := genSharded(t, ali.gatewayRef(k1), "", 1, 20, 12, 6)
+	encrypts := ali.gw.Calls("Encrypt")
+	j := d.job(schemas.ModeRewrap, "gw-gw", ali.gatewayRef(k2), "")
+	j.Source.Data = d.gen.Data
+	wantSucceeded(t, runJob(t, j), 12, 0)
+	if got := ledgerDEKRows(t, j); got["migrated/custodian"] != 12 || len(got) != 1 {
+		t.Fatalf("ledger DEK rows by status/path: %v; want 12 migrated/custodian (ReEncrypt)", got)
+	}
+	if n := ali.gw.Calls("ReEncrypt"); n != 12 {
+		t.Fatalf("%d ReEncrypt calls, want 12", n)
+	}
+	if n := ali.gw.Calls("Encrypt") - encrypts; n != 0 {
+		t.Fatalf("%d Encrypt calls during the rewrap, want none (ReEncrypt inside the service)", n)
+	}
+	wantVerified(t, j, 20, 12)
 }

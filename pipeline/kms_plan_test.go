@@ -61,6 +61,24 @@ func TestPlanKMSEstimate(t *testing.T) {
 		r = planLoad(t, j)
 		wantLoad(t, r.Load[0], "source", 3000, 25, "2.0 minutes at 25/s (hsm_rate)")
 		wantLoad(t, r.Load[1], "target", 6000, 25, "4.0 minutes at 25/s (hsm_rate)")
+		// A side's own rate overrides hsm_rate for its custodian only
+		// (issue 12: overridable per custodian), in the estimate and in the
+		// budget the custodian's calls wait for.
+		j.Target.HSMRate = 10
+		r = planLoad(t, j)
+		wantLoad(t, r.Load[0], "source", 3000, 25, "2.0 minutes at 25/s (hsm_rate)")
+		wantLoad(t, r.Load[1], "target", 6000, 10, "10.0 minutes at 10/s (target.hsm_rate)")
+		spec := j.Spec()
+		if spec.RateFor(j.Target.KEK) != 10 || spec.RateFor(j.Source.KEK) != 25 || j.VerifySpec("").HSMRate != 10 {
+			t.Fatalf("rates: source %g, target %g, verify %g; want 25, 10, 10", spec.RateFor(j.Source.KEK), spec.RateFor(j.Target.KEK), j.VerifySpec("").HSMRate)
+		}
+		if lim := keys.BudgetOf(keys.Custodian(mustOpen(t, j.Target.KEK))); lim == nil || float64(lim.Limit()) != 10 {
+			t.Fatalf("the target custodian's budget after the plan is %v, want target.hsm_rate 10/s", lim)
+		}
+		j.HSMRate, j.Target.HSMRate, j.Source.HSMRate = 0, 0, 40
+		r = planLoad(t, j)
+		wantLoad(t, r.Load[0], "source", 3000, 40, "(source.hsm_rate)")
+		wantLoad(t, r.Load[1], "target", 6000, 50, "(the ibmkp default")
 	})
 	t.Run("awskms-inside", func(t *testing.T) {
 		// One AWS KMS: ReEncrypt and a verifying Decrypt per DEK, on one

@@ -147,10 +147,10 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	// failing over. They are retried the same way, inside the same rate,
 	// so one transient fault does not refuse a run.
 	if src != nil {
-		src = keys.WithRetry(keys.WithRate(src, spec.HSMRate), keys.RetryPolicy{})
+		src = keys.WithRetry(keys.WithRate(src, spec.RateFor(spec.SourceKEK)), keys.RetryPolicy{})
 	}
 	if dst != nil {
-		dst = keys.WithRetry(keys.WithRate(dst, spec.HSMRate), keys.RetryPolicy{})
+		dst = keys.WithRetry(keys.WithRate(dst, spec.RateFor(spec.TargetKEK)), keys.RetryPolicy{})
 	}
 
 	if spec.Objects() {
@@ -444,8 +444,9 @@ func estimateLoad(j *Job, r *Report, src, dst keys.KEK) (load []CustodianLoad, n
 	}
 	s.Side, s.Custodian = "source", keys.Custodian(src)
 	t.Side, t.Custodian = "target", keys.Custodian(dst)
-	s.Rate, s.RateFrom = rateOf(j, src)
-	t.Rate, t.RateFrom = rateOf(j, dst)
+	srcRate, dstRate, srcFrom, dstFrom := j.Rates()
+	s.Rate, s.RateFrom = rateOf(srcRate, srcFrom, src)
+	t.Rate, t.RateFrom = rateOf(dstRate, dstFrom, dst)
 	if s.Custodian == t.Custodian {
 		s.Side, s.Calls, s.Per = "source and target", s.Calls+t.Calls, "source: "+s.Per+"; target: "+t.Per
 		return []CustodianLoad{s}, note
@@ -453,15 +454,16 @@ func estimateLoad(j *Job, r *Report, src, dst keys.KEK) (load []CustodianLoad, n
 	return []CustodianLoad{s, t}, note
 }
 
-// rateOf is the rate the run allows k's custodian: the job's hsm_rate,
+// rateOf is the rate the run allows k's custodian: the rate set in the
+// job (from names where: source.hsm_rate, target.hsm_rate or hsm_rate),
 // else the scheme's default (a KMS's published quota); 0 is unlimited.
-func rateOf(j *Job, k keys.KEK) (float64, string) {
-	if j.HSMRate > 0 {
-		return j.HSMRate, "hsm_rate"
+func rateOf(set float64, from string, k keys.KEK) (float64, string) {
+	if set > 0 {
+		return set, from
 	}
 	scheme, _, _ := strings.Cut(k.URI(), ":")
 	if d := keys.DefaultRate(k); d > 0 {
-		return d, "the " + scheme + " default; set hsm_rate to change it"
+		return d, "the " + scheme + " default; set hsm_rate (or source.hsm_rate, target.hsm_rate) to change it"
 	}
 	return 0, "no hsm_rate, and " + scheme + " has no default"
 }

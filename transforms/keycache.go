@@ -24,7 +24,19 @@ func (s *Spec) openKEK(ctx context.Context, uri, wrap string) (keys.KEK, error) 
 	}
 	// Transient custodian errors are retried per operation, inside the
 	// custodian's rate budget.
-	return keys.WithRetry(keys.WithRate(k, s.HSMRate), keys.RetryPolicy{}), nil
+	return keys.WithRetry(keys.WithRate(k, s.RateFor(uri)), keys.RetryPolicy{}), nil
+}
+
+// RateFor is the rate the run allows the custodian of the key at uri:
+// its side's rate, else the job's (0: the custodian's default).
+func (s *Spec) RateFor(uri string) float64 {
+	switch {
+	case uri == s.SourceKEK && s.SourceRate > 0:
+		return s.SourceRate
+	case uri == s.TargetKEK && s.TargetRate > 0:
+		return s.TargetRate
+	}
+	return s.HSMRate
 }
 
 // openPair opens the source and target KEKs of a migrating DoFn.

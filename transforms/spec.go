@@ -41,16 +41,19 @@ type Spec struct {
 	DEKColumn string
 	IDColumn  string
 
-	Workers      int
-	DEKSource    string // "hsm" or "crypto-rand"
-	Resume       bool
-	Incremental  bool // skip units whose target was made from the same source content
-	CacheSize    int
-	HSMRate      float64 // HSM operations per second per HSM; 0 = unlimited
-	MaxFailures  Budget  // stop the run past this many failures
-	MaxCellBytes int
-	RowBatch     int
-	SkipVerify   bool // verify-before-commit off (benchmarks only)
+	Workers     int
+	DEKSource   string // "hsm" or "crypto-rand"
+	Resume      bool
+	Incremental bool // skip units whose target was made from the same source content
+	CacheSize   int
+	HSMRate     float64 // HSM operations per second per HSM; 0 = the custodian's default
+	// SourceRate and TargetRate are the rates of source.kek's and
+	// target.kek's custodians (a side's own rate, else HSMRate).
+	SourceRate, TargetRate float64
+	MaxFailures            Budget // stop the run past this many failures
+	MaxCellBytes           int
+	RowBatch               int
+	SkipVerify             bool // verify-before-commit off (benchmarks only)
 }
 
 // Formats configures the source and target cell formats.

@@ -26,7 +26,7 @@ type jobFlags struct {
 	resume, verbose, runIDGiven, verifyCommit bool
 	incremental, successMarker                bool
 	progress, leaseTTL                        time.Duration
-	hsmRate                                   float64
+	hsmRate, srcRate, dstRate                 float64
 	maxFail                                   string
 	set                                       map[string]bool
 }
@@ -97,6 +97,9 @@ func (f *jobFlags) register(forVerify bool) {
 	defInt(&f.maxCell, "max-cell-bytes", 0, "largest cell accepted (default and limit 64 MiB)")
 	ours["hsm-rate"] = true
 	flag.CommandLine.Float64Var(&f.hsmRate, "hsm-rate", 0, "custodian operations per second per HSM or KMS, per worker process (0: the custodian's default: unlimited for PKCS#11, the vendor's published quota for a KMS); shared HSMs need this")
+	ours["source-hsm-rate"], ours["target-hsm-rate"] = true, true
+	flag.CommandLine.Float64Var(&f.srcRate, "source-hsm-rate", 0, "like --hsm-rate, for source.kek's custodian only (job file: source.hsm_rate); one custodian on both sides has one budget")
+	flag.CommandLine.Float64Var(&f.dstRate, "target-hsm-rate", 0, "like --hsm-rate, for target.kek's custodian only (job file: target.hsm_rate)")
 	defString(&f.maxFail, "max-failures", "", "stop the run past this many failures: a count (100), a percentage (0.1%), or 0 for the first")
 	defBool(&f.verifyCommit, "verify-before-commit", true, "check every new wrapped DEK (target unwrap) and every new cell (decrypt again) before committing; false only to measure its cost")
 	defBool(&f.successMarker, "success-marker", true, "write an empty _SUCCESS into the target folders when the run completes with nothing failed (downstream jobs wait for it); --success-marker=false to turn it off")
@@ -208,6 +211,12 @@ func (f *jobFlags) load() (*pipeline.Job, error) {
 	}
 	if f.set["hsm-rate"] {
 		j.HSMRate = f.hsmRate
+	}
+	if f.set["source-hsm-rate"] {
+		j.Source.HSMRate = f.srcRate
+	}
+	if f.set["target-hsm-rate"] {
+		j.Target.HSMRate = f.dstRate
 	}
 	if f.set["max-failures"] {
 		j.MaxFailures = f.maxFail

@@ -8,7 +8,9 @@
 // Exit codes: 0 done, everything migrated or verified; 1 fatal error (the
 // run stopped); 2 usage or job file error; 3 finished, but some records,
 // DEKs or files failed (see the ledger), or verify found a mismatch; 4 a
-// preflight check failed (nothing was touched).
+// preflight check failed (nothing was touched); 130 (SIGINT) or 143
+// (SIGTERM): rekey run stopped by a signal (the manifest says interrupted;
+// finish with --resume; during the preflight, nothing was touched).
 package main
 
 import (
@@ -50,7 +52,9 @@ Usage:
 Run "rekey COMMAND --help" for the flags of a command.
 
 Exit codes: 0 ok; 1 fatal error; 2 usage or job file error; 3 finished with failed
-records/DEKs/files, or verify mismatch; 4 preflight check failed (nothing touched).
+records/DEKs/files, or verify mismatch; 4 preflight check failed (nothing touched);
+130 (SIGINT), 143 (SIGTERM): rekey run stopped by a signal, finish with --resume
+(a second signal stops at once, with its own code).
 
 PINs are never given on the command line: key URIs name a pin-source, e.g.
   pkcs11:token=source;object=kek-aes?pin-source=env:REKEY_SOURCE_PIN

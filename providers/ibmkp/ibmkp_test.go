@@ -373,6 +373,16 @@ func TestClassification(t *testing.T) {
 		t.Errorf("open in the key's ring: %v", err)
 	}
 
+	e.srv.FailNext("wrap", 403, 1)
+	check("a wrap the token's user may not do (403)", wrap(), keys.ErrAuthFailed, false)
+	// A 401 on a cached token gets a new token and one more try; a
+	// second 401 is final.
+	e.srv.FailNext("unwrap", 401, 1)
+	if err := unwrap(); err != nil {
+		t.Errorf("an unwrap answered 401 once (a token revoked early): %v", err)
+	}
+	e.srv.FailNext("unwrap", 401, 2)
+	check("an unwrap answered 401 twice", unwrap(), keys.ErrAuthFailed, false)
 	e.srv.FailNext("wrap", 429, 1)
 	check("a throttled wrap", wrap(), keys.ErrThrottled, true)
 	e.srv.FailNext("unwrap", 500, 1)

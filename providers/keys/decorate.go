@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -189,7 +191,7 @@ var (
 // Budget is one custodian's shared, adaptive rate limit.
 type Budget struct {
 	*rate.Limiter
-	max float64 // the configured rate: the ceiling the budget recovers to
+	ceil atomic.Uint64 // math.Float64bits of the configured rate: the ceiling the budget recovers to
 
 	mu      sync.Mutex
 	lastCut time.Time
@@ -212,35 +214,51 @@ func (b *Budget) throttled() {
 
 // ok raises the budget by a small step toward its ceiling.
 func (b *Budget) ok() {
-	cur := float64(b.Limit())
-	if cur >= b.max {
+	cur, top := float64(b.Limit()), b.max()
+	if cur >= top {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if cur = float64(b.Limit()); cur < b.max {
-		b.SetLimit(rate.Limit(min(cur+max(b.max/500, 0.05), b.max)))
+	if cur, top = float64(b.Limit()), b.max(); cur < top {
+		b.SetLimit(rate.Limit(min(cur+max(top/500, 0.05), top)))
 	}
 }
+
+// max is the configured rate.
+func (b *Budget) max() float64 { return math.Float64frombits(b.ceil.Load()) }
 
 // cutEvery is the shortest time between two cuts of a budget.
 const cutEvery = 250 * time.Millisecond
 
-// Limiter is the process-wide budget of custodian id at perSecond (the
-// first caller's rate wins for the process).
+// Limiter is the process-wide budget of custodian id at perSecond. A
+// budget asked for at another rate than it has takes that rate (a job
+// sets one rate per custodian; a later job in the same process may set
+// another); asked again at its rate, it keeps any cut from throttling.
 func Limiter(id string, perSecond float64) *Budget {
 	limitersMu.Lock()
 	defer limitersMu.Unlock()
+	burst := max(int(perSecond/10), 1)
 	l := limiters[id]
 	if l == nil {
-		burst := int(perSecond / 10)
-		if burst < 1 {
-			burst = 1
-		}
-		l = &Budget{Limiter: rate.NewLimiter(rate.Limit(perSecond), burst), max: perSecond}
+		l = &Budget{Limiter: rate.NewLimiter(rate.Limit(perSecond), burst)}
+		l.ceil.Store(math.Float64bits(perSecond))
 		limiters[id] = l
+	} else if perSecond > 0 && l.max() != perSecond {
+		l.mu.Lock()
+		l.ceil.Store(math.Float64bits(perSecond))
+		l.SetLimit(rate.Limit(perSecond))
+		l.SetBurst(burst)
+		l.mu.Unlock()
 	}
 	return l
+}
+
+// BudgetOf is custodian id's budget in this process, nil when none was made.
+func BudgetOf(id string) *Budget {
+	limitersMu.Lock()
+	defer limitersMu.Unlock()
+	return limiters[id]
 }
 
 // WithRate waits for k's custodian budget before every operation. A rate
