@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -285,6 +286,8 @@ func TestForeignLockboxAndPython(t *testing.T) {
 		{"go-app", "", "", 32, goOpts, tenantAAD},
 		{"lockbox", "/usr/bin/ruby", "lockbox_cells.rb", 32, lockboxOpts, idAAD},
 		{"pyca", "/usr/bin/python3", "pyca_cells.py", 16, pycaOpts, noAAD},
+		// Python's cells bound to their record id (AES-256).
+		{"pyca-aad-id", "/usr/bin/python3", "pyca_cells.py", 32, withOpt(pycaOpts, "aad", "{id}"), idAAD},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var tool cellCodec = goApp{}
@@ -302,11 +305,13 @@ func TestForeignLockboxAndPython(t *testing.T) {
 				// The library reads the rewrapped dataset with keys the target unwraps.
 				readBack(t, tool, ds, j.Target.Data, j.Target.KEK)
 				checkOnlyKeyColumnChanged(t, ds.dir, j.Target.Data)
+				// rekey verify reads it too: every wrapped key unwraps with
+				// the target KEK and opens its record's cells.
+				if rep := runVerify(t, j.VerifySpec("")); !rep.OK || rep.Totals.Records != 60 {
+					t.Fatalf("rekey verify of the rewrapped key column: %+v", rep)
+				}
 			})
 			t.Run("reencrypt-to-rekey-v1", func(t *testing.T) {
-				if tc.keyLen != 32 {
-					t.Skip("rekey-v1 targets get fresh 256-bit DEKs; covered by the lockbox case")
-				}
 				j := foreignJob(t, schemas.ModeReencrypt, "re-"+tc.name, ds, env.KEK("target", "kek-aes"))
 				j.Columns.DEKID = "dek_id"
 				m := runJob(t, j)
@@ -354,4 +359,11 @@ func checkOnlyKeyColumnChanged(t *testing.T, src, dst string) {
 			t.Fatalf("record %d: wrapped key not rewrapped", id)
 		}
 	}
+}
+
+// withOpt is opts with k set to v (opts is not changed).
+func withOpt(opts map[string]string, k, v string) map[string]string {
+	o := maps.Clone(opts)
+	o[k] = v
+	return o
 }

@@ -74,9 +74,9 @@ func (v *VerifySpec) Validate() error {
 		}
 		return nil
 	}
-	if tf, err := format.New(v.TargetFormat, v.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
+	if tf, err := format.New(v.TargetFormat, v.TargetFormatOptions); err == nil && tf.Keys() != format.KeyTable {
 		if v.TargetData == "" || v.TargetKEK == "" || v.Report == "" {
-			return errors.New("verify of cells that carry their DEKs: need the records (target.data), the target KEK and a report path")
+			return errors.New("verify of records that carry their wrapped DEKs (in their cells or in a key column): need the records (target.data), the target KEK and a report path")
 		}
 		return nil
 	}
@@ -630,6 +630,9 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 	rows := make([]parquet.Row, f.rs.rowBatch())
 	out := make([]rowCheck, len(rows))
 	keysOf := map[string]*verifyKey{} // each DEK resolved once per file
+	if l.keyCol {
+		return f.checkKeyColumnFile(ctx, path, pf, &l, names, rows, out, scratch, row)
+	}
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
@@ -679,6 +682,160 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 	return nil
 }
 
+// maxColumnKeys bounds the wrapped keys a key-column verify keeps unwrapped
+// for one file: past it they are zeroed and dropped (applications that
+// write a key per row reuse none of them).
+const maxColumnKeys = 4096
+
+// checkKeyColumnFile is checkFile for a format whose wrapped keys are in a
+// column of the records (aes-gcm keys: column): each distinct wrapped key
+// of a batch (with its binding) is unwrapped once by the target KEK, in
+// parallel, and every encrypted cell of its records is opened with it.
+func (f *VerifyFn) checkKeyColumnFile(ctx context.Context, path string, pf *parquet.File, l *recordLayout, names []string,
+	rows []parquet.Row, out []rowCheck, scratch []cellScratch, row func(*rowCheck)) error {
+	workers := f.rs.workers()
+	nameOf := func(c int) string { return names[c] }
+	keysOf := map[string]*verifyKey{}
+	defer func() {
+		for _, vk := range keysOf {
+			vk.zero()
+		}
+	}()
+	type fresh struct {
+		key  string
+		blob []byte
+		b    keys.Binding
+	}
+	rowKey := make([]string, len(rows))
+	for _, rg := range pf.RowGroups() {
+		rr := rg.Rows()
+		for {
+			n, rerr := rr.ReadRows(rows)
+			if n > 0 {
+				if len(keysOf) > maxColumnKeys {
+					for k, vk := range keysOf {
+						vk.zero()
+						delete(keysOf, k)
+					}
+				}
+				var todo []fresh
+				var fields []string
+				for i := 0; i < n; i++ {
+					out[i], rowKey[i] = rowCheck{}, ""
+					r := rows[i]
+					iv, kv := findValue(r, l.id), findValue(r, l.dek)
+					if iv < 0 || kv < 0 {
+						out[i].err = "row has no value for the record id or wrapped-key column"
+						continue
+					}
+					id, err := recordID(r[iv])
+					if err != nil {
+						out[i].err = err.Error()
+						continue
+					}
+					out[i].id, out[i].hasID = id, true
+					if r[kv].IsNull() {
+						out[i].err = fmt.Sprintf("record %q has a null wrapped key in column %q", id, names[l.dek])
+						continue
+					}
+					if fields, err = rowFields(fields, r, l.needs, nameOf); err != nil {
+						out[i].err = fmt.Sprintf("record %q: %v", id, err)
+						continue
+					}
+					key, blob, b, err := columnKey(f.tf, r[kv].ByteArray(), fields)
+					if err != nil {
+						out[i].err = fmt.Sprintf("record %q: column %q: %v", id, names[l.dek], err)
+						continue
+					}
+					rowKey[i], out[i].dekID = key, keyName(key)
+					if _, ok := keysOf[key]; !ok {
+						keysOf[key] = nil
+						todo = append(todo, fresh{key, blob, b})
+					}
+				}
+				got := make([]*verifyKey, len(todo))
+				_ = parallel(len(todo), workers, func(_, i int) error {
+					got[i] = f.resolveColumnKey(ctx, todo[i].b, todo[i].blob)
+					return nil
+				})
+				for i, t := range todo {
+					keysOf[t.key] = got[i]
+				}
+				for _, vk := range got {
+					if vk.fatal {
+						rr.Close()
+						return vk.err
+					}
+				}
+				_ = parallel(n, workers, func(w, i int) error {
+					if out[i].err != "" {
+						return nil
+					}
+					if e := f.openRecord(l, rows[i], &scratch[w], &out[i], keysOf[rowKey[i]], names); e != nil {
+						out[i].err = e.Error()
+					}
+					return nil
+				})
+				for i := 0; i < n; i++ {
+					row(&out[i])
+				}
+				Progress.Records.Add(int64(n))
+			}
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			if rerr != nil {
+				rr.Close()
+				return fmt.Errorf("read %s: %w", path, rerr)
+			}
+		}
+		rr.Close()
+	}
+	return nil
+}
+
+// resolveColumnKey unwraps a wrapped key kept in a column, bound to b,
+// with the target KEK.
+func (f *VerifyFn) resolveColumnKey(ctx context.Context, b keys.Binding, blob []byte) *verifyKey {
+	dek, err := f.kek.Unwrap(ctx, b, f.kek.Mechanism(), blob)
+	if err != nil {
+		return &verifyKey{err: fmt.Errorf("the wrapped key does not unwrap with the target KEK: %w", err), fatal: isFatalKeyErr(err)}
+	}
+	aead, err := f.tf.Cipher(dek.Bytes())
+	if err != nil {
+		dek.Zero()
+		return &verifyKey{err: err}
+	}
+	return &verifyKey{key: &cachedKey{dek: dek}, aead: aead, own: true}
+}
+
+// openRecord opens every encrypted cell of one record (its id already in
+// o) with vk.
+func (f *VerifyFn) openRecord(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, vk *verifyKey, names []string) error {
+	if vk.err != nil {
+		return fmt.Errorf("record %q: %w", o.id, vk.err)
+	}
+	var err error
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+		return fmt.Errorf("record %q: %w", o.id, err)
+	}
+	sc.cell = format.Cell{RecordID: o.id, Fields: sc.fields, AAD: sc.cell.AAD}
+	for k, col := range l.enc {
+		vi := findValue(row, col)
+		if vi < 0 || row[vi].IsNull() {
+			continue
+		}
+		sc.cell.Column = l.encName[k]
+		pt, err := f.tf.Open(sc.pt[:0], vk.aead, row[vi].ByteArray(), &sc.cell)
+		sc.pt = pt
+		clear(pt)
+		if err != nil {
+			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
+		}
+	}
+	return nil
+}
+
 // verifyKey is one DEK of the table, resolved for a file: its key, or why
 // its records cannot verify.
 type verifyKey struct {
@@ -686,6 +843,14 @@ type verifyKey struct {
 	aead  cipher.AEAD // the format's cell cipher
 	err   error
 	fatal bool // the custodian refuses us: stop
+	own   bool // key is not in the process cache: zero it when done
+}
+
+// zero wipes vk's key when vk owns it (a cached key is the cache's).
+func (vk *verifyKey) zero() {
+	if vk != nil && vk.own && vk.key != nil {
+		vk.key.dek.Zero()
+	}
 }
 
 func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
@@ -858,8 +1023,9 @@ func Verify(s beam.Scope, spec VerifySpec) beam.PCollection {
 	if objfmt.Known(spec.TargetFormat) {
 		return beam.ParDo(s, &VerifyObjectsFn{Spec: spec}, ListObjects(s, spec.TargetData))
 	}
-	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
-		// No DEK table: every cell carries its wrapped DEK.
+	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() != format.KeyTable {
+		// No DEK table: every cell, or every record's key column, carries
+		// its wrapped DEK.
 		recUnits := ListVerifyUnits(s.Scope("Records"), spec.SourceData, spec.TargetData, false)
 		return beam.ParDo(s, &VerifyFn{Spec: spec}, recUnits, beam.SideInput{Input: beam.CreateList(s, []schemas.DEKRow{})})
 	}

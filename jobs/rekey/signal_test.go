@@ -99,38 +99,54 @@ func TestSignalStopsARunCleanly(t *testing.T) {
 	}
 
 	// Two signals: the second exits at once, still with no partial file
-	// under a final name.
+	// under a final name. The target HSM answers slowly (the fault module
+	// delays every C_Encrypt 10 ms), so the clean stop the first signal
+	// starts takes long enough for the second to cut it short. (The source
+	// is opened first, directly: SoftHSM2 initialised through the fault
+	// module first would refuse a direct second handle.)
 	args2 := append([]string{}, args...)
 	for i := range args2 {
 		args2[i] = strings.Replace(args2[i], "/dst/", "/dst2/", 1)
-		if args2[i] == "s1" {
+		switch args2[i] {
+		case "s1":
 			args2[i] = "s2"
+		case dst:
+			args2[i] = fmt.Sprintf("pkcs11:token=target;object=kek-aes?module-path=%s&pin-source=env:REKEY_TARGET_PIN",
+				faultpkcs11.ForTest(t, faultpkcs11.Config{Calls: []string{"C_Encrypt"}, Mode: faultpkcs11.Delay, Rate: 1, Delay: 10 * time.Millisecond}))
 		}
 	}
 	a, _ = json.Marshal(args2)
 	cmd = exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "REKEY_KEYS_CHILD=cli", "REKEY_KEYS_ARGS="+string(a), "SOFTHSM2_CONF="+env.Conf)
-	out.Reset()
-	cmd.Stdout, cmd.Stderr = &out, &out
+	outFile := filepath.Join(t.TempDir(), "out")
+	of, err := os.Create(outFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer of.Close()
+	cmd.Stdout, cmd.Stderr = of, of
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	output := func() string { b, _ := os.ReadFile(outFile); return string(b) }
 	runDir2 := ledger.RunDir(dir+"/ledger", "s2")
-	for deadline = time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline = time.Now().Add(120 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if p, _ := filepath.Glob(filepath.Join(runDir2, "part-deks-*.parquet")); len(p) > 0 || time.Now().After(deadline) {
 			break
 		}
 	}
 	_ = cmd.Process.Signal(syscall.SIGINT)
-	time.Sleep(5 * time.Millisecond)
+	for deadline = time.Now().Add(30 * time.Second); !strings.Contains(output(), "received: stopping") && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
+	}
 	_ = cmd.Process.Signal(syscall.SIGINT)
 	err = cmd.Wait()
 	code = 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	}
-	if code != 130 || !strings.Contains(out.String(), "received again: stopping now") {
-		t.Fatalf("after two SIGINTs: exit %d, want 130 and the second one acted on (args %q):\n%s", code, args2, out.String())
+	if code != 130 || !strings.Contains(output(), "received again: stopping now") || strings.Contains(output(), "interrupted in") {
+		t.Fatalf("after two SIGINTs: exit %d, want 130, the second one acted on at once (no run summary) (args %q):\n%s", code, args2, output())
 	}
 	for _, root := range []string{filepath.Join(dir, "dst2", "deks"), runDir2} {
 		files, _ := os.ReadDir(root)
@@ -151,6 +167,12 @@ func TestSignalStopsARunCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	resetFlags()
+	// (The resume reaches the same key without the delay.)
+	for i := range args2 {
+		if strings.Contains(args2[i], "token=target") {
+			args2[i] = dst
+		}
+	}
 	rekey(t, exitOK, append(args2, "--resume", "--success-marker=false")...)
 	if _, err := os.Stat(filepath.Join(dir, "dst2", "deks", "_SUCCESS")); err == nil {
 		t.Errorf("--success-marker=false still wrote _SUCCESS")

@@ -89,11 +89,10 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		spec.TargetWrap = wrap
 	}
 	cellKeys := false
-	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() == format.KeyCell {
-		cellKeys = true // no DEK table: each cell's DEK is unwrapped by the target KEK
-	} else if err == nil && tf.Keys() == format.KeyColumn {
-		return withCode(exitUsage, fmt.Errorf("rekey verify does not yet read datasets whose wrapped keys are in a column (target.format %s, key_column %s); "+
-			"the run itself unwrapped every new wrapped key with the target and opened a cell under it before committing (see the ledger's proof column)", tf.Name(), tf.KeyColumn()))
+	if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); err == nil && tf.Keys() != format.KeyTable {
+		// No DEK table: the wrapped DEKs are in the cells or in a key
+		// column, each unwrapped by the target KEK.
+		cellKeys = true
 	}
 	if objfmt.Known(spec.TargetFormat) {
 		if spec.TargetData == "" && j.Mode == schemas.ModeRewrap {
@@ -175,6 +174,13 @@ func verifySource(j *pipeline.Job, spec *transforms.VerifySpec, targetOnly bool)
 		if spec.TargetData == "" && j.Source.Data != "" && (j.Mode == schemas.ModeRewrap || j.Mode == "") {
 			spec.TargetData = j.Source.Data // rewrap: the data stays where it is
 		}
+		// Records that carry their wrapped keys (in a key column, or in
+		// their cells) have no source DEK table: their ids are compared
+		// with the source records' when the run wrote them elsewhere.
+		if tf, err := format.New(spec.TargetFormat, spec.TargetFormatOptions); !targetOnly && err == nil && tf.Keys() != format.KeyTable &&
+			!objfmt.Known(spec.TargetFormat) && j.Source.Data != "" && spec.TargetData != "" && spec.TargetData != j.Source.Data && j.Mode != "" {
+			spec.SourceData, spec.Match = j.Source.Data, j.Mode
+		}
 		return nil
 	}
 	mode := j.Mode
@@ -212,7 +218,10 @@ func printVerify(w io.Writer, rep *transforms.VerifyReport, took time.Duration) 
 	if rep.Compared {
 		fmt.Fprintf(w, "rekey verify: compared source %s / %s (%d records, %d DEKs) with target %s / %s under %s (%s)\n",
 			orNone(rep.Source.Data), rep.Source.DEKs, c.Records.Source, c.DEKs.Source, orNone(rep.Data), rep.DEKs, rep.KEK, took.Round(time.Millisecond))
-		if rep.Mode == schemas.ModeReencrypt {
+		if rep.Source.DEKs == "" {
+			fmt.Fprintf(w, "  matched: %s: each source record file with the target file of that name, by record id;\n"+
+				"           each record's wrapped keys (in its cells or its key column) unwrapped by the target KEK\n", rep.Mode)
+		} else if rep.Mode == schemas.ModeReencrypt {
 			fmt.Fprintf(w, "  matched: reencrypt: each source record file with the target file of that name, by record id;\n"+
 				"           each source DEK X with its replacement X@<run id> in the target DEK table\n")
 		} else {
