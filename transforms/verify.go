@@ -633,41 +633,52 @@ func (f *VerifyFn) checkFile(ctx context.Context, path string, row func(*rowChec
 	if l.keyCol {
 		return f.checkKeyColumnFile(ctx, path, pf, &l, names, rows, out, scratch, row)
 	}
+	return readBatches(path, pf, rows, func(n int) error {
+		missing := newDEKIDs(keysOf, rows[:n], l.dek)
+		resolved := make([]*verifyKey, len(missing))
+		_ = parallel(len(missing), workers, func(_, i int) error {
+			resolved[i] = f.resolve(ctx, missing[i])
+			return nil
+		})
+		for i, id := range missing {
+			keysOf[id] = resolved[i]
+			if resolved[i].fatal {
+				return resolved[i].err
+			}
+		}
+		_ = parallel(n, workers, func(w, i int) error {
+			out[i] = rowCheck{}
+			verify := f.verifyRow
+			if l.dek < 0 {
+				verify = func(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, _ map[string]*verifyKey, names []string) error {
+					return f.verifyCellKeys(ctx, l, row, sc, o, names)
+				}
+			}
+			if e := verify(&l, rows[i], &scratch[w], &out[i], keysOf, names); e != nil {
+				out[i].err = e.Error()
+			}
+			return nil
+		})
+		for i := 0; i < n; i++ {
+			row(&out[i])
+		}
+		Progress.Records.Add(int64(n))
+		return nil
+	})
+}
+
+// readBatches reads the rows of pf (at path) batch by batch into rows and
+// calls batch with each batch's length; an error of batch stops it.
+func readBatches(path string, pf *parquet.File, rows []parquet.Row, batch func(n int) error) error {
 	for _, rg := range pf.RowGroups() {
 		rr := rg.Rows()
 		for {
 			n, rerr := rr.ReadRows(rows)
 			if n > 0 {
-				missing := newDEKIDs(keysOf, rows[:n], l.dek)
-				resolved := make([]*verifyKey, len(missing))
-				_ = parallel(len(missing), workers, func(_, i int) error {
-					resolved[i] = f.resolve(ctx, missing[i])
-					return nil
-				})
-				for i, id := range missing {
-					keysOf[id] = resolved[i]
-					if resolved[i].fatal {
-						rr.Close()
-						return resolved[i].err
-					}
+				if err := batch(n); err != nil {
+					rr.Close()
+					return err
 				}
-				_ = parallel(n, workers, func(w, i int) error {
-					out[i] = rowCheck{}
-					verify := f.verifyRow
-					if l.dek < 0 {
-						verify = func(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, _ map[string]*verifyKey, names []string) error {
-							return f.verifyCellKeys(ctx, l, row, sc, o, names)
-						}
-					}
-					if e := verify(&l, rows[i], &scratch[w], &out[i], keysOf, names); e != nil {
-						out[i].err = e.Error()
-					}
-					return nil
-				})
-				for i := 0; i < n; i++ {
-					row(&out[i])
-				}
-				Progress.Records.Add(int64(n))
 			}
 			if errors.Is(rerr, io.EOF) {
 				break
@@ -707,91 +718,76 @@ func (f *VerifyFn) checkKeyColumnFile(ctx context.Context, path string, pf *parq
 		b    keys.Binding
 	}
 	rowKey := make([]string, len(rows))
-	for _, rg := range pf.RowGroups() {
-		rr := rg.Rows()
-		for {
-			n, rerr := rr.ReadRows(rows)
-			if n > 0 {
-				if len(keysOf) > maxColumnKeys {
-					for k, vk := range keysOf {
-						vk.zero()
-						delete(keysOf, k)
-					}
-				}
-				var todo []fresh
-				var fields []string
-				for i := 0; i < n; i++ {
-					out[i], rowKey[i] = rowCheck{}, ""
-					r := rows[i]
-					iv, kv := findValue(r, l.id), findValue(r, l.dek)
-					if iv < 0 || kv < 0 {
-						out[i].err = "row has no value for the record id or wrapped-key column"
-						continue
-					}
-					id, err := recordID(r[iv])
-					if err != nil {
-						out[i].err = err.Error()
-						continue
-					}
-					out[i].id, out[i].hasID = id, true
-					if r[kv].IsNull() {
-						out[i].err = fmt.Sprintf("record %q has a null wrapped key in column %q", id, names[l.dek])
-						continue
-					}
-					if fields, err = rowFields(fields, r, l.needs, nameOf); err != nil {
-						out[i].err = fmt.Sprintf("record %q: %v", id, err)
-						continue
-					}
-					key, blob, b, err := columnKey(f.tf, r[kv].ByteArray(), fields)
-					if err != nil {
-						out[i].err = fmt.Sprintf("record %q: column %q: %v", id, names[l.dek], err)
-						continue
-					}
-					rowKey[i], out[i].dekID = key, keyName(key)
-					if _, ok := keysOf[key]; !ok {
-						keysOf[key] = nil
-						todo = append(todo, fresh{key, blob, b})
-					}
-				}
-				got := make([]*verifyKey, len(todo))
-				_ = parallel(len(todo), workers, func(_, i int) error {
-					got[i] = f.resolveColumnKey(ctx, todo[i].b, todo[i].blob)
-					return nil
-				})
-				for i, t := range todo {
-					keysOf[t.key] = got[i]
-				}
-				for _, vk := range got {
-					if vk.fatal {
-						rr.Close()
-						return vk.err
-					}
-				}
-				_ = parallel(n, workers, func(w, i int) error {
-					if out[i].err != "" {
-						return nil
-					}
-					if e := f.openRecord(l, rows[i], &scratch[w], &out[i], keysOf[rowKey[i]], names); e != nil {
-						out[i].err = e.Error()
-					}
-					return nil
-				})
-				for i := 0; i < n; i++ {
-					row(&out[i])
-				}
-				Progress.Records.Add(int64(n))
-			}
-			if errors.Is(rerr, io.EOF) {
-				break
-			}
-			if rerr != nil {
-				rr.Close()
-				return fmt.Errorf("read %s: %w", path, rerr)
+	return readBatches(path, pf, rows, func(n int) error {
+		if len(keysOf) > maxColumnKeys {
+			for k, vk := range keysOf {
+				vk.zero()
+				delete(keysOf, k)
 			}
 		}
-		rr.Close()
-	}
-	return nil
+		var todo []fresh
+		var fields []string
+		for i := 0; i < n; i++ {
+			out[i], rowKey[i] = rowCheck{}, ""
+			r := rows[i]
+			iv, kv := findValue(r, l.id), findValue(r, l.dek)
+			if iv < 0 || kv < 0 {
+				out[i].err = "row has no value for the record id or wrapped-key column"
+				continue
+			}
+			id, err := recordID(r[iv])
+			if err != nil {
+				out[i].err = err.Error()
+				continue
+			}
+			out[i].id, out[i].hasID = id, true
+			if r[kv].IsNull() {
+				out[i].err = fmt.Sprintf("record %q has a null wrapped key in column %q", id, names[l.dek])
+				continue
+			}
+			if fields, err = rowFields(fields, r, l.needs, nameOf); err != nil {
+				out[i].err = fmt.Sprintf("record %q: %v", id, err)
+				continue
+			}
+			key, blob, b, err := columnKey(f.tf, r[kv].ByteArray(), fields)
+			if err != nil {
+				out[i].err = fmt.Sprintf("record %q: column %q: %v", id, names[l.dek], err)
+				continue
+			}
+			rowKey[i], out[i].dekID = key, keyName(key)
+			if _, ok := keysOf[key]; !ok {
+				keysOf[key] = nil
+				todo = append(todo, fresh{key, blob, b})
+			}
+		}
+		got := make([]*verifyKey, len(todo))
+		_ = parallel(len(todo), workers, func(_, i int) error {
+			got[i] = f.resolveColumnKey(ctx, todo[i].b, todo[i].blob)
+			return nil
+		})
+		for i, t := range todo {
+			keysOf[t.key] = got[i]
+		}
+		for _, vk := range got {
+			if vk.fatal {
+				return vk.err
+			}
+		}
+		_ = parallel(n, workers, func(w, i int) error {
+			if out[i].err != "" {
+				return nil
+			}
+			if e := f.openRecord(l, rows[i], &scratch[w], &out[i], keysOf[rowKey[i]], "", names); e != nil {
+				out[i].err = e.Error()
+			}
+			return nil
+		})
+		for i := 0; i < n; i++ {
+			row(&out[i])
+		}
+		Progress.Records.Add(int64(n))
+		return nil
+	})
 }
 
 // resolveColumnKey unwraps a wrapped key kept in a column, bound to b,
@@ -810,8 +806,8 @@ func (f *VerifyFn) resolveColumnKey(ctx context.Context, b keys.Binding, blob []
 }
 
 // openRecord opens every encrypted cell of one record (its id already in
-// o) with vk.
-func (f *VerifyFn) openRecord(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, vk *verifyKey, names []string) error {
+// o) with vk; dekID is the cell's dek_id when its key is in a DEK table.
+func (f *VerifyFn) openRecord(l *recordLayout, row parquet.Row, sc *cellScratch, o *rowCheck, vk *verifyKey, dekID string, names []string) error {
 	if vk.err != nil {
 		return fmt.Errorf("record %q: %w", o.id, vk.err)
 	}
@@ -819,7 +815,7 @@ func (f *VerifyFn) openRecord(l *recordLayout, row parquet.Row, sc *cellScratch,
 	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
 		return fmt.Errorf("record %q: %w", o.id, err)
 	}
-	sc.cell = format.Cell{RecordID: o.id, Fields: sc.fields, AAD: sc.cell.AAD}
+	sc.cell = format.Cell{RecordID: o.id, DEKID: dekID, Fields: sc.fields, AAD: sc.cell.AAD}
 	for k, col := range l.enc {
 		vi := findValue(row, col)
 		if vi < 0 || row[vi].IsNull() {
@@ -889,28 +885,7 @@ func (f *VerifyFn) verifyRow(l *recordLayout, row parquet.Row, sc *cellScratch, 
 		return fmt.Errorf("record %q has a null dek_id", o.id)
 	}
 	o.dekID = string(row[dv].ByteArray())
-	vk := keysOf[o.dekID]
-	if vk.err != nil {
-		return fmt.Errorf("record %q: %w", o.id, vk.err)
-	}
-	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
-		return fmt.Errorf("record %q: %w", o.id, err)
-	}
-	sc.cell = format.Cell{RecordID: o.id, DEKID: o.dekID, Fields: sc.fields, AAD: sc.cell.AAD}
-	for k, col := range l.enc {
-		vi := findValue(row, col)
-		if vi < 0 || row[vi].IsNull() {
-			continue
-		}
-		sc.cell.Column = l.encName[k]
-		pt, err := f.tf.Open(sc.pt[:0], vk.aead, row[vi].ByteArray(), &sc.cell)
-		sc.pt = pt
-		clear(pt)
-		if err != nil {
-			return fmt.Errorf("record %q column %q: %w", o.id, l.encName[k], err)
-		}
-	}
-	return nil
+	return f.openRecord(l, row, sc, o, keysOf[o.dekID], o.dekID, names)
 }
 
 // verifyCellKeys checks a record whose cells carry their own wrapped DEKs
