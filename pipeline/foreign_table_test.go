@@ -25,6 +25,9 @@ type tableAppRow struct {
 	ID    int64  `parquet:"id"`
 	DEKID string `parquet:"dek_id"`
 	Email string `parquet:"email"`
+	// EmailTag holds the cell's tag when the application keeps it apart
+	// (base64; empty otherwise).
+	EmailTag string `parquet:"email_tag"`
 }
 
 // TestAESGCMKeysInATable (issue 11: the DEK in a DEK table): cells sealed
@@ -34,7 +37,16 @@ type tableAppRow struct {
 // rewrites only the DEK table (the record files stay byte for byte, and
 // the application opens them with the keys the target unwraps); a
 // reencrypt converts them to rekey-v1. Both verify.
+//
+// The same with the tag in its own column (tag_column): the cell holds
+// base64(nonce‖ciphertext), the column base64(tag).
 func TestAESGCMKeysInATable(t *testing.T) {
+	for _, tagCol := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tag-in-cell", true: "tag-column"}[tagCol], func(t *testing.T) { testAESGCMKeysInATable(t, tagCol) })
+	}
+}
+
+func testAESGCMKeysInATable(t *testing.T, tagCol bool) {
 	ctx := context.Background()
 	kek, err := keys.Open(ctx, env.KEK("source", "kek-aes"), keys.Options{})
 	if err != nil {
@@ -72,13 +84,23 @@ func TestAESGCMKeysInATable(t *testing.T) {
 			id++
 			k, aad := fmt.Sprintf("app-key-%d", id%3), fmt.Sprint(id)
 			plain[id] = fmt.Sprintf("user%d@example.com", id)
-			rows = append(rows, tableAppRow{ID: id, DEKID: k, Email: goApp{}.encrypt(raws[k], &aad, []byte(plain[id]))})
+			r := tableAppRow{ID: id, DEKID: k, Email: goApp{}.encrypt(raws[k], &aad, []byte(plain[id]))}
+			if tagCol {
+				sealed := []byte(r.Email)
+				r.Email = base64.StdEncoding.EncodeToString(sealed[:len(sealed)-16])
+				r.EmailTag = base64.StdEncoding.EncodeToString(sealed[len(sealed)-16:])
+			}
+			rows = append(rows, r)
 		}
 		if err := parquet.WriteFile(filepath.Join(data, fmt.Sprintf("part-%d.parquet", f)), rows); err != nil {
 			t.Fatal(err)
 		}
 	}
 	before := hashFiles(t, data)
+	srcOpts := map[string]string{"aad": "{id}"}
+	if tagCol {
+		srcOpts = map[string]string{"aad": "{id}", "encoding": "base64", "tag_column": "email_tag"}
+	}
 
 	for _, tc := range []struct {
 		name, mode string
@@ -94,7 +116,7 @@ func TestAESGCMKeysInATable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()
 			j := &pipeline.Job{Mode: mode, RunID: "table-" + tc.name,
-				Source: pipeline.Side{Data: data, DEKs: deks, KEK: env.KEK("source", "kek-aes"), Format: "aes-gcm", FormatOptions: map[string]string{"aad": "{id}"}},
+				Source: pipeline.Side{Data: data, DEKs: deks, KEK: env.KEK("source", "kek-aes"), Format: "aes-gcm", FormatOptions: srcOpts},
 				Target: pipeline.Side{DEKs: filepath.Join(out, "deks"), KEK: env.KEK("target", "kek-aes")},
 				Ledger: filepath.Join(out, "ledger"), Columns: pipeline.Columns{Encrypted: []string{"email"}}, Workers: 2}
 			if mode == schemas.ModeReencrypt {
@@ -158,12 +180,16 @@ func TestAESGCMKeysInATable(t *testing.T) {
 				}
 				for _, r := range rows {
 					aad, cell := fmt.Sprint(r.ID), r.Email
-					if tc.into != nil {
+					if tc.into != nil || tagCol {
 						b, err := base64.StdEncoding.DecodeString(cell)
 						if err != nil {
 							t.Fatalf("record %d: the cell is not base64: %v", r.ID, err)
 						}
 						cell = string(b)
+					}
+					if tc.into == nil && tagCol {
+						tag, _ := base64.StdEncoding.DecodeString(r.EmailTag)
+						cell += string(tag)
 					}
 					n++
 					pt, err := goApp{}.decrypt(got[r.DEKID], &aad, cell)

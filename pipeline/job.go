@@ -475,6 +475,18 @@ func (j *Job) validateLayout() error {
 			return cfgErr(f, "missing")
 		}
 	}
+	tagCol := func(f format.Format) string {
+		if t, ok := f.(interface{ TagColumn() string }); ok {
+			return t.TagColumn()
+		}
+		return ""
+	}
+	if c := tagCol(srcFmt); c != "" && len(j.Columns.Encrypted) > 1 {
+		return cfgErr("source.format_options", "tag_column %q holds the tags of one encrypted column; columns.encrypted names %d: migrate them in separate jobs, one column each", c, len(j.Columns.Encrypted))
+	}
+	if c := tagCol(dstFmt); c != "" && j.Mode == schemas.ModeReencrypt {
+		return cfgErr("target.format_options", "tag_column %q: rekey writes the tag in the cell; drop tag_column and name tag in the layout (e.g. nonce,ciphertext,tag)", c)
+	}
 	if j.Mode == schemas.ModeRewrap && (j.Target.Format != j.Source.Format || !maps.Equal(j.Target.FormatOptions, j.Source.FormatOptions)) {
 		return cfgErr("target.format", "a rewrap keeps the cell format (the data is not re-encrypted): remove target.format, or use mode: reencrypt to convert %s to %s", srcFmt.Name(), dstFmt.Name())
 	}

@@ -60,6 +60,14 @@ func TestJobValidate(t *testing.T) {
 		{"columns", func(j *pipeline.Job) { j.Columns.DEKID = "payload" }},
 		{"columns.encrypted", func(j *pipeline.Job) { j.Columns.Encrypted = []string{"a", "a"} }},
 		{"source.hsm_rate", func(j *pipeline.Job) { j.Source.HSMRate = -1 }},
+		// A tag kept in its own column: read only, one encrypted column.
+		{"target.format_options", func(j *pipeline.Job) {
+			j.Target.Format, j.Target.FormatOptions = "aes-gcm", map[string]string{"tag_column": "payload_tag"}
+		}},
+		{"source.format_options", func(j *pipeline.Job) {
+			j.Source.Format, j.Source.FormatOptions = "aes-gcm", map[string]string{"tag_column": "payload_tag"}
+			j.Columns.Encrypted = []string{"payload", "note"}
+		}},
 		// One custodian on both sides has one budget: two rates for it
 		// cannot both hold.
 		{"target.hsm_rate", func(j *pipeline.Job) {

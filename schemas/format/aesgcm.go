@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -38,7 +39,9 @@ const (
 // AESGCM is the configured "aes-gcm" format.
 type AESGCM struct {
 	nonceSize, tagSize int
-	layout             [3]part
+	layout             []part // the parts in the cell, in order (no tag when tagCol is set)
+	tagCol             string // the column holding each cell's tag, when it is not in the cell
+	tagField           int    // tagCol's index in needs
 	prefix             []byte
 	enc                encoding
 	aad                template
@@ -76,12 +79,21 @@ func newAESGCM(m map[string]string) (Format, error) {
 	default:
 		return nil, bad("tag_size", "%q: use 16 (the default) or 12 to 15", v)
 	}
-	lay := o.get("layout", "nonce,ciphertext,tag")
+	f.tagCol = o.get("tag_column", "")
+	defLayout := "nonce,ciphertext,tag"
+	if f.tagCol != "" {
+		defLayout = "nonce,ciphertext"
+	}
+	lay := o.get("layout", defLayout)
 	toks := strings.Split(lay, ",")
 	seen := map[part]bool{}
-	if len(toks) != 3 {
+	switch {
+	case f.tagCol == "" && len(toks) != 3:
 		return nil, bad("layout", "%q: name nonce, ciphertext and tag once each, comma-separated, in the order they are stored (e.g. nonce,ciphertext,tag)", lay)
+	case f.tagCol != "" && len(toks) != 2:
+		return nil, bad("layout", "%q: with tag_column the cell holds the nonce and the ciphertext: name each once, comma-separated, in the order they are stored (e.g. nonce,ciphertext)", lay)
 	}
+	f.layout = make([]part, len(toks))
 	for i, t := range toks {
 		var p part
 		switch strings.TrimSpace(t) {
@@ -90,6 +102,9 @@ func newAESGCM(m map[string]string) (Format, error) {
 		case "ciphertext", "ct":
 			p = pCT
 		case "tag":
+			if f.tagCol != "" {
+				return nil, bad("layout", "%q names tag, but tag_column %q holds the tag: leave tag out of the layout", lay, f.tagCol)
+			}
 			p = pTag
 		default:
 			return nil, bad("layout", "%q: %q is not nonce, ciphertext or tag", lay, t)
@@ -175,6 +190,16 @@ func newAESGCM(m map[string]string) (Format, error) {
 	if err := o.done(); err != nil {
 		return nil, err
 	}
+	if f.tagCol != "" {
+		if f.tagCol == f.keyCol {
+			return nil, bad("tag_column", "%q is also key_column", f.tagCol)
+		}
+		f.tagField = slices.Index(f.needs, f.tagCol)
+		if f.tagField < 0 {
+			f.tagField = len(f.needs)
+			f.needs = append(f.needs, f.tagCol)
+		}
+	}
 	for _, n := range f.needs {
 		if n == f.keyCol && f.keyCol != "" {
 			return nil, bad("aad", "the AAD or binding cannot read the wrapped-key column %q", n)
@@ -183,6 +208,9 @@ func newAESGCM(m map[string]string) (Format, error) {
 	f.desc = fmt.Sprintf("aes-gcm nonce=%d tag=%d layout=%s prefix=%q encoding=%s aad=%q keys=%s", f.nonceSize, f.tagSize, lay, f.prefix, f.enc.name, f.aad.src, f.keys)
 	if f.keys == KeyColumn {
 		f.desc += fmt.Sprintf(" key_column=%s key_encoding=%s binding=%s", f.keyCol, f.keyEnc.name, f.bindMode)
+	}
+	if f.tagCol != "" {
+		f.desc += " tag_column=" + f.tagCol
 	}
 	return f, nil
 }
@@ -194,7 +222,20 @@ func (f *AESGCM) Needs() []string   { return f.needs }
 func (f *AESGCM) Text() bool        { return f.enc.text }
 func (f *AESGCM) KeyText() bool     { return f.keyEnc.text }
 func (f *AESGCM) Describe() string  { return f.desc }
-func (f *AESGCM) rawOverhead() int  { return len(f.prefix) + f.nonceSize + f.tagSize }
+func (f *AESGCM) rawOverhead() int  { return len(f.prefix) + f.nonceSize + f.cellTag() }
+
+// cellTag is the tag's length in the cell (0 when tag_column holds it).
+func (f *AESGCM) cellTag() int {
+	if f.tagCol != "" {
+		return 0
+	}
+	return f.tagSize
+}
+
+// TagColumn is the column holding each cell's tag ("" when the tag is in
+// the cell). A format with one is read only: rekey opens such cells but
+// does not write them.
+func (f *AESGCM) TagColumn() string { return f.tagCol }
 func (f *AESGCM) Overhead() int     { return f.enc.encodedLen(f.rawOverhead()) }
 func (f *AESGCM) CellLen(n int) int { return f.enc.encodedLen(f.rawOverhead() + n) }
 func (f *AESGCM) MaxPlaintext(n int) int {
@@ -247,11 +288,22 @@ func (f *AESGCM) Open(dst []byte, aead cipher.AEAD, cell []byte, c *Cell) ([]byt
 		return dst, fmt.Errorf("%w %q", ErrCellPrefix, f.prefix)
 	}
 	raw = raw[len(f.prefix):]
-	if len(raw) < f.nonceSize+f.tagSize {
-		return dst, fmt.Errorf("%w: %d bytes after the prefix, need at least %d (nonce %d + tag %d)", ErrCellShort, len(raw), f.nonceSize+f.tagSize, f.nonceSize, f.tagSize)
+	if len(raw) < f.nonceSize+f.cellTag() {
+		return dst, fmt.Errorf("%w: %d bytes after the prefix, need at least %d (nonce %d + tag %d)", ErrCellShort, len(raw), f.nonceSize+f.cellTag(), f.nonceSize, f.cellTag())
 	}
-	ctLen := len(raw) - f.nonceSize - f.tagSize
+	ctLen := len(raw) - f.nonceSize - f.cellTag()
 	var nonce, ct, tag []byte
+	if f.tagCol != "" {
+		if f.tagField >= len(c.Fields) {
+			return dst, fmt.Errorf("aes-gcm: no value of tag_column %q for this cell", f.tagCol)
+		}
+		if tag, err = f.enc.decode([]byte(c.Fields[f.tagField])); err != nil {
+			return dst, fmt.Errorf("tag_column %q: %w", f.tagCol, err)
+		}
+		if len(tag) != f.tagSize {
+			return dst, fmt.Errorf("%w: tag_column %q holds %d bytes, tag_size is %d", ErrCellShort, f.tagCol, len(tag), f.tagSize)
+		}
+	}
 	off, ctStart := 0, 0
 	for _, p := range f.layout {
 		switch p {
@@ -264,7 +316,7 @@ func (f *AESGCM) Open(dst []byte, aead cipher.AEAD, cell []byte, c *Cell) ([]byt
 		}
 	}
 	var sealed []byte
-	if f.adjacent() {
+	if f.tagCol == "" && f.adjacent() {
 		sealed = raw[ctStart : ctStart+ctLen+f.tagSize]
 	} else {
 		sealed = append(append(make([]byte, 0, ctLen+f.tagSize), ct...), tag...)
@@ -282,7 +334,7 @@ func (f *AESGCM) Open(dst []byte, aead cipher.AEAD, cell []byte, c *Cell) ([]byt
 
 // adjacent reports whether the tag directly follows the ciphertext.
 func (f *AESGCM) adjacent() bool {
-	for i := 0; i < 2; i++ {
+	for i := 0; i+1 < len(f.layout); i++ {
 		if f.layout[i] == pCT && f.layout[i+1] == pTag {
 			return true
 		}
@@ -294,6 +346,9 @@ func (f *AESGCM) adjacent() bool {
 func (f *AESGCM) Seal(dst []byte, aead cipher.AEAD, rand io.Reader, pt []byte, c *Cell) ([]byte, error) {
 	if len(pt) > schemas.MaxCellBytes {
 		return dst, fmt.Errorf("%w (%d bytes)", schemas.ErrCellTooLarge, len(pt))
+	}
+	if f.tagCol != "" {
+		return dst, fmt.Errorf("aes-gcm with tag_column %q is read only: rekey opens such cells but writes the tag in the cell (choose a layout with tag, without tag_column, for the target)", f.tagCol)
 	}
 	aad, err := f.aadOf(c)
 	if err != nil {

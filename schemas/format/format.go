@@ -9,8 +9,9 @@
 // "aes-gcm" (what applications write by hand: AES-GCM with a configurable
 // layout, encoding, AAD and key location; see docs/FORMAT.md).
 //
-// Limits: cells are AES-GCM (rekey-v1, aes-gcm); the tag travels in the
-// cell (no separate tag column yet); DEK tables are in rekey's layout.
+// Limits: cells are AES-GCM (rekey-v1, aes-gcm); a tag kept in its own
+// column (aes-gcm tag_column) is read, never written; DEK tables are in
+// rekey's layout.
 package format
 
 import (

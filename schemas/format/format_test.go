@@ -167,6 +167,7 @@ func FuzzAESGCMOpen(f *testing.F) {
 		{"encoding": "base64", "layout": "ciphertext,tag,nonce"},
 		{"encoding": "hex", "nonce_size": "16", "layout": "tag,nonce,ciphertext"},
 		{"encoding": "base64url-raw", "tag_size": "12", "aad": "{a}"},
+		{"encoding": "hex", "tag_column": "t"}, // the tag from the row's field (here "v": not hex)
 	}
 	fmts := make([]format.Format, len(configs))
 	for i, c := range configs {
@@ -182,6 +183,9 @@ func FuzzAESGCMOpen(f *testing.F) {
 		if _, err := fm.Open(nil, aead, cell, c); err == nil {
 			t.Fatalf("random cell authenticated: %q", cell)
 		}
+		if tc, ok := fm.(interface{ TagColumn() string }); ok && tc.TagColumn() != "" {
+			return // read only
+		}
 		sealed, err := fm.Seal(nil, aead, rand.Reader, cell, c)
 		if err != nil {
 			t.Fatal(err)
@@ -191,4 +195,56 @@ func FuzzAESGCMOpen(f *testing.F) {
 			t.Fatalf("round trip: %v", err)
 		}
 	})
+}
+
+// TestAESGCMTagColumn (issue 11: the tag in its own column): an
+// application stores nonce‖ciphertext in the cell and the tag, in the same
+// encoding, in another column. rekey opens such cells (the tag comes from
+// the row's fields), refuses a tag of the wrong length or encoding and a
+// tampered one, and does not write them (read only).
+func TestAESGCMTagColumn(t *testing.T) {
+	block, _ := aes.NewCipher(key32)
+	std, _ := cipher.NewGCM(block)
+	f := mustNew(t, "aes-gcm", map[string]string{"tag_column": "email_tag", "encoding": "base64", "aad": "{id}"})
+	if got := f.Needs(); len(got) != 2 || got[0] != "id" || got[1] != "email_tag" {
+		t.Fatalf("needs %v, want [id email_tag]", got)
+	}
+	aead, err := f.Cipher(key32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := bytes.Repeat([]byte{7}, 12)
+	sealed := std.Seal(nil, nonce, []byte("secret"), []byte("42"))
+	ct, tag := sealed[:len(sealed)-16], sealed[len(sealed)-16:]
+	cell := []byte(base64.StdEncoding.EncodeToString(append(append([]byte{}, nonce...), ct...)))
+	c := &format.Cell{Column: "email", RecordID: "42", Fields: []string{"42", base64.StdEncoding.EncodeToString(tag)}}
+	if pt, err := f.Open(nil, aead, cell, c); err != nil || string(pt) != "secret" {
+		t.Fatalf("open with the tag from its column: %q %v", pt, err)
+	}
+	bad := append([]byte{}, tag...)
+	bad[0] ^= 1
+	for what, field := range map[string]string{
+		"tampered tag": base64.StdEncoding.EncodeToString(bad),
+		"short tag":    base64.StdEncoding.EncodeToString(tag[:8]),
+		"not base64":   "!!",
+	} {
+		c := &format.Cell{Column: "email", RecordID: "42", Fields: []string{"42", field}}
+		if _, err := f.Open(nil, aead, cell, c); err == nil {
+			t.Errorf("%s: opened", what)
+		} else if what != "tampered tag" && !strings.Contains(err.Error(), "email_tag") {
+			t.Errorf("%s: the error does not name the tag column: %v", what, err)
+		}
+	}
+	if _, err := f.Seal(nil, aead, rand.Reader, []byte("x"), c); err == nil || !strings.Contains(err.Error(), "read only") {
+		t.Errorf("seal with tag_column: %v, want a read-only refusal", err)
+	}
+	for _, opts := range []map[string]string{
+		{"tag_column": "t", "layout": "nonce,ciphertext,tag"},
+		{"tag_column": "t", "layout": "nonce"},
+		{"tag_column": "k", "keys": "column", "key_column": "k"},
+	} {
+		if _, err := format.New("aes-gcm", opts); err == nil {
+			t.Errorf("options %v: accepted", opts)
+		}
+	}
 }
