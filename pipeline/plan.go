@@ -304,6 +304,12 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.HSMOpsNote = "per DEK: source unwrap, random from the target HSM, target wrap, target unwrap to verify; records cost no HSM work (each further worker process unwraps each DEK it meets once more on each side)"
 	}
 	if src != nil && dst != nil {
+		// One custodian has one budget. Validate decided "one custodian"
+		// from the references; the opened keys know better (two spellings
+		// of one AWS account, say).
+		if sr, dr, sf, df := j.Rates(); sr > 0 && dr > 0 && sr != dr && keys.Custodian(src) == keys.Custodian(dst) {
+			r.add(false, "rates", "source.kek and target.kek are on one custodian (%s), which has one budget, but the job gives it %g/s (%s) and %g/s (%s): set one rate", keys.Custodian(src), sr, sf, dr, df)
+		}
 		var note string
 		r.Load, note = estimateLoad(j, r, src, dst)
 		if note != "" {

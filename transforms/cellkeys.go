@@ -225,14 +225,14 @@ func (f *CellKeysFn) migrateFile(ctx context.Context, rel, srcPath, dstPath, par
 						whyNot[i] = err.Error()
 						continue
 					}
-					fields, err := rowFields(nil, row, l.needs, nameOf)
+					fields, err := rowFields(nil, row, l.needs, l.needsNull, nameOf)
 					if err != nil {
 						whyNot[i] = fmt.Sprintf("record %q: %v", ids[i], err)
 						continue
 					}
 					tfields := fields
 					if f.tf != f.sf {
-						if tfields, err = rowFields(nil, row, l.tneeds, nameOf); err != nil {
+						if tfields, err = rowFields(nil, row, l.tneeds, nil, nameOf); err != nil {
 							whyNot[i] = fmt.Sprintf("record %q: %v", ids[i], err)
 							continue
 						}

@@ -116,7 +116,7 @@ func (f *ReencryptFn) columnPairsFor(ctx context.Context, known map[string]*file
 			continue
 		}
 		var err error
-		if fields, err = rowFields(fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+		if fields, err = rowFields(fields, row, l.needs, l.needsNull, func(c int) string { return names[c] }); err != nil {
 			continue // the row fails with this error itself
 		}
 		key, blob, b, err := f.rowKey(row[dv].ByteArray(), fields)

@@ -85,7 +85,7 @@ func SampleRecords(ctx context.Context, spec *Spec, rel string, n int) ([]PlanSa
 				} else {
 					s.DEKID = string(row[dv].ByteArray())
 				}
-				if f, err := rowFields(nil, row, l.needs, func(c int) string { return names[c] }); err != nil {
+				if f, err := rowFields(nil, row, l.needs, l.needsNull, func(c int) string { return names[c] }); err != nil {
 					s.Problem = fmt.Sprintf("record %q: %v", s.RecordID, err)
 				} else {
 					s.Fields = f

@@ -19,7 +19,10 @@ type recordLayout struct {
 	id      int
 	keyCol  bool  // dek is a wrapped-key column (format keys: column)
 	needs   []int // columns the source format's templates read (format.Needs)
-	tneeds  []int // the same for the target format
+	// needsNull marks the needs that may be null: a tag column (aes-gcm
+	// tag_column) is null where the cell is; the cell's Open decides.
+	needsNull []bool
+	tneeds    []int // the same for the target format
 }
 
 // layoutFor locates the columns of a record file for source format sf and
@@ -62,6 +65,12 @@ func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (record
 	if l.needs, err = lookup(sf, "source"); err != nil {
 		return l, err
 	}
+	if t, ok := sf.(interface{ TagColumn() string }); ok && t.TagColumn() != "" {
+		l.needsNull = make([]bool, len(l.needs))
+		for k, name := range sf.Needs() {
+			l.needsNull[k] = name == t.TagColumn()
+		}
+	}
 	if tf != nil {
 		if l.tneeds, err = lookup(tf, "target"); err != nil {
 			return l, err
@@ -81,12 +90,17 @@ func (l *recordLayout) isEnc(c int) bool {
 }
 
 // rowFields renders the values of columns cols of row for a format's
-// templates, into dst.
-func rowFields(dst []string, row parquet.Row, cols []int, schema func(int) string) ([]string, error) {
+// templates, into dst. A null value is an error, unless nullOK (nil, or
+// one flag per column) allows it: it is then "".
+func rowFields(dst []string, row parquet.Row, cols []int, nullOK []bool, schema func(int) string) ([]string, error) {
 	dst = dst[:0]
-	for _, c := range cols {
+	for k, c := range cols {
 		vi := findValue(row, c)
 		if vi < 0 || row[vi].IsNull() {
+			if k < len(nullOK) && nullOK[k] {
+				dst = append(dst, "")
+				continue
+			}
 			return dst, fmt.Errorf("column %q is null, and the format's aad or binding template reads it", schema(c))
 		}
 		s, err := recordID(row[vi])

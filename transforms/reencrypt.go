@@ -497,10 +497,10 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		return fail("record %q has a null dek_id", id)
 	}
 	nameOf := func(c int) string { return names[c] }
-	if sc.fields, err = rowFields(sc.fields, row, l.needs, nameOf); err != nil {
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, l.needsNull, nameOf); err != nil {
 		return fail("record %q: %v", id, err)
 	}
-	if sc.tfields, err = rowFields(sc.tfields, row, l.tneeds, nameOf); err != nil {
+	if sc.tfields, err = rowFields(sc.tfields, row, l.tneeds, nil, nameOf); err != nil {
 		return fail("record %q: %v", id, err)
 	}
 	if l.keyCol {

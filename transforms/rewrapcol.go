@@ -150,7 +150,7 @@ func (f *RewrapKeyColumnFn) rewrapFile(ctx context.Context, srcPath, dstPath, pa
 						whyNot[i] = fmt.Sprintf("record %q has a null wrapped key in column %q", ids[i], names[l.dek])
 						continue
 					}
-					if fields, err = rowFields(fields, row, l.needs, nameOf); err != nil {
+					if fields, err = rowFields(fields, row, l.needs, l.needsNull, nameOf); err != nil {
 						whyNot[i] = fmt.Sprintf("record %q: %v", ids[i], err)
 						continue
 					}

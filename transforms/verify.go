@@ -745,7 +745,7 @@ func (f *VerifyFn) checkKeyColumnFile(ctx context.Context, path string, pf *parq
 				out[i].err = fmt.Sprintf("record %q has a null wrapped key in column %q", id, names[l.dek])
 				continue
 			}
-			if fields, err = rowFields(fields, r, l.needs, nameOf); err != nil {
+			if fields, err = rowFields(fields, r, l.needs, l.needsNull, nameOf); err != nil {
 				out[i].err = fmt.Sprintf("record %q: %v", id, err)
 				continue
 			}
@@ -812,7 +812,7 @@ func (f *VerifyFn) openRecord(l *recordLayout, row parquet.Row, sc *cellScratch,
 		return fmt.Errorf("record %q: %w", o.id, vk.err)
 	}
 	var err error
-	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, l.needsNull, func(c int) string { return names[c] }); err != nil {
 		return fmt.Errorf("record %q: %w", o.id, err)
 	}
 	sc.cell = format.Cell{RecordID: o.id, DEKID: dekID, Fields: sc.fields, AAD: sc.cell.AAD}
@@ -901,7 +901,7 @@ func (f *VerifyFn) verifyCellKeys(ctx context.Context, l *recordLayout, row parq
 		return err
 	}
 	o.hasID = true
-	if sc.fields, err = rowFields(sc.fields, row, l.needs, func(c int) string { return names[c] }); err != nil {
+	if sc.fields, err = rowFields(sc.fields, row, l.needs, l.needsNull, func(c int) string { return names[c] }); err != nil {
 		return fmt.Errorf("record %q: %w", o.id, err)
 	}
 	for k, col := range l.enc {

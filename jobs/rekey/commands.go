@@ -550,9 +550,10 @@ func startProgress(w io.Writer, every time.Duration, mode string, total func() p
 			every = 2 * time.Second
 		}
 	}
-	done := make(chan struct{})
+	done, finished := make(chan struct{}), make(chan struct{})
 	start := time.Now()
 	go func() {
+		defer close(finished)
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
@@ -565,7 +566,9 @@ func startProgress(w io.Writer, every time.Duration, mode string, total func() p
 			}
 		}
 	}()
-	return func() { close(done) }
+	// stop returns once no progress line is being written, so that the
+	// caller's next lines (and a test reading w) do not race it.
+	return func() { close(done); <-finished }
 }
 
 // progressLine is one progress report: done/total of each unit whose total

@@ -297,6 +297,9 @@ func (f *AESGCM) Open(dst []byte, aead cipher.AEAD, cell []byte, c *Cell) ([]byt
 		if f.tagField >= len(c.Fields) {
 			return dst, fmt.Errorf("aes-gcm: no value of tag_column %q for this cell", f.tagCol)
 		}
+		if c.Fields[f.tagField] == "" {
+			return dst, fmt.Errorf("%w: tag_column %q is null or empty for this cell", ErrCellShort, f.tagCol)
+		}
 		if tag, err = f.enc.decode([]byte(c.Fields[f.tagField])); err != nil {
 			return dst, fmt.Errorf("tag_column %q: %w", f.tagCol, err)
 		}
