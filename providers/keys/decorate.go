@@ -263,14 +263,9 @@ func BudgetOf(id string) *Budget {
 
 // WithRate waits for k's custodian budget before every operation. A rate
 // of 0 or less takes the scheme's default (Scheme.Rate: a KMS's published
-// quota), unless the custodian already has a budget in this process (a
-// rate set for it, perhaps through another spelling of a key on it, is
-// kept); with no rate at all, k is returned unchanged.
+// quota); with none either, k is returned unchanged.
 func WithRate(k KEK, perSecond float64) KEK {
 	if perSecond <= 0 {
-		if b := BudgetOf(Custodian(k)); b != nil {
-			return RateKEK{k: k, Lim: b}
-		}
 		perSecond = DefaultRate(k)
 	}
 	if perSecond <= 0 {
