@@ -402,11 +402,20 @@ func (j *Job) VerifySpec(report string) transforms.VerifySpec {
 	_, dstRate, _, _ := j.Rates()
 	return transforms.VerifySpec{
 		TargetData: j.Target.Data, TargetDEKs: j.Target.DEKs, TargetKEK: j.Target.KEK, TargetWrap: j.Target.Wrap,
-		TargetFormat: j.Target.Format, TargetFormatOptions: j.Target.FormatOptions,
+		TargetFormat: j.Target.Format, TargetFormatOptions: j.Target.FormatOptions, SourceTable: j.sourceTable(),
 		Encrypted: j.Columns.Encrypted, DEKColumn: j.Columns.DEKID, IDColumn: j.Columns.RecordID,
 		Workers: j.Workers, CacheSize: j.CacheSize, MaxCellBytes: j.MaxCell, HSMRate: dstRate,
 		Report: report,
 	}
+}
+
+// sourceTable is the layout of the source DEK table (zero: rekey's own).
+func (j *Job) sourceTable() format.Table {
+	f, err := format.New(j.Source.Format, j.Source.FormatOptions)
+	if err != nil {
+		return format.Table{}
+	}
+	return format.TableOf(f)
 }
 
 // redact is a key reference safe for messages.

@@ -178,7 +178,10 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 	}
 	var findings []int // indexes in r.Checks of the findings that predict failures
-	scan := transforms.ScanDEKTable
+	layout := transforms.SourceLayout(&spec, src)
+	scan := func(ctx context.Context, root string, fn func(string, []schemas.DEKRow) error, files *int) error {
+		return transforms.ScanDEKTableIn(ctx, layout, root, fn, files)
+	}
 	if spec.ColumnKeys() {
 		// The wrapped keys are in the records: no table to read; the
 		// cell samples below unwrap some of them.
@@ -250,7 +253,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		}
 		// A real unwrap proves the source KEK is the one these DEKs use.
 		if probe != nil {
-			dek, err := src.Unwrap(ctx, keys.ByID(probe.DEKID), probe.Wrap, probe.Wrapped)
+			dek, err := src.Unwrap(ctx, transforms.TableBinding(layout.Table, probe.DEKID), probe.Wrap, probe.Wrapped)
 			if err != nil {
 				r.add(false, "test unwrap", "DEK %q: %v", probe.DEKID, err)
 			} else {
@@ -896,7 +899,7 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 		samples = append(samples, s...)
 	}
 	if len(want) > 0 {
-		_ = transforms.ScanDEKTable(ctx, spec.SourceDEKs, func(_ string, rows []schemas.DEKRow) error {
+		_ = transforms.ScanDEKTableIn(ctx, transforms.SourceLayout(spec, src), spec.SourceDEKs, func(_ string, rows []schemas.DEKRow) error {
 			for i := range rows {
 				if v, ok := want[rows[i].DEKID]; ok && v == nil {
 					c := rows[i]

@@ -73,6 +73,10 @@ type DEKRow struct {
 	Wrapped []byte    `parquet:"wrapped"`
 	Created time.Time `parquet:"created,timestamp(microsecond)"`
 	KCV     []byte    `parquet:"kcv,optional"`
+	// Invalid says why a row of an application's DEK table could not be
+	// read as one (its wrapped key not in the configured encoding); not
+	// stored.
+	Invalid string `parquet:"-"`
 }
 
 // ErrBadDEKRow is returned by Validate for a malformed DEK table row.
@@ -81,6 +85,8 @@ var ErrBadDEKRow = errors.New("malformed DEK table row")
 // Validate checks a row read from an untrusted DEK table.
 func (r *DEKRow) Validate() error {
 	switch {
+	case r.Invalid != "":
+		return fmt.Errorf("%w: dek_id %q: %s", ErrBadDEKRow, r.DEKID, r.Invalid)
 	case r.DEKID == "":
 		return fmt.Errorf("%w: empty dek_id", ErrBadDEKRow)
 	case len(r.DEKID) > MaxDEKIDBytes:

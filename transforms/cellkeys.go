@@ -89,7 +89,7 @@ func (f *CellKeysFn) newFileKey(ctx context.Context, rel string) (*fileKey, erro
 		return nil, fmt.Errorf("a new DEK for %s: %w", rel, err)
 	}
 	defer dek.Zero()
-	w, err := wrapVerified(ctx, &f.Spec, f.dst, keys.ByID(id), dek)
+	w, err := wrapVerified(ctx, &f.Spec, f.dst, TableBinding(format.TableOf(f.tf), id), dek)
 	if err != nil {
 		return nil, fmt.Errorf("the new DEK of %s: %w", rel, err)
 	}

@@ -77,7 +77,11 @@ func (m *fileDEKs) path(spec *Spec) string {
 // commit writes the file's DEK table (also when empty, so a resume finds
 // the unit's outputs in one state).
 func (m *fileDEKs) commit(ctx context.Context, spec *Spec) error {
-	w, err := createRows[schemas.DEKRow](ctx, m.path(spec))
+	_, tf, err := spec.Formats()
+	if err != nil {
+		return err
+	}
+	w, err := createDEKOut(ctx, format.TableOf(tf), m.path(spec), nil)
 	if err != nil {
 		return outputErr(m.path(spec), err)
 	}
@@ -89,7 +93,7 @@ func (m *fileDEKs) commit(ctx context.Context, spec *Spec) error {
 		}
 	}
 	m.rows = keep
-	if err := w.write(m.rows); err != nil {
+	if err := w.write(m.rows, nil); err != nil {
 		w.abort()
 		return outputErr(m.path(spec), err)
 	}
@@ -180,13 +184,13 @@ func (f *ReencryptFn) resolveColumn(ctx context.Context, rel, key string, blob [
 	if err != nil {
 		return failed(err, "new DEK for"), nil
 	}
-	w, err := f.dst.Wrap(ctx, keys.ByID(newID), dek)
+	w, err := f.dst.Wrap(ctx, TableBinding(format.TableOf(f.tf), newID), dek)
 	if err != nil {
 		dek.Zero()
 		return failed(err, "wrap the new DEK of"), nil
 	}
 	if !f.Spec.SkipVerify {
-		back, err := f.dst.Unwrap(ctx, keys.ByID(newID), f.dst.Mechanism(), w)
+		back, err := f.dst.Unwrap(ctx, TableBinding(format.TableOf(f.tf), newID), f.dst.Mechanism(), w)
 		if err != nil {
 			dek.Zero()
 			return failed(fmt.Errorf("verify before commit: %w", err), "new DEK of"), nil
@@ -199,9 +203,11 @@ func (f *ReencryptFn) resolveColumn(ctx context.Context, rel, key string, blob [
 		}
 	}
 	kcv := schemas.KCV(dek.Bytes(), newID)
-	ck := keys.CacheKey(f.dst.URI(), keys.ByID(newID), f.dst.Mechanism(), w)
+	ck := keys.CacheKey(f.dst.URI(), TableBinding(format.TableOf(f.tf), newID), f.dst.Mechanism(), w)
 	f.cache.Put(ck, dek) // the cache owns dek from here
-	dst, err := cachedAEAD(f.cache.Get(ck, func() (*keys.DEK, error) { return f.dst.Unwrap(ctx, keys.ByID(newID), f.dst.Mechanism(), w) }))
+	dst, err := cachedAEAD(f.cache.Get(ck, func() (*keys.DEK, error) {
+		return f.dst.Unwrap(ctx, TableBinding(format.TableOf(f.tf), newID), f.dst.Mechanism(), w)
+	}))
 	if err != nil {
 		return failed(err, "new DEK of"), nil
 	}

@@ -35,8 +35,7 @@ func checksum(parts ...[]byte) string {
 
 // unwrapCached unwraps a DEK table row's key with kek through the cache
 // (kek retries transient custodian errors itself).
-func unwrapCached(ctx context.Context, c *keys.Cache, kek keys.KEK, dekID, mech string, wrapped []byte) (*cachedKey, error) {
-	b := keys.ByID(dekID)
+func unwrapCached(ctx context.Context, c *keys.Cache, kek keys.KEK, b keys.Binding, mech string, wrapped []byte) (*cachedKey, error) {
 	return cachedAEAD(c.Get(keys.CacheKey(kek.URI(), b, mech, wrapped), func() (*keys.DEK, error) {
 		return kek.Unwrap(ctx, b, mech, wrapped)
 	}))
@@ -97,7 +96,7 @@ func errorsIs(err error, targets ...error) bool {
 // outputs are dropped and the unit becomes one failed file row (failed is
 // true), unless the error is fatal for the run. Otherwise the new DEK table
 // file is committed, then its ledger part (the unit's commit marker).
-func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out *rowWriter[schemas.DEKRow],
+func finishDEKUnit(ctx context.Context, spec *Spec, part, srcPath string, out dekOut,
 	led *ledger.Writer, readErr error, emit func(UnitResult)) (failed bool, err error) {
 	if readErr != nil {
 		out.abort()

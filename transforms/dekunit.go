@@ -4,7 +4,10 @@ import (
 	"cmp"
 	"context"
 
+	"github.com/parquet-go/parquet-go"
+
 	"rekey/schemas"
+	"rekey/schemas/format"
 	"rekey/transforms/ledger"
 )
 
@@ -20,7 +23,8 @@ type dekTable struct {
 	spec                   *Spec
 	srcPath, dstPath, part string
 	targetKEK              string
-	out                    *rowWriter[schemas.DEKRow]
+	src                    DEKLayout // how the source file is read
+	out                    dekOut
 	lw                     *ledger.Writer
 	index                  *schemas.DEKIndex
 	res                    UnitResult
@@ -39,6 +43,7 @@ type dekTable struct {
 // A target row is kept when its ledger row ends migrated.
 type dekBatch struct {
 	rows []schemas.DEKRow
+	raw  []parquet.Row // an application table's source rows (nil for rekey's own)
 	dup  []schemas.DEKIDStatus
 	led  []schemas.LedgerRow
 	out  []schemas.DEKRow
@@ -58,9 +63,21 @@ func (b *dekBatch) drop() {
 }
 
 // openDEKTable creates the unit's outputs: the target DEK table file (with
-// the source fingerprint fp for --incremental) and the ledger part.
-func openDEKTable(ctx context.Context, spec *Spec, srcPath, dstPath, part, targetKEK, fp string) (*dekTable, error) {
-	out, err := createRows[schemas.DEKRow](ctx, dstPath, outputMeta(spec, fp)...)
+// the source fingerprint fp for --incremental) in layout dst, and the
+// ledger part. The source file is read in layout src. With keep (a
+// rewrap of an application's table) the target is the source file with
+// only the wrapped keys replaced.
+func openDEKTable(ctx context.Context, spec *Spec, src DEKLayout, dst format.Table, keep bool, srcPath, dstPath, part, targetKEK, fp string) (*dekTable, error) {
+	var schemaOf *parquet.File
+	if keep && dst.App() {
+		pf, f, err := openParquet(ctx, srcPath)
+		if err != nil {
+			return nil, err
+		}
+		f.Close() // the schema elements stay in memory
+		schemaOf = pf
+	}
+	out, err := createDEKOut(ctx, dst, dstPath, schemaOf, outputMeta(spec, fp)...)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +86,7 @@ func openDEKTable(ctx context.Context, spec *Spec, srcPath, dstPath, part, targe
 		out.abort()
 		return nil, err
 	}
-	u := &dekTable{spec: spec, srcPath: srcPath, dstPath: dstPath, part: part, targetKEK: targetKEK,
+	u := &dekTable{spec: spec, srcPath: srcPath, dstPath: dstPath, part: part, targetKEK: targetKEK, src: src,
 		out: out, lw: lw, index: schemas.NewDEKIndex(), res: UnitResult{Unit: srcPath}}
 	u.res.Totals.Files, u.res.Totals.DEKTableFiles = 1, 1
 	return u, nil
@@ -136,7 +153,7 @@ func (u *dekTable) run(ctx context.Context, emit func(UnitResult), begin func(b 
 	if readErr == nil && u.res.Totals.Failed > 0 {
 		// A table with failed DEKs left out must not look finished to an
 		// incremental run.
-		u.out.PW.SetKeyValueMetadata(MetaSourceFingerprint, "partial")
+		u.out.partial()
 	}
 	return finishDEKUnit(ctx, spec, u.part, u.srcPath, u.out, u.lw, readErr, emit)
 }

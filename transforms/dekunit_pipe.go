@@ -6,6 +6,8 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/parquet-go/parquet-go"
+
 	"rekey/schemas"
 )
 
@@ -58,9 +60,9 @@ func (p *dekPipe) reader(ctx context.Context) {
 	u := p.u
 	err := func() (err error) {
 		defer recoverTo(&err)
-		return readDEKRows(ctx, u.srcPath, u.spec.rowBatch(), func(rows []schemas.DEKRow) error {
+		return readDEKTable(ctx, u.src, u.srcPath, u.spec.rowBatch(), func(rows []schemas.DEKRow, raw []parquet.Row) error {
 			select {
-			case p.batches <- dekItem{b: u.newBatch(rows)}:
+			case p.batches <- dekItem{b: u.newBatch(rows, raw)}:
 				return nil
 			case <-p.quit:
 				return errPipeStopped
@@ -77,10 +79,16 @@ func (p *dekPipe) reader(ctx context.Context) {
 
 // newBatch copies rows (the reader reuses its buffer) and begins each
 // one's ledger row.
-func (u *dekTable) newBatch(rows []schemas.DEKRow) *dekBatch {
+func (u *dekTable) newBatch(rows []schemas.DEKRow, raw []parquet.Row) *dekBatch {
 	spec := u.spec
 	b := &dekBatch{rows: make([]schemas.DEKRow, len(rows)), dup: make([]schemas.DEKIDStatus, len(rows)),
 		led: make([]schemas.LedgerRow, len(rows)), out: make([]schemas.DEKRow, len(rows))}
+	if raw != nil {
+		b.raw = make([]parquet.Row, len(raw))
+		for i := range raw {
+			b.raw[i] = raw[i].Clone()
+		}
+	}
 	for i := range rows {
 		r := &b.rows[i]
 		*r = rows[i]
@@ -111,17 +119,23 @@ func (p *dekPipe) writer() {
 					return err
 				}
 			}
-			keep := b.out[:0]
+			keep, raw := b.out[:0], b.raw[:0]
 			for i := range b.led {
 				u.res.add(&b.led[i])
 				if b.led[i].Status == schemas.StatusMigrated {
 					keep = append(keep, b.out[i])
+					if b.raw != nil {
+						raw = append(raw, b.raw[i])
+					}
 				}
 			}
 			if err := u.lw.Write(b.led); err != nil {
 				return err
 			}
-			return u.out.write(keep)
+			if b.raw == nil {
+				raw = nil
+			}
+			return u.out.write(keep, raw)
 		}()
 		if err != nil {
 			p.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"rekey/schemas"
+	"rekey/schemas/format"
 	"rekey/transforms/ledger"
 )
 
@@ -38,7 +39,7 @@ func pipeUnit(t *testing.T, n int) (*dekTable, []schemas.DEKRow) {
 	if err := w.commit(); err != nil {
 		t.Fatal(err)
 	}
-	u, err := openDEKTable(ctx, spec, src, filepath.Join(spec.TargetDEKs, "part-0.parquet"), spec.LedgerPart("deks", "part-0.parquet"), "test:dst", "")
+	u, err := openDEKTable(ctx, spec, DEKLayout{}, format.Table{}, false, src, filepath.Join(spec.TargetDEKs, "part-0.parquet"), spec.LedgerPart("deks", "part-0.parquet"), "test:dst", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -215,7 +215,7 @@ func (f *GenRecordsFn) ProcessElement(ctx context.Context, file int, deks func(*
 			if d == nil {
 				return fmt.Errorf("generated DEK %q missing", dekID)
 			}
-			key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
+			key, err := unwrapCached(ctx, f.cache, f.kek, keys.ByID(d.DEKID), d.Wrap, d.Wrapped)
 			if err != nil {
 				return err
 			}

@@ -42,6 +42,7 @@ type MintDEKsFn struct {
 
 	src, dst keys.KEK
 	cache    *keys.Cache
+	sl, tl   DEKLayout // the source and target DEK tables' layouts
 }
 
 // Setup opens both KEKs (once per process).
@@ -51,6 +52,7 @@ func (f *MintDEKsFn) Setup(ctx context.Context) (err error) {
 		return err
 	}
 	f.cache = processCache(f.Spec.CacheSize)
+	f.sl, f.tl = f.Spec.sourceLayout(f.src), f.Spec.targetLayout(f.dst)
 	return nil
 }
 
@@ -85,14 +87,14 @@ func (f *MintDEKsFn) ProcessElement(ctx context.Context, rel string, emit func(D
 	if err != nil {
 		fp = ""
 	}
-	u, err := openDEKTable(ctx, spec, srcPath, dstPath, part, f.dst.URI(), fp)
+	u, err := openDEKTable(ctx, spec, f.sl, f.tl.Table, false, srcPath, dstPath, part, f.dst.URI(), fp)
 	if err != nil {
 		return err
 	}
 	var kept map[string]schemas.DEKRow
 	if part != spec.LedgerPart("deks", rel) {
 		// A retry of a unit with failed DEKs: the DEKs it did mint stay.
-		if kept, err = keptDEKs(ctx, dstPath); err != nil {
+		if kept, err = keptDEKs(ctx, f.tl, dstPath); err != nil {
 			u.abort()
 			return err
 		}
@@ -168,10 +170,10 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	// The source DEK must unwrap to the right key; keep it cached for the
 	// record stage. The proof runs inside the load, so a wrong key never
 	// enters the cache, and again on a cached key (cheap).
-	src, err := cachedAEAD(f.cache.Get(keys.CacheKey(f.src.URI(), keys.ByID(r.DEKID), r.Wrap, r.Wrapped), func() (*keys.DEK, error) {
+	src, err := cachedAEAD(f.cache.Get(keys.CacheKey(f.src.URI(), TableBinding(f.sl.Table, r.DEKID), r.Wrap, r.Wrapped), func() (*keys.DEK, error) {
 		var d *keys.DEK
 		if err := func() (err error) {
-			d, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
+			d, err = f.src.Unwrap(ctx, TableBinding(f.sl.Table, r.DEKID), r.Wrap, r.Wrapped)
 			return err
 		}(); err != nil {
 			return nil, err
@@ -202,7 +204,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	kcv = schemas.KCV(dek.Bytes(), newID)
 	var w []byte
 	if err := func() (err error) {
-		w, err = f.dst.Wrap(ctx, keys.ByID(newID), dek)
+		w, err = f.dst.Wrap(ctx, TableBinding(f.tl.Table, newID), dek)
 		return err
 	}(); err != nil {
 		dek.Zero()
@@ -211,7 +213,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 	if !f.Spec.SkipVerify {
 		var back *keys.DEK
 		if err := func() (err error) {
-			back, err = f.dst.Unwrap(ctx, keys.ByID(newID), f.dst.Mechanism(), w)
+			back, err = f.dst.Unwrap(ctx, TableBinding(f.tl.Table, newID), f.dst.Mechanism(), w)
 			return err
 		}(); err != nil {
 			dek.Zero()
@@ -225,7 +227,7 @@ func (f *MintDEKsFn) mintOne(ctx context.Context, r *schemas.DEKRow, newID strin
 		}
 	}
 	// The cache owns dek from here.
-	f.cache.Put(keys.CacheKey(f.dst.URI(), keys.ByID(newID), f.dst.Mechanism(), w), dek)
+	f.cache.Put(keys.CacheKey(f.dst.URI(), TableBinding(f.tl.Table, newID), f.dst.Mechanism(), w), dek)
 	return w, kcv, proof, nil
 }
 
@@ -252,7 +254,7 @@ func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit f
 	} else if !ok {
 		// The unit failed as a whole file (see its ledger part): its DEKs
 		// were never minted; records under them fail with that reason.
-		_ = readDEKRows(ctx, srcPath, 4096, func(rows []schemas.DEKRow) error {
+		_ = readDEKRowsIn(ctx, f.sl, srcPath, 4096, func(rows []schemas.DEKRow) error {
 			for _, r := range rows {
 				emit(DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, Err: "its DEK table file failed in this run (see the ledger)"})
 			}
@@ -260,7 +262,7 @@ func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit f
 		})
 		return nil
 	}
-	if err := readDEKRows(ctx, dstPath, 4096, func(rows []schemas.DEKRow) error {
+	if err := readDEKRowsIn(ctx, f.tl, dstPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			target[r.DEKID] = schemas.DEKRow{Wrapped: bytes.Clone(r.Wrapped), KCV: bytes.Clone(r.KCV)}
 		}
@@ -268,7 +270,7 @@ func (f *MintDEKsFn) replay(ctx context.Context, srcPath, dstPath string, emit f
 	}); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
-	return readDEKRows(ctx, srcPath, 4096, func(rows []schemas.DEKRow) error {
+	return readDEKRowsIn(ctx, f.sl, srcPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			m := DEKMap{SourceID: r.DEKID, SourceKEK: r.KEK, SourceWrap: r.Wrap, SourceWrapped: bytes.Clone(r.Wrapped), NewID: NewDEKID(r.DEKID, f.Spec.RunID)}
 			if t, ok := target[m.NewID]; ok {

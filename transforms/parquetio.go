@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 
 	"github.com/parquet-go/parquet-go"
@@ -190,37 +189,6 @@ func openParquet(ctx context.Context, path string) (*parquet.File, storage.File,
 	return pf, f, nil
 }
 
-// readDEKRows streams a DEK table file in batches.
-func readDEKRows(ctx context.Context, path string, batch int, fn func([]schemas.DEKRow) error) error {
-	pf, f, err := openParquet(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for _, col := range []string{"dek_id", "kek", "wrap", "wrapped"} {
-		if _, ok := pf.Schema().Lookup(col); !ok {
-			return fmt.Errorf("%s is not a rekey DEK table: no column %q (see docs/FORMAT.md)", path, col)
-		}
-	}
-	r := parquet.NewGenericReader[schemas.DEKRow](f)
-	defer r.Close()
-	buf := make([]schemas.DEKRow, batch)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if ferr := fn(buf[:n]); ferr != nil {
-				return ferr
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
-		}
-	}
-}
-
 // ReadDEKTable reads every row of every file of a DEK table folder.
 func ReadDEKTable(ctx context.Context, root string) ([]schemas.DEKRow, error) {
 	files, err := storage.List(ctx, root)
@@ -249,6 +217,11 @@ func ReadDEKTable(ctx context.Context, root string) ([]schemas.DEKRow, error) {
 // ScanDEKTable streams every row of every file of a DEK table folder to fn,
 // in batches (rows are only valid during the call), and counts the files.
 func ScanDEKTable(ctx context.Context, root string, fn func(file string, rows []schemas.DEKRow) error, files *int) error {
+	return ScanDEKTableIn(ctx, DEKLayout{}, root, fn, files)
+}
+
+// ScanDEKTableIn is ScanDEKTable for a DEK table of layout l.
+func ScanDEKTableIn(ctx context.Context, l DEKLayout, root string, fn func(file string, rows []schemas.DEKRow) error, files *int) error {
 	list, err := storage.List(ctx, root)
 	if err != nil {
 		return err
@@ -259,7 +232,7 @@ func ScanDEKTable(ctx context.Context, root string, fn func(file string, rows []
 		}
 		*files++
 		path := storage.Join(root, rel)
-		if err := readDEKRows(ctx, path, 4096, func(rows []schemas.DEKRow) error { return fn(path, rows) }); err != nil {
+		if err := readDEKTable(ctx, l, path, 4096, func(rows []schemas.DEKRow, _ []parquet.Row) error { return fn(path, rows) }); err != nil {
 			return err
 		}
 	}

@@ -141,7 +141,10 @@ func OpenSample(ctx context.Context, spec *Spec, src keys.KEK, s *PlanSample, ro
 	case row == nil:
 		return fmt.Errorf("dek_id %q is not in the source DEK table; check columns.dek_id and source.deks", s.DEKID)
 	default:
-		if dek, err = src.Unwrap(ctx, keys.ByID(row.DEKID), row.Wrap, row.Wrapped); err != nil {
+		t := format.TableOf(sf)
+		if dek, err = src.Unwrap(ctx, TableBinding(t, row.DEKID), row.Wrap, row.Wrapped); err != nil && t.App() {
+			return fmt.Errorf("DEK %q does not unwrap with source.kek (%s, binding: %s): %v; check source.kek, source.wrap, format_options.binding and table_key_encoding", row.DEKID, row.Wrap, map[bool]string{true: "none", false: "dek_id"}[t.Unbound], err)
+		} else if err != nil {
 			return fmt.Errorf("DEK %q does not unwrap with source.kek: %v", row.DEKID, err)
 		}
 	}

@@ -634,7 +634,7 @@ func (f *ReencryptFn) resolve(ctx context.Context, dekID string) *filePair {
 	if m.Err != "" {
 		return &filePair{err: fmt.Sprintf("its DEK %q could not be migrated: %s", dekID, m.Err)}
 	}
-	src, err := unwrapCached(ctx, f.cache, f.src, m.SourceID, m.SourceWrap, m.SourceWrapped)
+	src, err := unwrapCached(ctx, f.cache, f.src, TableBinding(format.TableOf(f.sf), m.SourceID), m.SourceWrap, m.SourceWrapped)
 	if err != nil {
 		p := &filePair{err: fmt.Sprintf("unwrap source DEK %q: %v", dekID, err)}
 		if isFatalKeyErr(err) {
@@ -642,7 +642,7 @@ func (f *ReencryptFn) resolve(ctx context.Context, dekID string) *filePair {
 		}
 		return p
 	}
-	dst, err := unwrapCached(ctx, f.cache, f.dst, m.NewID, f.dst.Mechanism(), m.NewWrapped)
+	dst, err := unwrapCached(ctx, f.cache, f.dst, TableBinding(format.TableOf(f.tf), m.NewID), f.dst.Mechanism(), m.NewWrapped)
 	if err != nil {
 		p := &filePair{err: fmt.Sprintf("unwrap new DEK %q: %v", m.NewID, err)}
 		if isFatalKeyErr(err) {

@@ -14,7 +14,7 @@ import (
 // after failures) mints only the DEKs that are not there: records already
 // committed under the kept DEKs must stay readable, and a new DEK under the
 // same new dek_id would orphan them.
-func keptDEKs(ctx context.Context, dstPath string) (map[string]schemas.DEKRow, error) {
+func keptDEKs(ctx context.Context, l DEKLayout, dstPath string) (map[string]schemas.DEKRow, error) {
 	ok, err := storage.Exists(ctx, dstPath)
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
@@ -23,7 +23,7 @@ func keptDEKs(ctx context.Context, dstPath string) (map[string]schemas.DEKRow, e
 		return nil, nil // the earlier attempt failed as a whole file
 	}
 	kept := map[string]schemas.DEKRow{}
-	err = readDEKRows(ctx, dstPath, 4096, func(rows []schemas.DEKRow) error {
+	err = readDEKRowsIn(ctx, l, dstPath, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			r.Wrapped = bytes.Clone(r.Wrapped)
 			r.KCV = bytes.Clone(r.KCV)

@@ -31,6 +31,7 @@ type RewrapFn struct {
 	Spec Spec
 
 	src, dst keys.KEK
+	lay      DEKLayout // the DEK table's layout (a rewrap keeps it)
 	samples  *cellSamples
 	matched  sync.Map // KEK name -> keys.Matches(src, name)
 	nMatched atomic.Int32
@@ -42,8 +43,13 @@ func (f *RewrapFn) Setup(ctx context.Context) (err error) {
 	if f.src, f.dst, err = f.Spec.openPair(ctx); err != nil {
 		return err
 	}
+	f.lay = f.Spec.sourceLayout(f.src)
 	return nil
 }
+
+// bind is what the table's wrapped key of dekID is bound to (source and
+// target alike: a rewrap keeps the format).
+func (f *RewrapFn) bind(dekID string) keys.Binding { return TableBinding(f.lay.Table, dekID) }
 
 // ProcessElement rewraps the DEK table file rel.
 func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(*SampleCell) bool, emit func(UnitResult)) (err error) {
@@ -76,7 +82,7 @@ func (f *RewrapFn) ProcessElement(ctx context.Context, rel string, samples func(
 		emit(res)
 		return nil
 	}
-	u, err := openDEKTable(ctx, spec, srcPath, dstPath, part, f.dst.URI(), fp)
+	u, err := openDEKTable(ctx, spec, f.lay, f.lay.Table, true, srcPath, dstPath, part, f.dst.URI(), fp)
 	if err == nil {
 		u.workers = spec.hsmWorkers(ctx, f.src, f.dst)
 	}
@@ -186,7 +192,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas
 		}
 	}
 	out = rewrapped{path: schemas.PathRekey}
-	dek, err = f.src.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
+	dek, err = f.src.Unwrap(ctx, f.bind(r.DEKID), r.Wrap, r.Wrapped)
 	if err != nil {
 		return out, nil, err
 	}
@@ -196,7 +202,7 @@ func (f *RewrapFn) rewrapOne(ctx context.Context, r *schemas.DEKRow, dup schemas
 			return out, nil, err
 		}
 	}
-	if out.wrapped, err = f.dst.Wrap(ctx, keys.ByID(r.DEKID), dek); err != nil {
+	if out.wrapped, err = f.dst.Wrap(ctx, f.bind(r.DEKID), dek); err != nil {
 		return out, dek, err
 	}
 	if f.Spec.SkipVerify {
@@ -250,8 +256,8 @@ const maxMatched = 64
 // that check only, as it does on the client path.
 func (f *RewrapFn) rewrapInside(ctx context.Context, r *schemas.DEKRow) (rewrapped, error) {
 	out := rewrapped{path: schemas.PathCustodian}
-	res, err := keys.Rewrap(ctx, f.src, keys.RewrapRequest{Src: keys.ByID(r.DEKID), SrcMech: r.Wrap, Wrapped: r.Wrapped,
-		Dst: f.dst, DstB: keys.ByID(r.DEKID), KCV: r.KCV})
+	res, err := keys.Rewrap(ctx, f.src, keys.RewrapRequest{Src: f.bind(r.DEKID), SrcMech: r.Wrap, Wrapped: r.Wrapped,
+		Dst: f.dst, DstB: f.bind(r.DEKID), KCV: r.KCV})
 	if err != nil {
 		if errors.Is(err, schemas.ErrKCVMismatch) {
 			out.proof = schemas.ProofKCV
@@ -271,7 +277,7 @@ func (f *RewrapFn) rewrapInside(ctx context.Context, r *schemas.DEKRow) (rewrapp
 		}
 		return out, nil
 	}
-	back, err := f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), out.wrapped)
+	back, err := f.dst.Unwrap(ctx, f.bind(r.DEKID), f.dst.Mechanism(), out.wrapped)
 	if err != nil {
 		return out, fmt.Errorf("verify before commit: the target cannot unwrap what the custodian rewrapped: %w", err)
 	}
@@ -290,7 +296,7 @@ func (f *RewrapFn) rewrapInside(ctx context.Context, r *schemas.DEKRow) (rewrapp
 // verifyNew unwraps the new wrap with the target and compares it with the
 // source DEK (verify before commit).
 func (f *RewrapFn) verifyNew(ctx context.Context, r *schemas.DEKRow, w, dek []byte) error {
-	back, err := f.dst.Unwrap(ctx, keys.ByID(r.DEKID), f.dst.Mechanism(), w)
+	back, err := f.dst.Unwrap(ctx, f.bind(r.DEKID), f.dst.Mechanism(), w)
 	if err != nil {
 		return fmt.Errorf("verify before commit: %w", err)
 	}

@@ -88,7 +88,7 @@ type NeedCellProofFn struct {
 // ProcessElement reads DEK table file rel.
 func (f *NeedCellProofFn) ProcessElement(ctx context.Context, rel string, emit func(bool)) error {
 	need := false
-	err := readDEKRows(ctx, storage.Join(f.Spec.SourceDEKs, rel), f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
+	err := readDEKRowsIn(ctx, f.Spec.sourceLayout(nil), storage.Join(f.Spec.SourceDEKs, rel), f.Spec.rowBatch(), func(rows []schemas.DEKRow) error {
 		for i := range rows {
 			need = need || len(rows[i].KCV) == 0
 		}

@@ -48,8 +48,10 @@ type VerifySpec struct {
 	TargetData, TargetDEKs, TargetKEK, TargetWrap string
 	TargetFormat                                  string
 	TargetFormatOptions                           map[string]string
-	// Source (optional): the DEK table and records the target came from.
+	// Source (optional): the DEK table and records the target came from,
+	// and the source DEK table's layout (zero: rekey's own).
 	SourceData, SourceDEKs string
+	SourceTable            format.Table
 	// Match is how source and target correspond: schemas.ModeRewrap (the
 	// same dek_ids; the records are checked where they are) or
 	// schemas.ModeReencrypt (each dek_id X became NewDEKID(X, run); the
@@ -260,7 +262,8 @@ type VerifyDEKsFn struct {
 	Spec    VerifySpec
 	Renamed bool
 	kek     keys.KEK
-	rs      *Spec // Spec.records()
+	rs      *Spec     // Spec.records()
+	tl      DEKLayout // the target DEK table's layout
 }
 
 // Setup opens the KEK (once per process).
@@ -269,6 +272,7 @@ func (f *VerifyDEKsFn) Setup(ctx context.Context) (err error) {
 	if f.kek, err = f.rs.openKEK(ctx, f.Spec.TargetKEK, f.Spec.TargetWrap); err != nil {
 		return fmt.Errorf("KEK: %w", err)
 	}
+	f.tl = f.rs.targetLayout(f.kek)
 	return nil
 }
 
@@ -282,7 +286,7 @@ func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit fu
 	var src map[string]dekState
 	if compare && u.Source != "" {
 		src = map[string]dekState{}
-		err := readDEKRows(ctx, u.Source, 4096, func(rows []schemas.DEKRow) error {
+		err := readDEKRowsIn(ctx, DEKLayout{Table: f.Spec.SourceTable}, u.Source, 4096, func(rows []schemas.DEKRow) error {
 			for i := range rows {
 				src[rows[i].DEKID] = dekMissing
 			}
@@ -298,7 +302,7 @@ func (f *VerifyDEKsFn) ProcessElement(ctx context.Context, u VerifyUnit, emit fu
 	index := schemas.NewDEKIndex()
 	targetUnreadable := false
 	for ti, t := range u.Targets {
-		err := readDEKRows(ctx, t, f.rs.rowBatch(), func(rows []schemas.DEKRow) error {
+		err := readDEKRowsIn(ctx, f.tl, t, f.rs.rowBatch(), func(rows []schemas.DEKRow) error {
 			errs := f.unwrapAll(ctx, rows)
 			for i := range rows {
 				r := &rows[i]
@@ -407,7 +411,7 @@ func (f *VerifyDEKsFn) unwrapAll(ctx context.Context, rows []schemas.DEKRow) []e
 		}
 		var dek *keys.DEK
 		errs[i] = func() (err error) {
-			dek, err = f.kek.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
+			dek, err = f.kek.Unwrap(ctx, TableBinding(f.tl.Table, r.DEKID), r.Wrap, r.Wrapped)
 			return err
 		}()
 		if errs[i] == nil && len(r.KCV) > 0 {
@@ -433,11 +437,13 @@ func quote(s string) string { return fmt.Sprintf("%q", s) }
 
 // ReadDEKsFn emits the rows of one DEK table file, given by its full path
 // (wrapped keys only).
-type ReadDEKsFn struct{}
+type ReadDEKsFn struct {
+	Layout DEKLayout // the target DEK table's
+}
 
 // ProcessElement reads DEK table file path.
 func (f *ReadDEKsFn) ProcessElement(ctx context.Context, path string, emit func(schemas.DEKRow)) error {
-	return readDEKRows(ctx, path, 4096, func(rows []schemas.DEKRow) error {
+	return readDEKRowsIn(ctx, f.Layout, path, 4096, func(rows []schemas.DEKRow) error {
 		for _, r := range rows {
 			r.Wrapped = bytes.Clone(r.Wrapped)
 			emit(r)
@@ -483,9 +489,15 @@ func (f *VerifyFn) load(iter func(*schemas.DEKRow) bool) {
 		return
 	}
 	f.deks, f.bad = map[string]*schemas.DEKRow{}, map[string]string{}
+	app := format.TableOf(f.tf).App()
 	var r schemas.DEKRow
 	for iter(&r) {
 		c := r
+		if app {
+			// An application's table names no KEK: its rows are the
+			// target KEK's, with its mechanism.
+			c.KEK, c.Wrap = f.kek.URI(), f.kek.Mechanism()
+		}
 		if err := c.Validate(); err != nil {
 			f.bad[c.DEKID] = err.Error()
 			continue
@@ -860,7 +872,7 @@ func (f *VerifyFn) resolve(ctx context.Context, dekID string) *verifyKey {
 	if !keys.Matches(f.kek, d.KEK) {
 		return &verifyKey{err: fmt.Errorf("DEK %q is wrapped by %s, not by %s", dekID, d.KEK, f.kek.URI())}
 	}
-	key, err := unwrapCached(ctx, f.cache, f.kek, d.DEKID, d.Wrap, d.Wrapped)
+	key, err := unwrapCached(ctx, f.cache, f.kek, TableBinding(format.TableOf(f.tf), d.DEKID), d.Wrap, d.Wrapped)
 	if err != nil {
 		return &verifyKey{err: fmt.Errorf("unwrap DEK %q: %w", dekID, err), fatal: isFatalKeyErr(err)}
 	}
@@ -1011,7 +1023,7 @@ func Verify(s beam.Scope, spec VerifySpec) beam.PCollection {
 		return dekResults
 	}
 	tables := beam.ParDo(s, unitTargets, dekUnits)
-	deks := beam.ParDo(s, &ReadDEKsFn{}, tables)
+	deks := beam.ParDo(s, &ReadDEKsFn{Layout: spec.records().targetLayout(nil)}, tables)
 	recUnits := ListVerifyUnits(s.Scope("Records"), spec.SourceData, spec.TargetData, false)
 	recResults := beam.ParDo(s, &VerifyFn{Spec: spec}, recUnits, beam.SideInput{Input: deks})
 	return beam.Flatten(s, dekResults, recResults)

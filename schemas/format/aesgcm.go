@@ -2,6 +2,7 @@ package format
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/base64"
@@ -51,6 +52,7 @@ type AESGCM struct {
 	bindMode           string // none, dek_id, template
 	bind               template
 	bindCtx            []ctxEntry
+	table              Table // an application's DEK table (keys: table); zero: rekey's own
 	needs              []string
 	desc               string
 }
@@ -165,14 +167,29 @@ func newAESGCM(m map[string]string) (Format, error) {
 			return nil, fmt.Errorf("format aes-gcm: option %w", err)
 		}
 	}
-	if f.keys == KeyTable && f.bindMode != "dek_id" {
-		return nil, bad("binding", "%q: DEK table rows are bound to their dek_id; binding applies to keys: column", f.bindMode)
+	if f.keys == KeyTable && f.bindMode == "template" {
+		return nil, bad("binding", "%q: a DEK table's wrapped keys are bound to their dek_id (binding: dek_id, the default) or to nothing (binding: none); templates apply to keys: column", o.m["binding"])
 	}
 	if f.keys == KeyColumn && f.bindMode == "dek_id" {
 		return nil, bad("binding", "dek_id: with keys: column there is no DEK table; bind to a column's value with a template such as {key_id}")
 	}
 	if f.keys == KeyTable && (o.m["key_encoding"] != "" || o.m["binding_context"] != "") {
-		return nil, bad("key_encoding", "key_encoding and binding_context apply to keys: column (a DEK table holds raw wrapped keys bound to their dek_id)")
+		return nil, bad("key_encoding", "key_encoding and binding_context apply to keys: column; for a DEK table in another layout use table_id_column, table_key_column and table_key_encoding")
+	}
+	tid, tkey, tenc := o.get("table_id_column", ""), o.get("table_key_column", ""), o.get("table_key_encoding", "")
+	if f.keys == KeyColumn && tid+tkey+tenc != "" {
+		return nil, bad("table_id_column", "table_id_column, table_key_column and table_key_encoding describe a DEK table (keys: table); with keys: column use key_column and key_encoding")
+	}
+	if f.keys == KeyTable && (tid+tkey+tenc != "" || f.bindMode == "none") {
+		// An application's DEK table: an id column and a wrapped-key
+		// column; the rows' KEK and mechanism are the job's.
+		f.table = Table{IDColumn: cmp.Or(tid, "dek_id"), KeyColumn: cmp.Or(tkey, "wrapped"), KeyEncoding: cmp.Or(tenc, "raw"), Unbound: f.bindMode == "none"}
+		if f.table.IDColumn == f.table.KeyColumn {
+			return nil, bad("table_key_column", "%q is also table_id_column", tkey)
+		}
+		if _, err := parseEncoding(f.table.KeyEncoding); err != nil {
+			return nil, bad("table_key_encoding", "%v", err)
+		}
 	}
 	if v := o.get("binding_context", ""); v != "" {
 		for _, kv := range strings.Split(v, ",") {
@@ -209,6 +226,9 @@ func newAESGCM(m map[string]string) (Format, error) {
 	if f.keys == KeyColumn {
 		f.desc += fmt.Sprintf(" key_column=%s key_encoding=%s binding=%s", f.keyCol, f.keyEnc.name, f.bindMode)
 	}
+	if f.table.App() {
+		f.desc += fmt.Sprintf(" table_id_column=%s table_key_column=%s table_key_encoding=%s binding=%s", f.table.IDColumn, f.table.KeyColumn, f.table.KeyEncoding, f.bindMode)
+	}
 	if f.tagCol != "" {
 		f.desc += " tag_column=" + f.tagCol
 	}
@@ -217,6 +237,7 @@ func newAESGCM(m map[string]string) (Format, error) {
 
 func (f *AESGCM) Name() string      { return "aes-gcm" }
 func (f *AESGCM) Keys() KeyPlace    { return f.keys }
+func (f *AESGCM) Table() Table      { return f.table }
 func (f *AESGCM) KeyColumn() string { return f.keyCol }
 func (f *AESGCM) Needs() []string   { return f.needs }
 func (f *AESGCM) Text() bool        { return f.enc.text }

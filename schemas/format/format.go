@@ -204,3 +204,60 @@ func (o *options) done() error {
 	}
 	return nil
 }
+
+// Table is how a format's DEK table is laid out. The zero value is rekey's
+// own DEK table (dek_id, kek, wrap, wrapped, created, kcv; docs/FORMAT.md
+// section 2). An application's table (App) needs only an id column and a
+// wrapped-key column, in the encoding it chose; its rows' KEK and wrap
+// mechanism are the job's, and a rewrap keeps every other column of it.
+type Table struct {
+	IDColumn, KeyColumn string
+	KeyEncoding         string // raw, base64, base64-raw, base64url, base64url-raw or hex
+	// Unbound: the wrapped keys are bound to nothing (binding: none), not
+	// to their dek_id.
+	Unbound bool
+}
+
+// App reports whether t is an application's table, not rekey's own.
+func (t Table) App() bool { return t.IDColumn != "" }
+
+// KeyText reports whether the wrapped-key column holds text.
+func (t Table) KeyText() bool {
+	e, _ := parseEncoding(t.keyEncoding())
+	return e.text
+}
+
+func (t Table) keyEncoding() string {
+	if t.KeyEncoding == "" {
+		return "raw"
+	}
+	return t.KeyEncoding
+}
+
+// DecodeKey is the custodian's blob of a wrapped-key column value.
+func (t Table) DecodeKey(v []byte) ([]byte, error) {
+	e, err := parseEncoding(t.keyEncoding())
+	if err != nil {
+		return nil, err
+	}
+	b, err := e.decode(v)
+	if err != nil {
+		return nil, fmt.Errorf("wrapped key in column %q is not in the configured table_key_encoding %s", t.KeyColumn, e.name)
+	}
+	return b, nil
+}
+
+// EncodeKey is the wrapped-key column value of blob.
+func (t Table) EncodeKey(blob []byte) []byte {
+	e, _ := parseEncoding(t.keyEncoding())
+	return e.encode(nil, blob)
+}
+
+// TableOf is the DEK table layout of f: an application's when f was
+// configured with one, rekey's own otherwise.
+func TableOf(f Format) Table {
+	if t, ok := f.(interface{ Table() Table }); ok {
+		return t.Table()
+	}
+	return Table{}
+}

@@ -122,7 +122,9 @@ func TestAESGCMBadInput(t *testing.T) {
 	}
 	for _, opts := range []map[string]string{
 		{"nonce_size": "8"}, {"layout": "nonce,tag"}, {"encoding": "rot13"}, {"keys": "column"},
-		{"aad": "{unclosed"}, {"no_such_option": "1"}, {"keys": "table", "binding": "none"},
+		{"aad": "{unclosed"}, {"no_such_option": "1"}, {"keys": "table", "binding": "{tenant}"},
+		{"keys": "table", "table_key_encoding": "rot13"}, {"keys": "table", "table_id_column": "k", "table_key_column": "k"},
+		{"keys": "column", "key_column": "wk", "table_key_column": "x"}, {"keys": "table", "key_encoding": "base64"},
 	} {
 		if _, err := format.New("aes-gcm", opts); err == nil {
 			t.Errorf("options %v accepted", opts)
@@ -246,5 +248,46 @@ func TestAESGCMTagColumn(t *testing.T) {
 		if _, err := format.New("aes-gcm", opts); err == nil {
 			t.Errorf("options %v: accepted", opts)
 		}
+	}
+}
+
+// TestAppTable: a DEK table in an application's layout (issue 11): the
+// table_* options and binding: none make one, with the defaults for what
+// is not set; without them the table is rekey's own.
+func TestAppTable(t *testing.T) {
+	if tb := format.TableOf(mustNew(t, "aes-gcm", nil)); tb.App() {
+		t.Fatalf("default aes-gcm has an application table: %+v", tb)
+	}
+	if tb := format.TableOf(mustNew(t, "rekey-v1", nil)); tb.App() {
+		t.Fatalf("rekey-v1 has an application table: %+v", tb)
+	}
+	for _, tc := range []struct {
+		opts map[string]string
+		want format.Table
+	}{
+		{map[string]string{"binding": "none"}, format.Table{IDColumn: "dek_id", KeyColumn: "wrapped", KeyEncoding: "raw", Unbound: true}},
+		{map[string]string{"table_id_column": "key_id", "table_key_column": "encrypted_key", "table_key_encoding": "base64"},
+			format.Table{IDColumn: "key_id", KeyColumn: "encrypted_key", KeyEncoding: "base64"}},
+	} {
+		f := mustNew(t, "aes-gcm", tc.opts)
+		tb := format.TableOf(f)
+		if tb != tc.want || !tb.App() {
+			t.Errorf("%v: table %+v, want %+v", tc.opts, tb, tc.want)
+		}
+		if !strings.Contains(f.Describe(), "table_key_column="+tc.want.KeyColumn) {
+			t.Errorf("%v: Describe does not show the table: %s", tc.opts, f.Describe())
+		}
+	}
+	tb := format.Table{IDColumn: "k", KeyColumn: "w", KeyEncoding: "base64"}
+	blob := []byte{0, 1, 2, 0xff}
+	v := tb.EncodeKey(blob)
+	if string(v) != "AAEC/w==" || !tb.KeyText() {
+		t.Fatalf("EncodeKey %q", v)
+	}
+	if got, err := tb.DecodeKey(v); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("DecodeKey %x %v", got, err)
+	}
+	if _, err := tb.DecodeKey([]byte("%%")); err == nil || !strings.Contains(err.Error(), `column "w"`) || !strings.Contains(err.Error(), "table_key_encoding base64") {
+		t.Fatalf("DecodeKey of garbage: %v", err)
 	}
 }
