@@ -61,6 +61,11 @@ type Prediction struct {
 	RecordsCounted bool
 	BadFiles       int // record files that do not open as Parquet
 	NoColumn       int // record files without a configured column
+	// BadCells is the sampled cells that did not open with the source
+	// keys while others did (each a record the run fails; a lower bound:
+	// only a few cells of each file are tried). Cells under DEKs already
+	// predicted to fail are not counted again.
+	BadCells int
 	// Units is what the run counts as processed, the denominator of a
 	// percentage budget: DEK rows plus the records of the files it reads.
 	Units int64
@@ -72,7 +77,7 @@ func (p *Prediction) DEKs() int { return p.ForeignDEKs + p.MalformedDEKs }
 // Total is the number of predicted failures (a lower bound when
 // RecordsCounted is false and DEKs are predicted to fail).
 func (p *Prediction) Total() int64 {
-	return int64(p.DEKs()) + p.Records + int64(p.BadFiles) + int64(p.NoColumn)
+	return int64(p.DEKs()) + p.Records + int64(p.BadFiles) + int64(p.NoColumn) + int64(p.BadCells)
 }
 
 // Failed reports whether any check failed.
@@ -275,7 +280,9 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		r.DEKs = int(r.Records) * len(j.Columns.Encrypted)
 	}
 	if src != nil && j.Source.Data != "" {
-		planSamples(ctx, j, &spec, r, src)
+		if i := planSamples(ctx, j, &spec, r, src, failing); i >= 0 {
+			findings = append(findings, i)
+		}
 	}
 
 	// A re-encrypt run replaces a target DEK table's files; records an
@@ -803,6 +810,9 @@ func (r *Report) judge(j *Job, findings []int) {
 	if p.NoColumn > 0 {
 		parts = append(parts, plural(int64(p.NoColumn), "file lacks", "files lack")+" a configured column")
 	}
+	if p.BadCells > 0 {
+		parts = append(parts, plural(int64(p.BadCells), "sampled cell does", "sampled cells do")+" not open with the source keys (their records fail; other cells may too)")
+	}
 	what := strings.Join(parts, ", ")
 	switch {
 	case len(parts) > 1 && !p.RecordsCounted && p.DEKs() > 0 && j.Mode == schemas.ModeReencrypt:
@@ -867,19 +877,24 @@ func keysOf(m map[string]int) []string {
 // planSamples opens a few cells of every record file with the source keys,
 // as the run would (j.PlanSamples per file, default 3): a layout, encoding,
 // AAD or key mistake refuses the plan, naming file, column, record and the
-// likely cause, instead of failing every record of the run.
-func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, src keys.KEK) {
+// likely cause, instead of failing every record of the run. When only some
+// cells do not open, the format and keys are right and those cells (or
+// their keys) are bad on their own: a finding whose records count against
+// the failure budget (judge); its index in r.Checks is returned, else -1.
+// failing holds the dek_ids already predicted to fail (nil: too many to
+// keep), whose cells are not counted again.
+func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, src keys.KEK, failing map[string]bool) int {
 	n := j.PlanSamples
 	if n == 0 {
 		n = 3
 	}
 	if n < 0 {
 		r.warn("cell samples", "off (plan_samples < 0)")
-		return
+		return -1
 	}
 	files, err := storage.List(ctx, j.Source.Data)
 	if err != nil {
-		return // planData reports it
+		return -1 // planData reports it
 	}
 	var samples []transforms.PlanSample
 	want := map[string]*schemas.DEKRow{}
@@ -910,11 +925,14 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 			return nil
 		}, new(int))
 	}
-	bad, first := 0, ""
+	bad, first, known := 0, "", 0
 	for i := range samples {
 		s := &samples[i]
 		if err := transforms.OpenSample(ctx, spec, src, s, want[s.DEKID]); err != nil {
 			bad++
+			if s.DEKID != "" && failing[s.DEKID] {
+				known++
+			}
 			if first == "" {
 				first = fmt.Sprintf("%s, column %q, record %q: %v", storage.Join(j.Source.Data, s.File), s.Column, s.RecordID, err)
 			}
@@ -928,10 +946,14 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 	case bad > 0:
 		// Some open: the job's format and keys are right, and these cells
 		// (or their keys) are bad on their own; the run fails their records.
-		r.warn("cell samples", "%d of %d sampled cells do not open with the source keys; their records will fail (first: %s)", bad, len(samples), first)
+		r.warn("cell samples", "%d of %d sampled cells do not open with the source keys; their records will fail, and other cells may too (first: %s)", bad, len(samples), first)
+		if r.Predicted.BadCells = bad - known; r.Predicted.BadCells > 0 {
+			return len(r.Checks) - 1
+		}
 	default:
 		r.add(true, "cell samples", "%d cells of %d files opened with the source keys", len(samples), r.DataFiles)
 	}
+	return -1
 }
 
 // planObjects is the plan of an object job: the objects listed and

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parquet-go/parquet-go"
 	"gopkg.in/yaml.v3"
 
 	"rekey/pipeline"
@@ -155,5 +156,68 @@ func TestForeignJobsThroughTheCLI(t *testing.T) {
 	}
 	if files, _ := filepath.Glob(filepath.Join(bad.Target.Data, "*.parquet")); len(files) > 0 {
 		t.Fatalf("a refused run wrote %v", files)
+	}
+}
+
+// TestPlanCountsBadSampledCells (issue 11): when some sampled cells open
+// and one does not (a damaged cell, the format and keys right), its record
+// is a predicted failure: the plan fails while max_failures accepts none,
+// naming the cell's file, column and record, and passes with a warning
+// once the budget accepts it; the run then fails that record and ends
+// with failures, as the plan said.
+func TestPlanCountsBadSampledCells(t *testing.T) {
+	goOpts := map[string]string{"aad": "{tenant}:{id}", "keys": "column", "key_column": "wrapped_key", "key_encoding": "base64"}
+	ds := writeAppDataset(t, goApp{}, env.KEK("source", "kek-aes"), 32, 2, 20, 2, goOpts, tenantAAD)
+	// Damage the first record's cell (a sampled one) in the application's
+	// files, copied so the other tests keep theirs.
+	dir := filepath.Join(t.TempDir(), "app")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(ds.dir, "*.parquet"))
+	for i, f := range files {
+		rows, err := parquet.ReadFile[appRow](f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			b := []byte(rows[0].Email)
+			b[len(b)-1] ^= 0x01
+			rows[0].Email = string(b)
+		}
+		if err := parquet.WriteFile(filepath.Join(dir, filepath.Base(f)), rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := *ds
+	bad.dir = dir
+	for _, budget := range []string{"", "1"} {
+		j := foreignJob(t, schemas.ModeReencrypt, "plan-bad-cell", &bad, env.KEK("target", "kek-aes"))
+		j.MaxFailures = budget
+		if err := j.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		r := pipeline.Plan(context.Background(), j, true)
+		ok, info := cellCheck(t, r)
+		if !strings.Contains(info, "1 of 6 sampled cells do not open") || !strings.Contains(info, `column "email"`) || !strings.Contains(info, filepath.Base(files[0])) {
+			t.Fatalf("budget %q: the finding does not name the cell: %s", budget, info)
+		}
+		if r.Predicted.BadCells != 1 {
+			t.Fatalf("budget %q: predicted %+v", budget, r.Predicted)
+		}
+		switch budget {
+		case "":
+			if ok || !r.Failed() {
+				t.Fatalf("no budget: the plan accepts a record it predicts to fail: %+v", r.Checks)
+			}
+		default:
+			if !ok || r.Failed() {
+				t.Fatalf("budget %s: the plan fails: %+v", budget, r.Checks)
+			}
+			m := runJob(t, j)
+			if m.Status != "completed_with_failures" || m.Totals.RecordsFailed != 1 {
+				t.Fatalf("run: %s %+v", m.Status, m.Totals)
+			}
+		}
 	}
 }
