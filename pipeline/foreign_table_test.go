@@ -108,7 +108,7 @@ func testAESGCMKeysInATable(t *testing.T, tagCol bool) {
 		srcOpts = map[string]string{"aad": "{id}", "encoding": "base64", "tag_column": "email_tag"}
 	}
 
-	for _, tc := range []struct {
+	cases := []struct {
 		name, mode string
 		into       map[string]string // reencrypt: target.format aes-gcm with these options (nil: rekey-v1)
 	}{
@@ -117,7 +117,16 @@ func testAESGCMKeysInATable(t *testing.T, tagCol bool) {
 		// Into aes-gcm, base64 text this time: the application reads the
 		// result with its own code.
 		{"reencrypt-to-aes-gcm", schemas.ModeReencrypt, map[string]string{"aad": "{id}", "encoding": "base64"}},
-	} {
+	}
+	if tagCol {
+		// Fresh DEKs in the application's own layout: each new tag
+		// written into email_tag, the cell without it.
+		cases = append(cases, struct {
+			name, mode string
+			into       map[string]string
+		}{"reencrypt-to-aes-gcm-tag-column", schemas.ModeReencrypt, srcOpts})
+	}
+	for _, tc := range cases {
 		mode := tc.mode
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()
@@ -199,8 +208,11 @@ func testAESGCMKeysInATable(t *testing.T, tagCol bool) {
 						}
 						cell = string(b)
 					}
-					if tc.into == nil && tagCol {
-						tag, _ := base64.StdEncoding.DecodeString(*r.EmailTag)
+					if tc.into == nil && tagCol || tc.into["tag_column"] != "" {
+						tag, err := base64.StdEncoding.DecodeString(*r.EmailTag)
+						if err != nil || len(tag) != 16 {
+							t.Fatalf("record %d: email_tag %q is not a base64 tag: %v", r.ID, *r.EmailTag, err)
+						}
 						cell += string(tag)
 					}
 					n++

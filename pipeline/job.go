@@ -494,7 +494,12 @@ func (j *Job) validateLayout() error {
 		return cfgErr("source.format_options", "tag_column %q holds the tags of one encrypted column; columns.encrypted names %d: migrate them in separate jobs, one column each", c, len(j.Columns.Encrypted))
 	}
 	if c := tagCol(dstFmt); c != "" && j.Mode == schemas.ModeReencrypt {
-		return cfgErr("target.format_options", "tag_column %q: rekey writes the tag in the cell; drop tag_column and name tag in the layout (e.g. nonce,ciphertext,tag)", c)
+		switch {
+		case srcFmt.Keys() == format.KeyCell:
+			return cfgErr("target.format_options", "tag_column %q: a reencrypt of %s cells into a format with tag_column is not supported yet: drop tag_column and name tag in the layout (e.g. nonce,ciphertext,tag)", c, srcFmt.Name())
+		case len(j.Columns.Encrypted) > 1:
+			return cfgErr("target.format_options", "tag_column %q holds the tags of one encrypted column; columns.encrypted names %d: migrate them in separate jobs, one column each", c, len(j.Columns.Encrypted))
+		}
 	}
 	if j.Mode == schemas.ModeRewrap && (j.Target.Format != j.Source.Format || !maps.Equal(j.Target.FormatOptions, j.Source.FormatOptions)) {
 		return cfgErr("target.format", "a rewrap keeps the cell format (the data is not re-encrypted): remove target.format, or use mode: reencrypt to convert %s to %s", srcFmt.Name(), dstFmt.Name())

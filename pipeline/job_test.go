@@ -60,9 +60,11 @@ func TestJobValidate(t *testing.T) {
 		{"columns", func(j *pipeline.Job) { j.Columns.DEKID = "payload" }},
 		{"columns.encrypted", func(j *pipeline.Job) { j.Columns.Encrypted = []string{"a", "a"} }},
 		{"source.hsm_rate", func(j *pipeline.Job) { j.Source.HSMRate = -1 }},
-		// A tag kept in its own column: read only, one encrypted column.
+		// A tag kept in its own column: one encrypted column, on either
+		// side.
 		{"target.format_options", func(j *pipeline.Job) {
 			j.Target.Format, j.Target.FormatOptions = "aes-gcm", map[string]string{"tag_column": "payload_tag"}
+			j.Columns.Encrypted = []string{"payload", "note"}
 		}},
 		{"source.format_options", func(j *pipeline.Job) {
 			j.Source.Format, j.Source.FormatOptions = "aes-gcm", map[string]string{"tag_column": "payload_tag"}

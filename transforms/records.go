@@ -23,6 +23,28 @@ type recordLayout struct {
 	// tag_column) is null where the cell is; the cell's Open decides.
 	needsNull []bool
 	tneeds    []int // the same for the target format
+	// ttag is the leaf column a target format with a tag column
+	// (aes-gcm tag_column) writes each new tag into, -1 without one;
+	// ttagField its index in tneeds, ttagDef its definition level when
+	// not null.
+	ttag, ttagField, ttagDef int
+	tneedsNull               []bool
+}
+
+// tagColumnFormat is a format that keeps each cell's tag in a column of
+// its own (aes-gcm tag_column).
+type tagColumnFormat interface {
+	TagColumn() string
+	TagFieldIndex() int
+	TagValue(tag []byte) []byte
+}
+
+// tagColumnOf is f's tag column, "" when its tags are in the cells.
+func tagColumnOf(f format.Format) string {
+	if t, ok := f.(tagColumnFormat); ok {
+		return t.TagColumn()
+	}
+	return ""
 }
 
 // layoutFor locates the columns of a record file for source format sf and
@@ -71,9 +93,31 @@ func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (record
 			l.needsNull[k] = name == t.TagColumn()
 		}
 	}
+	l.ttag = -1
 	if tf != nil {
+		if name := tagColumnOf(tf); name != "" {
+			// The target's tags go into a column of the file: it must be
+			// there (rekey adds no column for them), flat BYTE_ARRAY, and
+			// none of rekey's own.
+			c, ok := schema.Lookup(name)
+			switch {
+			case !ok:
+				return l, fmt.Errorf("target.format_options tag_column %q: the file has no such column to write the new tags into (rekey does not add one): add the column to the source files, or drop tag_column and name tag in the target layout", name)
+			case c.MaxRepetitionLevel > 0 || c.Node.Type().Kind() != parquet.ByteArray:
+				return l, fmt.Errorf("target.format_options tag_column %q is %s: the tags need a flat BYTE_ARRAY (string or binary) column", name, c.Node.Type())
+			case l.isEnc(c.ColumnIndex) || c.ColumnIndex == l.id || c.ColumnIndex == l.dek:
+				return l, fmt.Errorf("target.format_options tag_column %q is an encrypted, record id or key column", name)
+			}
+			l.ttag, l.ttagDef = c.ColumnIndex, c.MaxDefinitionLevel
+			l.ttagField = tf.(tagColumnFormat).TagFieldIndex()
+		}
 		if l.tneeds, err = lookup(tf, "target"); err != nil {
 			return l, err
+		}
+		if l.ttag >= 0 {
+			// The old tag is read for the template only: null is fine.
+			l.tneedsNull = make([]bool, len(l.tneeds))
+			l.tneedsNull[l.ttagField] = true
 		}
 	}
 	return l, nil

@@ -500,7 +500,7 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	if sc.fields, err = rowFields(sc.fields, row, l.needs, l.needsNull, nameOf); err != nil {
 		return fail("record %q: %v", id, err)
 	}
-	if sc.tfields, err = rowFields(sc.tfields, row, l.tneeds, nil, nameOf); err != nil {
+	if sc.tfields, err = rowFields(sc.tfields, row, l.tneeds, l.tneedsNull, nameOf); err != nil {
 		return fail("record %q: %v", id, err)
 	}
 	if l.keyCol {
@@ -539,6 +539,7 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 	}
 	sc.cell = format.Cell{Column: "", RecordID: id, DEKID: srcDEKID, Fields: sc.fields, AAD: sc.cell.AAD}
 	sc.cell2 = format.Cell{Column: "", RecordID: id, DEKID: p.newID, Fields: sc.tfields, AAD: sc.cell2.AAD}
+	var newTag []byte // the new tag's column value (a target tag_column)
 	for k, col := range l.enc {
 		vi := findValue(row, col)
 		if vi < 0 || row[vi].IsNull() {
@@ -558,6 +559,12 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		if err != nil {
 			clear(pt)
 			return fail("record %q column %q: encrypt: %v", id, l.encName[k], err)
+		}
+		if l.ttag >= 0 {
+			// The tag goes into its column (one encrypted column: one
+			// tag a row); the check below reads it from there.
+			newTag = f.tf.(tagColumnFormat).TagValue(sc.cell2.Tag)
+			sc.cell2.Fields[l.ttagField] = string(newTag)
 		}
 		if !f.Spec.SkipVerify {
 			back, err := f.tf.Open(sc.back[:0], p.dstAEAD, ct, &sc.cell2)
@@ -587,6 +594,13 @@ func (f *ReencryptFn) reencryptRow(ctx context.Context, l *recordLayout, row par
 		vi := findValue(row, col)
 		v := row[vi]
 		row[vi] = parquet.ByteArrayValue(newCells[k]).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())
+	}
+	if newTag != nil {
+		ti := findValue(row, l.ttag)
+		if ti < 0 {
+			return fail("record %q: no value for tag column %d", id, l.ttag)
+		}
+		row[ti] = parquet.ByteArrayValue(newTag).Level(row[ti].RepetitionLevel(), l.ttagDef, l.ttag)
 	}
 	v := row[dv]
 	row[dv] = parquet.ByteArrayValue(p.newIDBytes).Level(v.RepetitionLevel(), v.DefinitionLevel(), v.Column())

@@ -254,11 +254,18 @@ func (f *AESGCM) cellTag() int {
 }
 
 // TagColumn is the column holding each cell's tag ("" when the tag is in
-// the cell). A format with one is read only: rekey opens such cells but
-// does not write them.
+// the cell). Seal leaves the tag out of the cell (in Cell.Tag); its
+// column value is TagValue(Cell.Tag).
 func (f *AESGCM) TagColumn() string { return f.tagCol }
-func (f *AESGCM) Overhead() int     { return f.enc.encodedLen(f.rawOverhead()) }
-func (f *AESGCM) CellLen(n int) int { return f.enc.encodedLen(f.rawOverhead() + n) }
+
+// TagFieldIndex is the index of TagColumn in Needs (Cell.Fields): Open
+// reads the tag there.
+func (f *AESGCM) TagFieldIndex() int { return f.tagField }
+
+// TagValue is the tag column's value of a tag: in the cells' encoding.
+func (f *AESGCM) TagValue(tag []byte) []byte { return f.enc.encode(nil, tag) }
+func (f *AESGCM) Overhead() int              { return f.enc.encodedLen(f.rawOverhead()) }
+func (f *AESGCM) CellLen(n int) int          { return f.enc.encodedLen(f.rawOverhead() + n) }
 func (f *AESGCM) MaxPlaintext(n int) int {
 	return max(f.enc.decodedLen(n)-f.rawOverhead(), 0)
 }
@@ -370,9 +377,6 @@ func (f *AESGCM) adjacent() bool {
 func (f *AESGCM) Seal(dst []byte, aead cipher.AEAD, rand io.Reader, pt []byte, c *Cell) ([]byte, error) {
 	if len(pt) > schemas.MaxCellBytes {
 		return dst, fmt.Errorf("%w (%d bytes)", schemas.ErrCellTooLarge, len(pt))
-	}
-	if f.tagCol != "" {
-		return dst, fmt.Errorf("aes-gcm with tag_column %q is read only: rekey opens such cells but writes the tag in the cell (choose a layout with tag, without tag_column, for the target)", f.tagCol)
 	}
 	aad, err := f.aadOf(c)
 	if err != nil {

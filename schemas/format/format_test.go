@@ -203,7 +203,8 @@ func FuzzAESGCMOpen(f *testing.F) {
 // application stores nonce‖ciphertext in the cell and the tag, in the same
 // encoding, in another column. rekey opens such cells (the tag comes from
 // the row's fields), refuses a tag of the wrong length or encoding and a
-// tampered one, and does not write them (read only).
+// tampered one, and writes them: the cell without its tag, the tag for its
+// column.
 func TestAESGCMTagColumn(t *testing.T) {
 	block, _ := aes.NewCipher(key32)
 	std, _ := cipher.NewGCM(block)
@@ -237,8 +238,23 @@ func TestAESGCMTagColumn(t *testing.T) {
 			t.Errorf("%s: the error does not name the tag column: %v", what, err)
 		}
 	}
-	if _, err := f.Seal(nil, aead, rand.Reader, []byte("x"), c); err == nil || !strings.Contains(err.Error(), "read only") {
-		t.Errorf("seal with tag_column: %v, want a read-only refusal", err)
+	// Seal leaves the tag out of the cell; its column value is TagValue.
+	sc := &format.Cell{Column: "email", RecordID: "42", Fields: []string{"42", ""}}
+	out, err := f.Seal(nil, aead, rand.Reader, []byte("secret"), sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := f.(interface{ TagValue([]byte) []byte }).TagValue(sc.Tag)
+	raw, _ := base64.StdEncoding.DecodeString(string(out))
+	if len(raw) != 12+len("secret") || len(sc.Tag) != 16 || string(tc) != base64.StdEncoding.EncodeToString(sc.Tag) {
+		t.Fatalf("seal: cell of %d bytes, tag %d bytes, column value %q", len(raw), len(sc.Tag), tc)
+	}
+	if got, err := std.Open(nil, raw[:12], append(raw[12:], sc.Tag...), []byte("42")); err != nil || string(got) != "secret" {
+		t.Fatalf("the sealed cell with its tag does not open as standard GCM: %v", err)
+	}
+	sc.Fields[f.(interface{ TagFieldIndex() int }).TagFieldIndex()] = string(tc)
+	if pt, err := f.Open(nil, aead, out, sc); err != nil || string(pt) != "secret" {
+		t.Fatalf("open what Seal wrote, its tag in the row: %q %v", pt, err)
 	}
 	for _, opts := range []map[string]string{
 		{"tag_column": "t", "layout": "nonce,ciphertext,tag"},
