@@ -54,6 +54,7 @@ type Report struct {
 type Prediction struct {
 	ForeignDEKs   int // DEK rows wrapped by a KEK other than source.kek
 	MalformedDEKs int // DEK rows that do not validate
+	RepeatedDEKs  int // repeated rows of an application's DEK table (rewrap)
 	// Records under those DEKs (reencrypt), counted by reading the record
 	// files' dek_id column; RecordsCounted is false when they were not read,
 	// and then Records is 0 and the total a lower bound.
@@ -72,7 +73,7 @@ type Prediction struct {
 }
 
 // DEKs is the number of DEK rows predicted to fail.
-func (p *Prediction) DEKs() int { return p.ForeignDEKs + p.MalformedDEKs }
+func (p *Prediction) DEKs() int { return p.ForeignDEKs + p.MalformedDEKs + p.RepeatedDEKs }
 
 // Total is the number of predicted failures (a lower bound when
 // RecordsCounted is false and DEKs are predicted to fail).
@@ -168,7 +169,7 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 	index := schemas.NewDEKIndex()
 	fileIdx := map[string]int{}
 	conflict := map[string]bool{}
-	invalid, foreign := 0, 0
+	invalid, foreign, repeats, firstRepeat := 0, 0, 0, ""
 	var firstInvalid string
 	var probe *schemas.DEKRow // one DEK of the source KEK, for a real unwrap
 	// The dek_ids predicted to fail, so that the records under them can be
@@ -211,8 +212,17 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 				markFailing(d.DEKID)
 				continue
 			}
-			if index.Add(fi, d) == schemas.DEKIDConflict {
+			switch index.Add(fi, d) {
+			case schemas.DEKIDConflict:
 				conflict[d.DEKID] = true
+			case schemas.DEKIDRepeat:
+				if layout.Table.App() && j.Mode == schemas.ModeRewrap {
+					// Written back row for row: a repeat would be lost.
+					repeats++
+					if firstRepeat == "" {
+						firstRepeat = d.DEKID
+					}
+				}
 			}
 			if src != nil && !transforms.KEKMatches(src, d.KEK) {
 				foreign++
@@ -242,6 +252,10 @@ func Plan(ctx context.Context, j *Job, scanData bool) *Report {
 		if invalid > 0 {
 			findings = append(findings, len(r.Checks))
 			r.warn("DEK rows", "%d malformed rows will become failed ledger rows (first: %s)", invalid, firstInvalid)
+		}
+		if r.Predicted.RepeatedDEKs = repeats; repeats > 0 {
+			findings = append(findings, len(r.Checks))
+			r.warn("DEK rows", "%d rows repeat a dek_id of the application's DEK table (first: %q): a rewrap writes the table back one row per dek_id, so they will fail; deduplicate the table", repeats, firstRepeat)
 		}
 		if foreign > 0 && foreign == r.DEKs-invalid {
 			r.add(false, "DEK KEKs", "none of the %d DEKs is wrapped by source.kek %s; the table references %v (is source.kek the right key?)", foreign, src.URI(), keysOf(r.KEKs))
@@ -600,6 +614,15 @@ func scanData(ctx context.Context, j *Job, r *Report, data []string, all bool, f
 				missing = fmt.Sprintf("%q (read by source.format's aad or binding template: fix source.format_options)", c)
 			}
 		}
+		if tf, err := format.New(j.Target.Format, j.Target.FormatOptions); err == nil && j.Mode == schemas.ModeReencrypt {
+			// The target's templates read the same row, and a target
+			// tag_column is written into the file's column of that name.
+			for _, c := range tf.Needs() {
+				if _, ok := pf.Schema().Lookup(c); !ok && missing == "" {
+					missing = fmt.Sprintf("%q (read by target.format's aad or binding template, or its tag_column, which rekey writes into and does not add: fix target.format_options)", c)
+				}
+			}
+		}
 		switch {
 		case missing != "":
 			p.NoColumn++
@@ -797,6 +820,9 @@ func (r *Report) judge(j *Job, findings []int) {
 	if p.MalformedDEKs > 0 {
 		parts = append(parts, plural(int64(p.MalformedDEKs), "DEK row is", "DEK rows are")+" malformed")
 	}
+	if p.RepeatedDEKs > 0 {
+		parts = append(parts, plural(int64(p.RepeatedDEKs), "DEK row repeats", "DEK rows repeat")+" a dek_id")
+	}
 	if p.DEKs() > 0 && j.Mode == schemas.ModeReencrypt {
 		if p.RecordsCounted {
 			parts = append(parts, plural(p.Records, "record", "records")+" under those DEKs")
@@ -881,8 +907,10 @@ func keysOf(m map[string]int) []string {
 // cells do not open, the format and keys are right and those cells (or
 // their keys) are bad on their own: a finding whose records count against
 // the failure budget (judge); its index in r.Checks is returned, else -1.
-// failing holds the dek_ids already predicted to fail (nil: too many to
-// keep), whose cells are not counted again.
+// failing holds the dek_ids already predicted to fail, whose cells are
+// not counted again (nil: too many to keep; then they may be, which makes
+// the plan stricter, not laxer). A DEK table rewrap, which does not touch
+// records, only warns.
 func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, src keys.KEK, failing map[string]bool) int {
 	n := j.PlanSamples
 	if n == 0 {
@@ -943,6 +971,11 @@ func planSamples(ctx context.Context, j *Job, spec *transforms.Spec, r *Report, 
 		r.warn("cell samples", "no encrypted cell found to try")
 	case bad == len(samples):
 		r.add(false, "cell samples", "none of %d sampled cells opens with the source keys; first: %s", len(samples), first)
+	case bad > 0 && j.Mode == schemas.ModeRewrap && !spec.ColumnKeys():
+		// A DEK table rewrap does not touch the records: these cells fail
+		// nothing of the run (a DEK proven by a cell is proven by another
+		// one, or fails on its own), but they will not open afterwards.
+		r.warn("cell samples", "%d of %d sampled cells do not open with the source keys; a rewrap of the DEK table leaves them as they are (first: %s)", bad, len(samples), first)
 	case bad > 0:
 		// Some open: the job's format and keys are right, and these cells
 		// (or their keys) are bad on their own; the run fails their records.

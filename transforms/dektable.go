@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/parquet-go/parquet-go"
 
@@ -107,7 +108,7 @@ func readDEKTable(ctx context.Context, l DEKLayout, path string, batch int, fn f
 			}
 		}
 	}
-	idCol, keyCol, err := appColumns(pf.Schema(), l.Table, path)
+	c, err := appColumns(pf.Schema(), l.Table, path)
 	if err != nil {
 		return err
 	}
@@ -115,14 +116,25 @@ func readDEKTable(ctx context.Context, l DEKLayout, path string, batch int, fn f
 	out := make([]schemas.DEKRow, batch)
 	return readBatches(path, pf, raw, func(n int) error {
 		for i := 0; i < n; i++ {
-			out[i] = appRow(raw[i], idCol, keyCol, l)
+			out[i] = appRow(raw[i], c, l)
 		}
 		return fn(out[:n], raw[:n])
 	})
 }
 
-// appColumns finds an application table's id and wrapped-key columns.
-func appColumns(schema *parquet.Schema, t format.Table, path string) (idCol, keyCol int, err error) {
+// AppKCVColumn is the column of key check values (schemas.KCV) in the
+// DEK tables rekey writes in an application's layout: a resumed run and
+// verify tell a wrong key by it, as in rekey's own tables. Applications
+// that read their columns by name do not see it; a table without it is
+// read as one whose rows have no kcv.
+const AppKCVColumn = "rekey_kcv"
+
+// appCols are the leaf column indexes of an application's DEK table.
+type appCols struct{ id, key, kcv int } // kcv: -1 when absent
+
+// appColumns finds an application table's id, wrapped-key and (optional)
+// rekey_kcv columns.
+func appColumns(schema *parquet.Schema, t format.Table, path string) (appCols, error) {
 	find := func(name, opt string) (int, error) {
 		c, ok := schema.Lookup(name)
 		if !ok {
@@ -133,23 +145,36 @@ func appColumns(schema *parquet.Schema, t format.Table, path string) (idCol, key
 		}
 		return c.ColumnIndex, nil
 	}
-	if idCol, err = find(t.IDColumn, "table_id_column"); err != nil {
-		return 0, 0, err
+	c := appCols{kcv: -1}
+	var err error
+	if c.id, err = find(t.IDColumn, "table_id_column"); err != nil {
+		return c, err
 	}
-	keyCol, err = find(t.KeyColumn, "table_key_column")
-	return idCol, keyCol, err
+	if c.key, err = find(t.KeyColumn, "table_key_column"); err != nil {
+		return c, err
+	}
+	if _, ok := schema.Lookup(AppKCVColumn); ok && t.IDColumn != AppKCVColumn && t.KeyColumn != AppKCVColumn {
+		if c.kcv, err = find(AppKCVColumn, "key check values rekey writes"); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
 }
 
 // appRow is an application table row as a DEKRow. A value that cannot be
 // one leaves the row invalid (Validate says why), to become its failed
-// ledger row like any malformed row: an empty dek_id or wrapped key, or
-// a wrapped key not in the table's encoding (Invalid).
-func appRow(row parquet.Row, idCol, keyCol int, l DEKLayout) schemas.DEKRow {
+// ledger row like any malformed row: an empty dek_id or wrapped key, a
+// wrapped key not in the table's encoding (Invalid), a kcv of the wrong
+// size.
+func appRow(row parquet.Row, c appCols, l DEKLayout) schemas.DEKRow {
 	r := schemas.DEKRow{KEK: l.KEK, Wrap: l.Wrap}
-	if i := findValue(row, idCol); i >= 0 && !row[i].IsNull() {
+	if i := findValue(row, c.id); i >= 0 && !row[i].IsNull() {
 		r.DEKID = string(row[i].ByteArray())
 	}
-	i := findValue(row, keyCol)
+	if i := findValue(row, c.kcv); i >= 0 && !row[i].IsNull() {
+		r.KCV = bytes.Clone(row[i].ByteArray())
+	}
+	i := findValue(row, c.key)
 	if i < 0 || row[i].IsNull() {
 		return r // no wrapped key: Validate names it
 	}
@@ -175,6 +200,19 @@ type dekOut interface {
 	partial()
 }
 
+// noDEKOut stands for an output that could not be made because the source
+// is unreadable: the unit fails as a file before anything is written.
+type noDEKOut struct{}
+
+func (noDEKOut) write([]schemas.DEKRow, []parquet.Row) error {
+	return errors.New("the source DEK table file could not be read when its unit began (a passing storage error?): nothing was written for it; re-run with --resume")
+}
+func (noDEKOut) commit() error {
+	return errors.New("the source DEK table file could not be read when its unit began: nothing was written for it; re-run with --resume")
+}
+func (noDEKOut) abort()   {}
+func (noDEKOut) partial() {}
+
 type ownDEKOut struct{ w *rowWriter[schemas.DEKRow] }
 
 func (o ownDEKOut) write(out []schemas.DEKRow, _ []parquet.Row) error { return o.w.write(out) }
@@ -188,13 +226,13 @@ func (o ownDEKOut) partial() {
 // rewrap) every source row is written back with its wrapped-key value
 // replaced; without one, rows of the id and wrapped-key columns.
 type appDEKOut struct {
-	t             format.Table
-	path          string
-	out           storage.Writer
-	keep          *schemaKeeper // nil for a new table
-	pw            *parquet.GenericWriter[any]
-	idCol, keyCol int
-	rows          []parquet.Row
+	t    format.Table
+	path string
+	out  storage.Writer
+	keep *schemaKeeper // nil for a new table
+	pw   *parquet.GenericWriter[any]
+	cols appCols
+	rows []parquet.Row
 }
 
 // createDEKOut creates the target DEK table file at path in layout t;
@@ -224,9 +262,12 @@ func createDEKOut(ctx context.Context, t format.Table, path string, src *parquet
 			}
 			return parquet.Leaf(parquet.ByteArrayType)
 		}
-		schema = parquet.NewSchema("dek_table", parquet.Group{t.IDColumn: parquet.String(), t.KeyColumn: node()})
+		// A new table: the id, the wrapped key and its kcv (for a
+		// resume's and verify's key check).
+		schema = parquet.NewSchema("dek_table", parquet.Group{t.IDColumn: parquet.String(), t.KeyColumn: node(),
+			AppKCVColumn: parquet.Optional(parquet.Leaf(parquet.ByteArrayType))})
 	}
-	if o.idCol, o.keyCol, err = appColumns(schema, t, path); err != nil {
+	if o.cols, err = appColumns(schema, t, path); err != nil {
 		_ = out.Abort()
 		return nil, err
 	}
@@ -241,18 +282,18 @@ func (o *appDEKOut) write(out []schemas.DEKRow, raw []parquet.Row) error {
 		var row parquet.Row
 		if o.keep != nil {
 			row = raw[i].Clone()
-			k := findValue(row, o.keyCol)
+			k := findValue(row, o.cols.key)
 			if k < 0 {
 				return fmt.Errorf("%s: a source row has no value in column %q", o.path, o.t.KeyColumn)
 			}
-			row[k] = key.Level(row[k].RepetitionLevel(), row[k].DefinitionLevel(), o.keyCol)
+			row[k] = key.Level(row[k].RepetitionLevel(), row[k].DefinitionLevel(), o.cols.key)
 		} else {
-			row = make(parquet.Row, 2)
-			row[0] = parquet.ByteArrayValue([]byte(out[i].DEKID)).Level(0, 0, o.idCol)
-			row[1] = key.Level(0, 0, o.keyCol)
-			if o.keyCol < o.idCol {
-				row[0], row[1] = row[1], row[0]
+			kcv := parquet.NullValue().Level(0, 0, o.cols.kcv)
+			if len(out[i].KCV) > 0 {
+				kcv = parquet.ByteArrayValue(out[i].KCV).Level(0, 1, o.cols.kcv)
 			}
+			row = parquet.Row{parquet.ByteArrayValue([]byte(out[i].DEKID)).Level(0, 0, o.cols.id), key.Level(0, 0, o.cols.key), kcv}
+			slices.SortFunc(row, func(a, b parquet.Value) int { return a.Column() - b.Column() })
 		}
 		o.rows = append(o.rows, row)
 	}
@@ -269,7 +310,11 @@ func (o *appDEKOut) commit() error {
 		return rowio.OutputErr(o.path, err)
 	}
 	if o.keep != nil {
-		return rowio.OutputErr(o.path, o.keep.Commit())
+		if err := o.keep.Commit(); err != nil {
+			_ = o.out.Abort()
+			return rowio.OutputErr(o.path, err)
+		}
+		return nil
 	}
 	return rowio.OutputErr(o.path, o.out.Commit())
 }

@@ -68,18 +68,36 @@ func (b *dekBatch) drop() {
 // rewrap of an application's table) the target is the source file with
 // only the wrapped keys replaced.
 func openDEKTable(ctx context.Context, spec *Spec, src DEKLayout, dst format.Table, keep bool, srcPath, dstPath, part, targetKEK, fp string) (*dekTable, error) {
-	var schemaOf *parquet.File
+	var out dekOut
 	if keep && dst.App() {
+		// The target is the source file with its wrapped keys replaced:
+		// its schema and key-value metadata. A source that cannot be
+		// opened, or lacks the table's columns, gets no output here: the
+		// reader meets the same error and the unit becomes one failed
+		// file row naming the source (as for rekey's own tables).
 		pf, f, err := openParquet(ctx, srcPath)
-		if err != nil {
+		if err == nil {
+			f.Close() // the schema and metadata stay in memory
+			if _, err = appColumns(pf.Schema(), dst, srcPath); err == nil {
+				opts := []parquet.WriterOption{}
+				for _, kv := range pf.Metadata().KeyValueMetadata {
+					if kv.Key != MetaSourceFingerprint && kv.Key != MetaRunID && kv.Key != MetaTarget {
+						opts = append(opts, parquet.KeyValueMetadata(kv.Key, kv.Value))
+					}
+				}
+				if out, err = createDEKOut(ctx, dst, dstPath, pf, append(opts, outputMeta(spec, fp)...)...); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if out == nil {
+			out = noDEKOut{}
+		}
+	} else {
+		var err error
+		if out, err = createDEKOut(ctx, dst, dstPath, nil, outputMeta(spec, fp)...); err != nil {
 			return nil, err
 		}
-		f.Close() // the schema elements stay in memory
-		schemaOf = pf
-	}
-	out, err := createDEKOut(ctx, dst, dstPath, schemaOf, outputMeta(spec, fp)...)
-	if err != nil {
-		return nil, err
 	}
 	lw, err := ledger.Create(ctx, part)
 	if err != nil {

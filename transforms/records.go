@@ -6,6 +6,8 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress"
+	"github.com/parquet-go/parquet-go/deprecated"
+	pqformat "github.com/parquet-go/parquet-go/format"
 	"github.com/parquet-go/parquet-go/encoding"
 
 	"rekey/schemas/format"
@@ -107,6 +109,8 @@ func layoutFor(schema *parquet.Schema, spec *Spec, sf, tf format.Format) (record
 				return l, fmt.Errorf("target.format_options tag_column %q is %s: the tags need a flat BYTE_ARRAY (string or binary) column", name, c.Node.Type())
 			case l.isEnc(c.ColumnIndex) || c.ColumnIndex == l.id || c.ColumnIndex == l.dek:
 				return l, fmt.Errorf("target.format_options tag_column %q is an encrypted, record id or key column", name)
+			case !tf.Text() && isStringColumn(c.Node):
+				return l, fmt.Errorf("target.format_options tag_column %q is a STRING column, and raw tags are not text: set the target encoding to base64 or hex, or keep the tags in a binary column", name)
 			}
 			l.ttag, l.ttagDef = c.ColumnIndex, c.MaxDefinitionLevel
 			l.ttagField = tf.(tagColumnFormat).TagFieldIndex()
@@ -323,4 +327,17 @@ func newDEKIDs[T any](known map[string]T, rows []parquet.Row, dekCol int) []stri
 		missing = append(missing, string(id))
 	}
 	return missing
+}
+
+// isStringColumn reports whether a leaf is annotated as UTF-8 text.
+func isStringColumn(n parquet.Node) bool {
+	if lt := n.Type().LogicalType(); lt != nil {
+		if _, ok := lt.Value.(*pqformat.StringType); ok {
+			return true
+		}
+	}
+	if ct := n.Type().ConvertedType(); ct != nil && *ct == deprecated.UTF8 {
+		return true
+	}
+	return false
 }

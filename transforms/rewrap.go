@@ -141,6 +141,12 @@ type rewrapped struct {
 func (f *RewrapFn) record(b *dekBatch, i int, rw rewrapped, err error) error {
 	r, l := &b.rows[i], &b.led[i]
 	l.At, l.Proof, l.Path = now(), rw.proof, rw.path
+	if err == errDuplicate && f.lay.Table.App() {
+		// An application's table is written back row for row: a repeat
+		// (its other columns may differ) would be lost, so it fails.
+		l.Status, l.Error = schemas.StatusFailed, fmt.Sprintf("%v: rekey writes one row per dek_id of an application's DEK table, so this row is not in the target file; deduplicate the table (its other columns may differ from the first row's), then re-run", b.dup[i].Err(r.DEKID))
+		return nil
+	}
 	if err == errDuplicate {
 		l.Status, l.Error = schemas.StatusSkipped, b.dup[i].Err(r.DEKID).Error()
 		return nil
