@@ -7,8 +7,8 @@ import (
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress"
 	"github.com/parquet-go/parquet-go/deprecated"
-	pqformat "github.com/parquet-go/parquet-go/format"
 	"github.com/parquet-go/parquet-go/encoding"
+	pqformat "github.com/parquet-go/parquet-go/format"
 
 	"rekey/schemas/format"
 )
