@@ -18,9 +18,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"rekey/pipeline"
-	"rekey/providers/keys"
 	"rekey/schemas"
-	"rekey/transforms"
 )
 
 // TestCanaryAESGCMNeverLeaks is the canary scan for the aes-gcm format with
@@ -83,71 +81,16 @@ func TestCanaryAESGCMNeverLeaks(t *testing.T) {
 	}
 
 	// Every raw DEK: the source's (the test made them) and the targets'.
-	ctx := context.Background()
 	secrets := append([][]byte(nil), app.keys...)
 	for _, dir := range []string{re.Target.DEKs, bad.Target.DEKs} {
-		k, err := keys.Open(ctx, env.KEK("target", "kek-aes"), keys.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows, err := transforms.ReadDEKTable(ctx, dir)
-		if err != nil || len(rows) == 0 {
-			t.Fatalf("%s: %d rows, %v", dir, len(rows), err)
-		}
-		for _, r := range rows {
-			dek, err := k.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
-			if err != nil {
-				t.Fatal(err)
-			}
-			secrets = append(secrets, bytes.Clone(dek.Bytes()))
-			dek.Zero()
-		}
+		secrets = append(secrets, canaryTableDEKs(t, dir, env.KEK("target", "kek-aes"))...)
 	}
-	needles := map[string][]byte{"marker": []byte(marker)}
-	for _, v := range []string{"REKEY_SOURCE_PIN", "REKEY_TARGET_PIN"} {
-		pin := os.Getenv(v)
-		if pin == "" {
-			t.Fatalf("%s is empty: the PIN scan would see nothing", v)
-		}
-		needles[v] = []byte(pin)
-	}
-	for i, s := range secrets {
-		needles[fmt.Sprintf("DEK #%d", i)] = s
-	}
-	forms := func(b []byte) [][]byte {
-		return [][]byte{b, []byte(hex.EncodeToString(b)), []byte(strings.ToUpper(hex.EncodeToString(b))),
-			[]byte(base64.StdEncoding.EncodeToString(b)), []byte(base64.RawStdEncoding.EncodeToString(b)),
-			[]byte(base64.URLEncoding.EncodeToString(b)), []byte(base64.RawURLEncoding.EncodeToString(b))}
-	}
-	scan := func(what string, b []byte) {
-		for name, n := range needles {
-			for _, f := range forms(n) {
-				if len(f) > 0 && bytes.Contains(b, f) {
-					t.Errorf("%s found in %s", name, what)
-				}
-			}
-		}
-	}
+	needles := canaryNeedles(t, marker, secrets)
 	if len(printed) == 0 || !bytes.Contains(printed, []byte("plan cre")) {
 		t.Fatal("no output captured")
 	}
-	scan("what the runs printed", printed)
-	files := 0
-	kinds := map[string]int{}
-	_ = filepath.WalkDir(work, func(p string, de os.DirEntry, err error) error {
-		if err != nil || de.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files++
-		rel, _ := filepath.Rel(work, p)
-		kinds[strings.SplitN(rel, string(filepath.Separator), 2)[0]+"/"+filepath.Ext(p)]++
-		scan(rel, b)
-		return nil
-	})
+	canaryScan(t, needles, "what the runs printed", printed)
+	files, kinds := canaryScanTree(t, needles, work)
 	for _, k := range []string{"rw/.parquet", "re/.parquet", "bad/.parquet", "ledger/.parquet", "ledger/.json"} {
 		if kinds[k] == 0 {
 			t.Fatalf("no %s file scanned: %v", k, kinds)
@@ -161,7 +104,7 @@ func TestCanaryAESGCMNeverLeaks(t *testing.T) {
 			t.Fatalf("record %d: marker not in the plaintext", id)
 		}
 	}
-	if !bytes.Contains([]byte("x"+base64.RawURLEncoding.EncodeToString(secrets[0])+"y"), forms(secrets[0])[6]) {
+	if !bytes.Contains([]byte("x"+base64.RawURLEncoding.EncodeToString(secrets[0])+"y"), canaryForms(secrets[0])[6]) {
 		t.Fatal("scan control")
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/parquet-go/parquet-go"
@@ -18,9 +17,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"rekey/pipeline"
-	"rekey/providers/keys"
 	"rekey/schemas"
-	"rekey/transforms"
 )
 
 // TestCanaryTinkNeverLeaks is the canary scan for tink-envelope cells
@@ -165,73 +162,19 @@ func TestCanaryTinkNeverLeaks(t *testing.T) {
 	cellDEKs(rw.Target.Data, newKEK)
 	cellDEKs(re.Target.Data, newKEK)
 	cellDEKs(bad.Target.Data, newKEK)
-	ctx := context.Background()
-	k, err := keys.Open(ctx, env.KEK("target", "kek-aes"), keys.Options{})
-	if err != nil {
-		t.Fatal(err)
+	rows := canaryTableDEKs(t, v1.Target.DEKs, env.KEK("target", "kek-aes"))
+	if len(rows) != 2 {
+		t.Fatalf("%s: %d DEKs, want one per file", v1.Target.DEKs, len(rows))
 	}
-	rows, err := transforms.ReadDEKTable(ctx, v1.Target.DEKs)
-	if err != nil || len(rows) != 2 {
-		t.Fatalf("%s: %d rows, %v", v1.Target.DEKs, len(rows), err)
-	}
-	for _, r := range rows {
-		dek, err := k.Unwrap(ctx, keys.ByID(r.DEKID), r.Wrap, r.Wrapped)
-		if err != nil {
-			t.Fatal(err)
-		}
-		secrets = append(secrets, bytes.Clone(dek.Bytes()))
-		dek.Zero()
-	}
+	secrets = append(secrets, rows...)
 
-	needles := map[string][]byte{"marker": []byte(marker)}
-	for _, v := range []string{"REKEY_SOURCE_PIN", "REKEY_TARGET_PIN"} {
-		pin := os.Getenv(v)
-		if pin == "" {
-			t.Fatalf("%s is empty: the PIN scan would see nothing", v)
-		}
-		needles[v] = []byte(pin)
-	}
-	for i, s := range secrets {
-		needles[fmt.Sprintf("DEK #%d", i)] = s
-	}
-	forms := func(b []byte) [][]byte {
-		return [][]byte{b, []byte(hex.EncodeToString(b)), []byte(strings.ToUpper(hex.EncodeToString(b))),
-			[]byte(base64.StdEncoding.EncodeToString(b)), []byte(base64.RawStdEncoding.EncodeToString(b)),
-			[]byte(base64.URLEncoding.EncodeToString(b)), []byte(base64.RawURLEncoding.EncodeToString(b))}
-	}
-	scan := func(what string, b []byte) {
-		for name, n := range needles {
-			for _, f := range forms(n) {
-				if len(f) > 0 && bytes.Contains(b, f) {
-					t.Errorf("%s found in %s", name, what)
-				}
-			}
-		}
-	}
+	needles := canaryNeedles(t, marker, secrets)
 	if len(printed) == 0 || !bytes.Contains(printed, []byte("plan canary-tink-v1")) {
 		t.Fatal("no output captured")
 	}
-	scan("what the runs printed", printed)
-	files := 0
-	kinds := map[string]int{}
-	_ = filepath.WalkDir(work, func(p string, de os.DirEntry, err error) error {
-		if err != nil || de.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(work, p)
-		top := strings.SplitN(rel, string(filepath.Separator), 2)[0]
-		if top == "src" || top == "badsrc" {
-			return nil // the application's input holds its own ciphertexts
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files++
-		kinds[top+"/"+filepath.Ext(p)]++
-		scan(rel, b)
-		return nil
-	})
+	canaryScan(t, needles, "what the runs printed", printed)
+	// The application's input (src, badsrc) holds its own ciphertexts.
+	files, kinds := canaryScanTree(t, needles, work, "src", "badsrc")
 	for _, k := range []string{"rw/.parquet", "re/.parquet", "v1/.parquet", "bad/.parquet", "ledger/.parquet", "ledger/.json"} {
 		if kinds[k] == 0 {
 			t.Fatalf("no %s file scanned: %v", k, kinds)
@@ -252,7 +195,7 @@ func TestCanaryTinkNeverLeaks(t *testing.T) {
 	if len(seen) != 40+40+39+2 {
 		t.Fatalf("%d distinct DEKs, want 121", len(seen))
 	}
-	if !bytes.Contains([]byte("x"+base64.RawURLEncoding.EncodeToString(secrets[0])+"y"), forms(secrets[0])[6]) {
+	if !bytes.Contains([]byte("x"+base64.RawURLEncoding.EncodeToString(secrets[0])+"y"), canaryForms(secrets[0])[6]) {
 		t.Fatal("scan control")
 	}
 }
